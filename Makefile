@@ -1,0 +1,53 @@
+# kdmsi_qgis developer targets. `make demo` and `make test` set everything up first;
+# `make setup` is idempotent and returns in about a second when nothing changed.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --isolated --disable-pip-version-check
+APT_PACKAGES := qgis python3-qgis qgis-providers gdal-bin python3-gdal python3-venv xvfb xauth
+TORCH_PINS := torch==2.13.0 torchvision==0.28.0
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEMO_OUT ?= demo_out
+export QT_QPA_PLATFORM ?= offscreen
+
+.PHONY: setup system-packages demo test lint clean
+
+setup: system-packages $(VENV)/.deps-stamp
+
+# Debian's QGIS + GDAL bind to /usr/bin/python3; install them only when one is missing.
+system-packages:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing system packages: $$missing"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
+	fi
+
+$(PY):
+	/usr/bin/python3 -m venv --system-site-packages $(VENV)
+
+# PyPI's standard torch build (CPU and CUDA) pairs with torchvision; --isolated keeps pip away
+# from the machine-wide config that offers a CPU-only torch wheel torchvision cannot import beside.
+$(VENV)/.torch-stamp: | $(PY)
+	$(PY) -c "import torch, torchvision; assert torch.__version__.startswith('2.13.0')" 2>/dev/null \
+	  || $(PIP) install -q $(TORCH_PINS)
+	touch $@
+
+$(VENV)/.deps-stamp: requirements.txt pyproject.toml $(VENV)/.torch-stamp
+	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PY) -c "import numpy, torch, torchvision; from osgeo import gdal; import kdmsi; \
+	  assert int(numpy.__version__.split('.')[0]) < 2, 'numpy must stay < 2 for Debian GDAL/QGIS'"
+	touch $@
+
+demo: setup
+	$(PY) -m kdmsi.demo --out $(DEMO_OUT)
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: setup
+	$(VENV)/bin/ruff check core kdmsi_qgis tests bench
+	$(VENV)/bin/ruff format --check core kdmsi_qgis tests bench
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) dist build *.egg-info

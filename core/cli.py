@@ -1,0 +1,410 @@
+"""The `kdmsi` command line: train-kd, pseudo-labels, train-cd, evaluate, synth.
+
+User errors (bad paths, foreign checkpoints, inconsistent datasets) end with one line on stderr
+and exit status 2; a cancel (Ctrl+C) exits with 130. Neither leaves partial files behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+log = logging.getLogger("kdmsi")
+
+EXIT_USAGE = 2
+EXIT_CANCELLED = 130
+
+
+class ProgressBar:
+    """A tqdm bar over [0, 1] for the library's progress(fraction, message) callback."""
+
+    def __init__(self, description: str):
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=1000, desc=description, unit="‰", leave=True, dynamic_ncols=True)
+        self._last_message = ""
+
+    def __call__(self, fraction: float, message: str) -> None:
+        self._bar.update(max(0, int(round(fraction * 1000)) - self._bar.n))
+        if message != self._last_message:
+            self._bar.set_postfix_str(message, refresh=False)
+            self._last_message = message
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _run_with_bar(description: str, fn, *args, **kwargs):
+    bar = ProgressBar(description)
+    try:
+        return fn(*args, progress=bar, **kwargs)
+    finally:
+        bar.close()
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def _threshold(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _check_new_file(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; choose another name or pass --overwrite")
+    if not path.parent.exists():
+        raise FileNotFoundError(f"folder {path.parent} does not exist; create it first")
+
+
+def _dataset(args, root, label_dir=None, augment=False, bands=None, normalisation=None):
+    from .data import PairDataset
+
+    return PairDataset(
+        root,
+        tile_size=args.tile_size,
+        label_dir=label_dir,
+        bands=bands if bands is not None else getattr(args, "bands", None),
+        normalisation=normalisation,
+        augment=augment,
+    )
+
+
+def cmd_train_kd(args) -> int:
+    from .checkpoint import save_checkpoint
+    from .training import KDConfig, train_kd
+
+    out = Path(args.out)
+    _check_new_file(out, args.overwrite)
+    train = _dataset(args, args.data)
+    val = _dataset(args, args.val, bands=train.bands) if args.val else None
+    config = KDConfig(
+        backbone=args.backbone,
+        fusion=args.fusion,
+        weights=args.weights,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        kd_weight=args.kd_weight,
+        holdout_fraction=args.holdout,
+        seed=args.seed,
+        device=args.device,
+    )
+    log.info(
+        "KD training on %d tiles (%d changed, %d unchanged)",
+        len(train),
+        train.labels.count(1),
+        train.labels.count(0),
+    )
+    result = _run_with_bar("train-kd", train_kd, train, config, val)
+    meta = {
+        "kind": "kd",
+        "model": result.student.config(),
+        "bands": train.bands,
+        "normalisation": train.normalisation.to_dict(),
+        "tile_size": args.tile_size,
+        "threshold": None,
+        "training": {
+            "config": result.config,
+            "history": result.history,
+            "selection": result.selection,
+            "tiles": len(train),
+            "dataset": str(Path(args.data).resolve()),
+        },
+    }
+    save_checkpoint(
+        out,
+        meta,
+        state_dicts={
+            "teacher": result.teacher.state_dict(),
+            "student": result.student.state_dict(),
+        },
+    )
+    sel = result.selection
+    log.info(
+        "saved %s (selected epoch %s by %s = %s)", out, sel["epoch"], sel["criterion"], sel["value"]
+    )
+    return 0
+
+
+def cmd_pseudo_labels(args) -> int:
+    from .checkpoint import load_checkpoint
+    from .inference import pick_device
+    from .pseudo_labels import generate_pseudo_labels
+
+    device = pick_device(args.device)
+    student, meta = load_checkpoint(args.model, role="student", device=device)
+    if meta["kind"] != "kd":
+        raise ValueError(f"{args.model} is a {meta['kind']} model; pseudo labels need a KD model")
+    args.tile_size = meta["tile_size"]
+    data = _dataset(args, args.data, bands=meta["bands"], normalisation=_norm(meta))
+    summary = _run_with_bar(
+        "pseudo-labels",
+        generate_pseudo_labels,
+        student,
+        data,
+        args.out,
+        threshold=_threshold(args.threshold),
+        scales=_floats(args.scales),
+        flip=not args.no_flip,
+        device=device,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+    )
+    log.info(
+        "pseudo labels in %s: %s; %.1f%% of pixels changed",
+        args.out,
+        summary["threshold_description"],
+        100 * summary["changed_pixel_fraction"],
+    )
+    return 0
+
+
+def _norm(meta: dict):
+    from .data import Normalisation
+
+    return Normalisation.from_dict(meta["normalisation"])
+
+
+def cmd_train_cd(args) -> int:
+    from .checkpoint import save_checkpoint
+    from .training import CDConfig, train_detector
+
+    out = Path(args.out)
+    _check_new_file(out, args.overwrite)
+    labels = Path(args.labels)
+    train = _dataset(args, args.data, label_dir=labels)
+    if not train.has_masks:
+        missing = [n for n, m in train.masks.items() if m is None][:5]
+        raise ValueError(f"{labels} lacks label images for {missing}; run `kdmsi pseudo-labels`")
+    val = _dataset(args, args.val, bands=train.bands) if args.val else None
+    config = CDConfig(
+        backbone=args.backbone,
+        weights=args.weights,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+    )
+    pseudo_info = labels.parent / "pseudo_labels.json"
+    pseudo = json.loads(pseudo_info.read_text()) if pseudo_info.is_file() else None
+    result = _run_with_bar("train-cd", train_detector, train, config, val)
+    meta = {
+        "kind": "detector",
+        "model": result.model.config(),
+        "bands": train.bands,
+        "normalisation": train.normalisation.to_dict(),
+        "tile_size": args.tile_size,
+        "threshold": 0.5,
+        "class_names": ["no change", "change"],
+        "training": {
+            "config": result.config,
+            "history": result.history,
+            "selection": result.selection,
+            "tiles": len(train),
+            "labels": str(labels.resolve()),
+            "pseudo_labels": pseudo,
+        },
+    }
+    save_checkpoint(out, meta, state_dict=result.model.state_dict())
+    sel = result.selection
+    log.info("saved %s (selected epoch %s by %s)", out, sel["epoch"], sel["criterion"])
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .checkpoint import load_checkpoint
+    from .evaluation import KD_MAPS, collect_map_statistics, map_function, metrics_from_statistics
+    from .inference import pick_device
+    from .metrics import format_table
+
+    device = pick_device(args.device)
+    functions, first_meta = {}, None
+    wanted = [m.strip() for m in args.maps.split(",")] if args.maps else None
+    for path in args.model:
+        _, meta = load_checkpoint(path)
+        first_meta = first_meta or meta
+        if meta["kind"] == "kd":
+            teacher, _ = load_checkpoint(path, role="teacher", device=device)
+            student, _ = load_checkpoint(path, role="student", device=device)
+            for kind in wanted or KD_MAPS:
+                if kind in KD_MAPS:
+                    model = teacher if kind == "teacher-cam" else student
+                    functions[kind] = map_function(kind, model, _floats(args.scales))
+        else:
+            detector, _ = load_checkpoint(path, device=device)
+            functions["detector"] = map_function("detector", detector)
+    if wanted:
+        unknown = sorted(set(wanted) - set(functions))
+        if unknown:
+            raise ValueError(f"maps {unknown} are not available from the given model files")
+    args.tile_size = first_meta["tile_size"]
+    data = _dataset(args, args.data, bands=first_meta["bands"], normalisation=_norm(first_meta))
+    if not data.has_masks:
+        raise ValueError(f"{args.data} has no label/ masks for every image; cannot evaluate")
+    stats = _run_with_bar(
+        "evaluate", collect_map_statistics, data, functions, device, args.batch_size
+    )
+    rows = metrics_from_statistics(stats, _threshold(args.threshold))
+    if args.pseudo_labels:
+        rows["pseudo-labels"] = evaluate_label_folder(data, Path(args.pseudo_labels))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_table(rows))
+        for name, row in rows.items():
+            if "threshold" in row:
+                print(f"  {name}: threshold {row['threshold']:.3f} ({row['threshold_method']})")
+    return 0
+
+
+def evaluate_label_folder(data, label_dir: Path) -> dict:
+    """Metrics of a folder of 0/255 label images (e.g. pseudo labels) against `data`'s masks."""
+    from .data import find_mask, read_image
+    from .metrics import ConfusionCounts
+
+    counts = ConfusionCounts()
+    for name in data.pairs:
+        pred_path, truth_path = find_mask(label_dir, name), data.masks[name]
+        if pred_path is None:
+            raise ValueError(f"{label_dir} has no label image for {name}")
+        counts.update(read_image(pred_path)[0] > 0, read_image(truth_path)[0] > 0)
+    return counts.metrics()
+
+
+def cmd_synth(args) -> int:
+    from .synthetic import make_scene, write_tile_dataset
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"{out} is not empty; choose another folder or pass --overwrite")
+    seeds = range(args.seed, args.seed + args.scenes)
+    scenes = [make_scene(args.size, args.size, seed=s) for s in seeds]
+    write_tile_dataset(scenes, out, tile_size=args.tile_size)
+    log.info(
+        "wrote %d scenes of %d px as %d px tiles to %s", args.scenes, args.size, args.tile_size, out
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .models import BACKBONES, FUSIONS
+
+    parser = argparse.ArgumentParser(
+        prog="kdmsi", description="Weakly supervised change detection (KD-MSI)"
+    )
+    parser.add_argument("--version", action="version", version=f"kdmsi {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p, tile=True):
+        p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1")
+        p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+        if tile:
+            p.add_argument("--tile-size", type=int, default=256)
+            p.add_argument("--bands", type=_ints, default=None, help="1-based, e.g. 1,2,3")
+
+    p = sub.add_parser("train-kd", help="train teacher + student on image-level labels")
+    p.add_argument("--data", required=True, help="dataset folder with A/, B/, label/ or labels.csv")
+    p.add_argument("--val", help="validation dataset with pixel masks (model selection by IoU)")
+    p.add_argument("--out", required=True, help="model file to write (.kdmsi)")
+    p.add_argument("--backbone", choices=BACKBONES, default="resnet50")
+    p.add_argument("--fusion", choices=FUSIONS, default="abs")
+    p.add_argument("--weights", help="backbone weights: a local .pth file or a torchvision name")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--kd-weight", type=float, default=10.0, help="lambda of L_cls + lambda L_kd")
+    p.add_argument("--holdout", type=float, default=0.1, help="held-out share without --val")
+    p.add_argument("--seed", type=int, default=0)
+    common(p)
+    p.set_defaults(func=cmd_train_kd)
+
+    p = sub.add_parser("pseudo-labels", help="MSI pseudo labels from a KD model")
+    p.add_argument("--model", required=True, help="KD model file from train-kd")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="output folder (label/ + pseudo_labels.json)")
+    p.add_argument("--threshold", default="auto", help="auto, otsu, unchanged-quantile, or 0..1")
+    p.add_argument("--scales", default="0.5,1,1.5,2")
+    p.add_argument("--no-flip", action="store_true")
+    p.add_argument("--batch-size", type=int, default=4)
+    common(p, tile=False)
+    p.set_defaults(func=cmd_pseudo_labels)
+
+    p = sub.add_parser("train-cd", help="train the Siamese DeepLabV3+ detector on pseudo labels")
+    p.add_argument("--data", required=True)
+    p.add_argument("--labels", required=True, help="label folder (e.g. pseudo/label)")
+    p.add_argument("--val", help="validation dataset with pixel masks")
+    p.add_argument("--out", required=True)
+    p.add_argument("--backbone", choices=BACKBONES, default="resnet50")
+    p.add_argument("--weights")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=0.007)
+    p.add_argument("--seed", type=int, default=0)
+    common(p)
+    p.set_defaults(func=cmd_train_cd)
+
+    p = sub.add_parser("evaluate", help="metrics of model maps against pixel masks")
+    p.add_argument("--model", required=True, action="append", help="model file (repeatable)")
+    p.add_argument("--data", required=True, help="dataset with label/ masks")
+    p.add_argument("--maps", help="subset of teacher-cam,student,mi,msi,detector")
+    p.add_argument("--threshold", default="auto", help="auto, otsu, unchanged-quantile, or 0..1")
+    p.add_argument("--scales", default="0.5,1,1.5,2")
+    p.add_argument("--pseudo-labels", help="also score this folder of label images")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--json", action="store_true", help="print metrics as JSON")
+    common(p, tile=False)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("synth", help="write a synthetic tile dataset with ground truth")
+    p.add_argument("--out", required=True)
+    p.add_argument("--scenes", type=int, default=4)
+    p.add_argument("--size", type=int, default=1024)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tile-size", type=int, default=256)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_synth)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the `kdmsi` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="kdmsi: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    from .checkpoint import CheckpointError
+    from .data import DatasetError
+    from .models import BackboneError
+    from .progress import Cancelled
+
+    try:
+        return args.func(args)
+    except (Cancelled, KeyboardInterrupt):
+        print("kdmsi: cancelled; no partial output was kept", file=sys.stderr)
+        return EXIT_CANCELLED
+    except (CheckpointError, DatasetError, BackboneError, ValueError, OSError) as exc:
+        print(f"kdmsi {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

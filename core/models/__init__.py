@@ -1,0 +1,27 @@
+"""Networks: the KD teacher/student (`SiameseCAMNet`) and the detector (`SiameseDeepLabV3Plus`)."""
+
+from .backbones import BACKBONES, BackboneError, ResNetTrunk
+from .cam_net import FUSIONS, SiameseCAMNet, fuse
+from .deeplab import SiameseDeepLabV3Plus
+
+MODEL_KINDS = {"kd": SiameseCAMNet, "detector": SiameseDeepLabV3Plus}
+
+
+def build_model(kind: str, config: dict):
+    """A network of `kind` ('kd' teacher/student or 'detector') from its `config()` dict."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(MODEL_KINDS)}")
+    return MODEL_KINDS[kind](**config)
+
+
+__all__ = [
+    "BACKBONES",
+    "FUSIONS",
+    "MODEL_KINDS",
+    "BackboneError",
+    "ResNetTrunk",
+    "SiameseCAMNet",
+    "SiameseDeepLabV3Plus",
+    "build_model",
+    "fuse",
+]

@@ -1,0 +1,76 @@
+"""SiameseDeepLabV3Plus: the deployed change detector, trained on MSI pseudo labels."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.segmentation.deeplabv3 import ASPP
+
+from .backbones import ResNetTrunk
+
+ASPP_RATES = (6, 12, 18)
+NUM_CLASSES = 2
+
+
+def _conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)
+    )
+
+
+class SiameseDeepLabV3Plus(nn.Module):
+    """DeepLabV3+ over the difference of two dates' features.
+
+    One ResNet encoder (output stride 16) for both dates; ASPP (rates 6, 12, 18 + image pooling,
+    256 channels) on f(pre) - f(post) of layer4; the decoder concatenates the upsampled ASPP
+    output with a 48-channel projection of the layer1 difference, applies two 3x3 convs of 256
+    and a 1x1 conv to 2 classes (0 = no change, 1 = change), upsampled bilinearly to the input.
+
+    Args:
+        backbone: ``resnet18``, ``resnet34`` or ``resnet50``.
+        in_channels: bands per date.
+        weights: backbone weights (see `ResNetTrunk`); None starts from random init.
+    """
+
+    def __init__(
+        self, backbone: str = "resnet50", in_channels: int = 3, weights: Optional[str] = None
+    ):
+        super().__init__()
+        self.backbone_name, self.in_channels = backbone, in_channels
+        self.trunk = ResNetTrunk(backbone, weights=weights, in_channels=in_channels)
+        self.aspp = ASPP(self.trunk.high_channels, list(ASPP_RATES), out_channels=256)
+        self.low_proj = _conv_bn_relu(self.trunk.low_channels, 48, 1)
+        self.decoder = nn.Sequential(_conv_bn_relu(256 + 48, 256, 3), _conv_bn_relu(256, 256, 3))
+        self.classifier = nn.Conv2d(256, NUM_CLASSES, kernel_size=1)
+
+    def forward(self, pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
+        """pre, post: [B, C, H, W] -> class logits [B, 2, H, W]."""
+        feats = self.trunk(torch.cat([pre, post], dim=0))
+        low_pre, low_post = feats.low.chunk(2, dim=0)
+        high_pre, high_post = feats.high.chunk(2, dim=0)
+        x = self.aspp(high_pre - high_post)
+        low = self.low_proj(low_pre - low_post)
+        x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        x = self.classifier(self.decoder(torch.cat([x, low], dim=1)))
+        return F.interpolate(x, size=pre.shape[-2:], mode="bilinear", align_corners=False)
+
+    def change_probability(self, pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] pairs -> softmax probability of the change class, [B, 1, H, W]."""
+        return self(pre, post).softmax(dim=1)[:, 1:2]
+
+    def param_groups(self, lr: float, head_lr_mult: float = 10.0) -> list[dict]:
+        """SGD parameter groups: the trunk at `lr`, the new decoder at `head_lr_mult * lr`."""
+        trunk = list(self.trunk.parameters())
+        trunk_ids = {id(p) for p in trunk}
+        head = [p for p in self.parameters() if id(p) not in trunk_ids]
+        return [
+            {"params": trunk, "lr": lr, "base_lr": lr},
+            {"params": head, "lr": lr * head_lr_mult, "base_lr": lr * head_lr_mult},
+        ]
+
+    def config(self) -> dict:
+        """Constructor arguments, for checkpoints."""
+        return {"backbone": self.backbone_name, "in_channels": self.in_channels}

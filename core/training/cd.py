@@ -1,0 +1,132 @@
+"""Training the Siamese DeepLabV3+ change detector on (pseudo) label masks."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from ..data import IGNORE_INDEX
+from ..inference import pick_device
+from ..metrics import ConfusionCounts
+from ..models import SiameseDeepLabV3Plus
+from ..progress import CancelCheck, ProgressCallback, check_cancel, no_progress
+from .common import cpu_state, eval_loader, poly_lr, seed_everything, sgd, subset, train_loader
+
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CDConfig:
+    """Hyper-parameters of the detector training (the paper's defaults)."""
+
+    backbone: str = "resnet50"
+    weights: Optional[str] = None
+    epochs: int = 50
+    batch_size: int = 16
+    lr: float = 0.007
+    head_lr_mult: float = 1.0
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class CDResult:
+    """The selected detector (eval mode, CPU), per-epoch history and selection record."""
+
+    model: SiameseDeepLabV3Plus
+    history: list[dict] = field(default_factory=list)
+    selection: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+
+
+def train_detector(
+    dataset: Dataset,
+    config: CDConfig,
+    val_dataset: Optional[Dataset] = None,
+    progress: Optional[ProgressCallback] = None,
+    cancelled: Optional[CancelCheck] = None,
+) -> CDResult:
+    """Train on a `PairDataset` whose masks are (pseudo) labels; 255 is ignored by the loss.
+
+    Model selection: change IoU on `val_dataset` when it has pixel masks, else the last epoch.
+    """
+    progress = progress or no_progress
+    generator = seed_everything(config.seed)
+    device = pick_device(config.device)
+    model = SiameseDeepLabV3Plus(config.backbone, len(dataset.bands), config.weights).to(device)
+    optimizer = sgd(
+        model.param_groups(config.lr, config.head_lr_mult), config.momentum, config.weight_decay
+    )
+    loader = train_loader(
+        subset(dataset, range(len(dataset)), augment=True), config.batch_size, generator
+    )
+    total_steps = max(1, config.epochs * len(loader))
+    use_val = val_dataset is not None and getattr(val_dataset, "has_masks", False)
+    criterion = "val_change_iou" if use_val else "last_epoch"
+    best_score, best = -np.inf, None
+    history: list[dict] = []
+    step = 0
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        loss_sum, n_batches = 0.0, 0
+        for batch in loader:
+            check_cancel(cancelled)
+            if batch["pre"].shape[0] < 2:
+                continue  # BatchNorm in ASPP's pooling branch cannot train on one sample
+            poly_lr(optimizer, step, total_steps, config.poly_power)
+            logits = model(batch["pre"].to(device), batch["post"].to(device))
+            loss = F.cross_entropy(logits, batch["mask"].to(device), ignore_index=IGNORE_INDEX)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss)
+            n_batches += 1
+            step += 1
+            progress(
+                step / total_steps,
+                f"detector epoch {epoch}/{config.epochs}: loss {float(loss):.4f}",
+            )
+        record = {"epoch": epoch, "train_ce": loss_sum / max(n_batches, 1)}
+        if use_val:
+            record["val_change_iou"] = detector_change_iou(model, val_dataset, device, cancelled)
+            score = record["val_change_iou"]
+        else:
+            score = epoch
+        history.append(record)
+        if score > best_score:
+            best_score, best = score, (epoch, cpu_state(model))
+        msg = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "epoch")
+        log.info("detector epoch %d/%d: %s", epoch, config.epochs, msg)
+        progress(step / total_steps, f"detector epoch {epoch}/{config.epochs}: {msg}")
+    epoch, state = best
+    model.load_state_dict(state)
+    selection = {"criterion": criterion, "epoch": epoch, "value": history[epoch - 1].get(criterion)}
+    return CDResult(model.cpu().eval(), history, selection, asdict(config))
+
+
+@torch.no_grad()
+def detector_change_iou(
+    model: SiameseDeepLabV3Plus,
+    dataset: Dataset,
+    device: torch.device,
+    cancelled: Optional[CancelCheck] = None,
+) -> float:
+    """Change IoU of the detector's argmax against the dataset's masks (255 ignored)."""
+    model.eval()
+    counts = ConfusionCounts()
+    for batch in eval_loader(dataset, 8):
+        check_cancel(cancelled)
+        pred = model(batch["pre"].to(device), batch["post"].to(device)).argmax(dim=1).cpu()
+        mask = batch["mask"]
+        counts.update(pred == 1, mask == 1, mask != IGNORE_INDEX)
+    return counts.metrics()["cIoU"]
