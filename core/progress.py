@@ -30,6 +30,12 @@ def check_cancel(cancelled: Optional[CancelCheck]) -> None:
         raise Cancelled("cancelled by the user")
 
 
+def report(progress: Optional[ProgressCallback], fraction: float, message: str) -> None:
+    """Call `progress` (when given) with `fraction` clipped to [0, 1]."""
+    if progress is not None:
+        progress(min(1.0, max(0.0, float(fraction))), message)
+
+
 def sub_progress(
     progress: Optional[ProgressCallback], start: float, end: float
 ) -> ProgressCallback:

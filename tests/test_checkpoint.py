@@ -24,7 +24,9 @@ def _meta(kind, model):
 
 def test_detector_round_trip_gives_identical_outputs(tmp_path):
     net = SiameseDeepLabV3Plus("resnet18").eval()
-    path = save_checkpoint(tmp_path / "m.kdmsi", _meta("detector", net), state_dict=net.state_dict())
+    path = save_checkpoint(
+        tmp_path / "m.kdmsi", _meta("detector", net), state_dict=net.state_dict()
+    )
     loaded, meta = load_checkpoint(path)
     x, y = torch.randn(1, 3, 64, 64), torch.randn(1, 3, 64, 64)
     with torch.no_grad():
@@ -51,7 +53,9 @@ def test_kd_round_trip_keeps_teacher_and_student(tmp_path):
 
 def test_corrupt_and_truncated_files_are_refused(tmp_path):
     net = SiameseDeepLabV3Plus("resnet18")
-    good = save_checkpoint(tmp_path / "m.kdmsi", _meta("detector", net), state_dict=net.state_dict())
+    good = save_checkpoint(
+        tmp_path / "m.kdmsi", _meta("detector", net), state_dict=net.state_dict()
+    )
     truncated = tmp_path / "truncated.kdmsi"
     truncated.write_bytes(good.read_bytes()[:5000])
     garbage = tmp_path / "garbage.kdmsi"

@@ -52,7 +52,9 @@ def test_distillation_loss_hand_computed():
     g_s = torch.tensor([[[[0.0, 0.0]]]])  # sigmoid = [0.5, 0.5]
     c = 2.0 / (2.0 + 1e-5)
     expected = ((0.5 - c) ** 2 + 0.5**2) / 2
-    assert math.isclose(float(distillation_loss(g_t, g_s, torch.tensor([1]))), expected, rel_tol=1e-6)
+    assert math.isclose(
+        float(distillation_loss(g_t, g_s, torch.tensor([1]))), expected, rel_tol=1e-6
+    )
     # unchanged: the target is all zero
     assert math.isclose(float(distillation_loss(g_t, g_s, torch.tensor([0]))), 0.25, rel_tol=1e-6)
 

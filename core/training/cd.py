@@ -18,7 +18,6 @@ from ..models import SiameseDeepLabV3Plus
 from ..progress import CancelCheck, ProgressCallback, check_cancel, no_progress
 from .common import cpu_state, eval_loader, poly_lr, seed_everything, sgd, subset, train_loader
 
-
 log = logging.getLogger(__name__)
 
 

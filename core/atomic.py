@@ -1,0 +1,151 @@
+"""Atomic output files: nothing half-written is ever left where an output belongs.
+
+`atomic_output` hands the writer a temporary path next to the target and moves the finished
+file (and its sidecars: .aux.xml, shapefile parts, GeoPackage -wal/-shm) into place only when
+the block succeeds, so an interrupted run never leaves a half-written output behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator, Union
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+# Files that travel with a main file, named by what follows the main file's stem.
+_SIDECARS: dict[str, tuple[str, ...]] = {
+    ".shp": (".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sbx", ".qpj", ".shp.xml"),
+    ".tif": (".tif.aux.xml", ".tif.ovr", ".tif.msk"),
+    ".tiff": (".tiff.aux.xml", ".tiff.ovr", ".tiff.msk"),
+    ".gpkg": (".gpkg-wal", ".gpkg-shm", ".gpkg-journal"),
+}
+
+
+class OutputNotWritableError(PermissionError):
+    """The output folder cannot be written to."""
+
+
+def sidecar_suffixes(path: PathLike) -> tuple[str, ...]:
+    """Suffixes (after the stem) of the files that belong with ``path``, its own included."""
+    suffix = Path(path).suffix
+    return (suffix, *_SIDECARS.get(suffix.lower(), ()))
+
+
+def check_output_target(path: PathLike, overwrite: bool) -> Path:
+    """Check that ``path`` may be written; return its folder.
+
+    Raises:
+        FileExistsError: the target exists and ``overwrite`` is False.
+        IsADirectoryError: the target is a folder.
+        FileNotFoundError: the folder does not exist.
+        OutputNotWritableError: the folder is not writable.
+    """
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise IsADirectoryError(f"output {target} is a folder: give a file name instead")
+    if target.exists() and not overwrite:
+        raise FileExistsError(
+            f"output {target} already exists: choose another name or pass --overwrite "
+            "(overwrite=True) to replace it"
+        )
+    if not folder.is_dir():
+        raise FileNotFoundError(f"output folder {folder} does not exist: create it first")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputNotWritableError(
+            f"output folder {folder} is not writable: choose another folder or fix its permissions"
+        )
+    return folder
+
+
+def _reserve_temp_path(target: Path, folder: Path) -> Path:
+    """A fresh, unused temporary name ``.<stem>.tmp-XXXX<suffix>`` in ``folder``.
+
+    The file is created (which proves the folder is writable) and removed again, so the writer
+    creates it from scratch (some drivers refuse to open an existing empty file).
+    """
+    try:
+        fd, name = tempfile.mkstemp(
+            prefix=f".{target.stem}.tmp-", suffix=target.suffix, dir=str(folder)
+        )
+    except PermissionError as exc:
+        raise OutputNotWritableError(
+            f"cannot create a file in {folder}: choose another folder or fix its permissions"
+        ) from exc
+    os.close(fd)
+    os.remove(name)
+    return Path(name)
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # e.g. still open on Windows: do not hide the original error
+        log.warning("could not remove temporary file %s: %s", path, exc)
+
+
+def _move_into_place(temp: Path, target: Path) -> None:
+    """Move ``temp`` and its sidecars onto ``target``; stale sidecars of the target go."""
+    temp_stem = temp.parent / temp.stem
+    target_stem = target.parent / target.stem
+    suffixes = sidecar_suffixes(target)
+    for suffix in suffixes[1:]:
+        produced = Path(f"{temp_stem}{suffix}")
+        destination = Path(f"{target_stem}{suffix}")
+        if produced.exists():
+            if suffix.endswith(("-wal", "-shm", "-journal")):
+                log.warning("%s still exists after the writer closed; moving it along", produced)
+            os.replace(produced, destination)
+        else:
+            _remove_quietly(destination)
+    os.replace(temp, target)
+
+
+def _remove_temp(temp: Path) -> None:
+    temp_stem = temp.parent / temp.stem
+    for suffix in sidecar_suffixes(temp):
+        _remove_quietly(Path(f"{temp_stem}{suffix}"))
+
+
+@contextlib.contextmanager
+def atomic_output(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Write ``path`` atomically: yield a temporary path to write, then move it into place.
+
+    The temporary file lives in the target's folder (so the final `os.replace` is atomic) and
+    keeps the extension, e.g. ``out.tif`` -> ``.out.tmp-k3j2.tif``, so drivers chosen from the
+    extension still work. Sidecars written next to it (``.tif.aux.xml``, the shapefile's
+    ``.dbf``/``.shx``/``.prj``, a GeoPackage's ``-wal``/``-shm`` when a writer left them) are
+    moved with it. On any exception (including `Cancelled` and KeyboardInterrupt) the temporary
+    file(s) are deleted and the exception re-raised; the target is left untouched. Close the
+    writer (GDAL dataset, fiona collection) inside the block: an open file cannot be moved or
+    deleted on Windows.
+
+    Args:
+        path: the final output path.
+        overwrite: replace an existing target; when False an existing target is refused.
+
+    Raises:
+        FileExistsError, FileNotFoundError, IsADirectoryError, OutputNotWritableError: from the
+        up-front checks (see `check_output_target`), before anything is written.
+    """
+    target = Path(path)
+    folder = check_output_target(target, overwrite)
+    temp = _reserve_temp_path(target, folder)
+    try:
+        yield temp
+        if not temp.exists():
+            raise FileNotFoundError(f"nothing was written to {target} (temporary file {temp})")
+        check_output_target(target, overwrite)  # may have appeared meanwhile
+        _move_into_place(temp, target)
+    except BaseException:
+        _remove_temp(temp)
+        raise
+    log.debug("wrote %s", target)

@@ -1,0 +1,495 @@
+"""Change polygons from a probability raster, with true areas and probability statistics.
+
+Pipeline of `polygonize_changes`:
+
+1. threshold the probability raster strip by strip into a uint8 change mask (1 = change,
+   0 = no change *or* invalid: nodata and masked pixels never become change);
+2. `gdal.Polygonize` the mask band (it streams over the band; 8- or 4-connected; holes kept);
+3. rasterize each polygon's label back onto the grid and gather, strip by strip, the mean and
+   maximum probability per label (exact: polygon edges follow pixel edges);
+4. area on the ellipsoid (Lambert azimuthal equal-area projection centred on the raster, which
+   preserves area everywhere, so also right for geographic CRSs), optional simplification,
+   minimum-area filter, ids 1..n.
+
+Memory: for a raster path the mask and label rasters are temporary tiled GeoTIFFs on disk and
+every pass reads ``strip_rows`` full-width rows at a time, so raster memory is bounded by
+about ``strip_rows * width * 9`` bytes whatever the height; what grows with the result is the
+list of polygons itself (held in memory) and a few numbers per polygon. For a numpy array
+input everything is in memory (the array already is): fine for moderate sizes only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import numpy as np
+from osgeo import gdal, ogr, osr
+
+from .atomic import atomic_output
+from .progress import CancelCheck, Cancelled, ProgressCallback, check_cancel, report
+from .raster import gdal_exceptions, open_raster, raster_extent, srs_from_wkt
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+
+VECTOR_DRIVERS: dict[str, str] = {
+    ".gpkg": "GPKG",
+    ".shp": "ESRI Shapefile",
+    ".geojson": "GeoJSON",
+    ".json": "GeoJSON",
+    ".fgb": "FlatGeobuf",
+}
+"""Output extension -> OGR driver used by `write_vector`."""
+
+SCHEMA_PROPERTIES = {"id": "int", "area_m2": "float", "mean_prob": "float", "max_prob": "float"}
+
+
+class VectorOutputError(ValueError):
+    """The vector output cannot be written as asked (e.g. unknown extension)."""
+
+
+@dataclass(frozen=True)
+class ChangePolygon:
+    """One changed region.
+
+    Attributes:
+        id: 1..n in output order (top to bottom as polygonized).
+        area_m2: area on the ellipsoid in square metres.
+        mean_prob, max_prob: probability statistics over the polygon's pixels.
+        wkb: geometry (Polygon, holes kept) as ISO WKB in the raster's CRS.
+    """
+
+    id: int
+    area_m2: float
+    mean_prob: float
+    max_prob: float
+    wkb: bytes
+
+    def ogr_geometry(self) -> ogr.Geometry:
+        return ogr.CreateGeometryFromWkb(self.wkb)
+
+    @property
+    def geometry_type(self) -> str:
+        """OGR geometry name, e.g. ``POLYGON``."""
+        return self.ogr_geometry().GetGeometryName()
+
+    def properties(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "area_m2": self.area_m2,
+            "mean_prob": self.mean_prob,
+            "max_prob": self.max_prob,
+        }
+
+
+# ----------------------------------------------------------------------------------- areas
+
+
+class AreaCalculator:
+    """True (ellipsoidal) areas, and metre-based simplification, for geometries in one CRS.
+
+    Geometries are projected to a Lambert azimuthal equal-area projection on the CRS's own
+    ellipsoid, centred at ``center`` (x, y in the CRS). Being equal-area, it gives the
+    ellipsoidal area wherever the polygon lies; the centre only keeps shapes undistorted.
+    A CRS without a geographic base (local/engineering) falls back to planar area times the
+    squared linear unit.
+    """
+
+    def __init__(self, crs_wkt: str, center: tuple[float, float]):
+        self.srs = srs_from_wkt(crs_wkt)
+        self.geographic = bool(self.srs.IsGeographic())
+        self.to_laea: Optional[osr.CoordinateTransformation] = None
+        self.from_laea: Optional[osr.CoordinateTransformation] = None
+        if self.srs.IsGeographic() or self.srs.IsProjected():
+            geog = self.srs.CloneGeogCS()
+            geog.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+            lon, lat = osr.CoordinateTransformation(self.srs, geog).TransformPoint(*center)[:2]
+            laea = osr.SpatialReference()
+            laea.CopyGeogCSFrom(self.srs)
+            laea.SetLAEA(lat, lon, 0.0, 0.0)
+            laea.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+            self.to_laea = osr.CoordinateTransformation(self.srs, laea)
+            self.from_laea = osr.CoordinateTransformation(laea, self.srs)
+        else:
+            log.warning("CRS has no geographic base: areas are planar (CRS units squared)")
+        self.unit_m = self.srs.GetLinearUnits() if not self.geographic else 1.0
+
+    def _projected(self, geom: ogr.Geometry) -> ogr.Geometry:
+        out = geom.Clone()
+        if self.geographic:
+            out.Segmentize(0.01)  # degree: keep long edges along parallels curved
+        out.Transform(self.to_laea)
+        return out
+
+    def area_m2(self, geom: ogr.Geometry) -> float:
+        """Area of ``geom`` (in the CRS) in square metres."""
+        if self.to_laea is None:
+            return geom.GetArea() * self.unit_m**2
+        return self._projected(geom).GetArea()
+
+    def simplify(self, geom: ogr.Geometry, tolerance_m: float) -> ogr.Geometry:
+        """Topology-preserving simplification with a tolerance in metres."""
+        if tolerance_m <= 0:
+            return geom
+        if not self.geographic or self.to_laea is None:
+            return geom.SimplifyPreserveTopology(tolerance_m / self.unit_m)
+        simple = self._projected(geom).SimplifyPreserveTopology(tolerance_m)
+        simple.Transform(self.from_laea)
+        return simple
+
+
+# ---------------------------------------------------------------------------- polygonizing
+
+
+def _row_strips(height: int, strip_rows: int) -> Iterator[tuple[int, int]]:
+    for y in range(0, height, strip_rows):
+        yield y, min(strip_rows, height - y)
+
+
+def _gdal_callback(
+    cancel: Optional[CancelCheck],
+    progress: Optional[ProgressCallback],
+    lo: float,
+    hi: float,
+    message: str,
+):
+    def callback(fraction: float, _msg: Any, _data: Any) -> int:
+        report(progress, lo + (hi - lo) * fraction, message)
+        return 0 if cancel is not None and cancel() else 1
+
+    return callback
+
+
+def _scratch_dataset(
+    workdir: Optional[str], name: str, like: gdal.Dataset, dtype: int
+) -> gdal.Dataset:
+    """Empty single-band raster on ``like``'s grid: MEM, or a tiled GeoTIFF in ``workdir``."""
+    if workdir is None:
+        ds = gdal.GetDriverByName("MEM").Create("", like.RasterXSize, like.RasterYSize, 1, dtype)
+    else:
+        ds = gdal.GetDriverByName("GTiff").Create(
+            str(Path(workdir) / name),
+            like.RasterXSize,
+            like.RasterYSize,
+            1,
+            dtype,
+            options=["TILED=YES", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER", "SPARSE_OK=TRUE"],
+        )
+    ds.SetGeoTransform(like.GetGeoTransform())
+    ds.SetProjection(like.GetProjection())
+    return ds
+
+
+def _array_dataset(
+    prob: np.ndarray, geotransform: Optional[Sequence[float]], crs_wkt: Optional[str]
+) -> gdal.Dataset:
+    if prob.ndim != 2:
+        raise ValueError(f"probability array must be [H, W], got shape {list(prob.shape)}")
+    if geotransform is None or crs_wkt is None:
+        raise ValueError("a probability array needs geotransform= and crs_wkt=")
+    ds = gdal.GetDriverByName("MEM").Create("", prob.shape[1], prob.shape[0], 1, gdal.GDT_Float32)
+    ds.SetGeoTransform(list(geotransform))
+    ds.SetProjection(crs_wkt)
+    ds.GetRasterBand(1).WriteArray(prob.astype(np.float32, copy=False))
+    return ds
+
+
+def _threshold(
+    prob_ds: gdal.Dataset,
+    mask_ds: gdal.Dataset,
+    threshold: float,
+    valid: Optional[np.ndarray],
+    strip_rows: int,
+    cancel: Optional[CancelCheck],
+    progress: Optional[ProgressCallback],
+) -> int:
+    """Write the uint8 change mask (prob >= threshold on valid pixels); return its pixel count."""
+    band = prob_ds.GetRasterBand(1)
+    has_mask = band.GetMaskFlags() != gdal.GMF_ALL_VALID
+    out = mask_ds.GetRasterBand(1)
+    width, height = prob_ds.RasterXSize, prob_ds.RasterYSize
+    changed = 0
+    for y, n in _row_strips(height, strip_rows):
+        check_cancel(cancel)
+        p = band.ReadAsArray(0, y, width, n)
+        change = np.isfinite(p) & (p >= threshold)
+        if has_mask:
+            change &= band.GetMaskBand().ReadAsArray(0, y, width, n) > 0
+        if valid is not None:
+            change &= valid[y : y + n]
+        out.WriteArray(change.astype(np.uint8), 0, y)
+        changed += int(change.sum())
+        report(progress, 0.3 * (y + n) / height, "thresholding")
+    return changed
+
+
+def _polygonize(
+    mask_ds: gdal.Dataset,
+    crs_wkt: str,
+    connectedness: int,
+    cancel: Optional[CancelCheck],
+    progress: Optional[ProgressCallback],
+) -> tuple[ogr.DataSource, ogr.Layer]:
+    """Polygons of the mask's 1-pixels in an in-memory layer with a ``label`` field 1..n."""
+    source = ogr.GetDriverByName("Memory").CreateDataSource("changes")
+    layer = source.CreateLayer("changes", srs_from_wkt(crs_wkt), ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn("label", ogr.OFTInteger64))
+    band = mask_ds.GetRasterBand(1)
+    gdal.Polygonize(
+        band,
+        band,
+        layer,
+        0,
+        [f"8CONNECTED={connectedness}"] if connectedness == 8 else [],
+        callback=_gdal_callback(cancel, progress, 0.3, 0.6, "polygonizing"),
+    )
+    fids = [feature.GetFID() for feature in layer]
+    for label, fid in enumerate(fids, start=1):
+        feature = layer.GetFeature(fid)
+        feature.SetField("label", label)
+        layer.SetFeature(feature)
+    return source, layer
+
+
+def _label_statistics(
+    prob_ds: gdal.Dataset,
+    label_ds: gdal.Dataset,
+    count: int,
+    strip_rows: int,
+    cancel: Optional[CancelCheck],
+    progress: Optional[ProgressCallback],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and max probability per label 1..count (index 0 unused), float64 [count + 1]."""
+    sums = np.zeros(count + 1, dtype=np.float64)
+    pixels = np.zeros(count + 1, dtype=np.int64)
+    maxima = np.full(count + 1, -np.inf, dtype=np.float64)
+    width, height = prob_ds.RasterXSize, prob_ds.RasterYSize
+    prob_band, label_band = prob_ds.GetRasterBand(1), label_ds.GetRasterBand(1)
+    for y, n in _row_strips(height, strip_rows):
+        check_cancel(cancel)
+        labels = label_band.ReadAsArray(0, y, width, n).ravel()
+        inside = labels > 0
+        if not inside.any():
+            continue
+        labels = labels[inside].astype(np.int64)
+        p = prob_band.ReadAsArray(0, y, width, n).ravel()[inside].astype(np.float64)
+        sums += np.bincount(labels, weights=p, minlength=count + 1)
+        pixels += np.bincount(labels, minlength=count + 1)
+        np.maximum.at(maxima, labels, p)
+        report(progress, 0.7 + 0.2 * (y + n) / height, "polygon statistics")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = sums / pixels
+    return means, maxima
+
+
+def polygonize_changes(
+    prob: Union[PathLike, np.ndarray],
+    threshold: float = 0.5,
+    valid: Optional[np.ndarray] = None,
+    geotransform: Optional[Sequence[float]] = None,
+    crs_wkt: Optional[str] = None,
+    min_area_m2: float = 0.0,
+    simplify_m: float = 0.0,
+    connectedness: int = 8,
+    strip_rows: int = 512,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelCheck] = None,
+) -> list[ChangePolygon]:
+    """Polygons of the pixels whose change probability is >= ``threshold``.
+
+    Args:
+        prob: probability raster path (float, nodata/mask marks invalid pixels, georeferenced)
+            or a float array [H, W] (then ``geotransform`` and ``crs_wkt`` are required; NaN
+            is invalid).
+        threshold: pixels with ``prob >= threshold`` are change.
+        valid: optional bool [H, W]; False pixels are never change.
+        geotransform, crs_wkt: grid of an array input (ignored for a path: read from the file).
+        min_area_m2: drop polygons smaller than this (true area, square metres).
+        simplify_m: topology-preserving simplification tolerance in metres (0: exact pixel
+            edges). Statistics always use the exact pixels.
+        connectedness: 8 (diagonal neighbours join) or 4.
+        strip_rows: rows per strip in the raster passes (memory, see the module docstring).
+        progress, cancel: progress report and cancel check (raises `Cancelled`).
+
+    Returns:
+        Polygons (holes kept) with ids 1..n, ``area_m2``, ``mean_prob``, ``max_prob``.
+    """
+    if connectedness not in (4, 8):
+        raise ValueError(f"connectedness must be 4 or 8, got {connectedness}")
+    with contextlib.ExitStack() as stack, gdal_exceptions():
+        if isinstance(prob, np.ndarray):
+            prob_ds = _array_dataset(prob, geotransform, crs_wkt)
+            workdir = None
+        else:
+            prob_ds = open_raster(prob)
+            workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="kdmsi-poly-"))
+        if valid is not None and valid.shape != (prob_ds.RasterYSize, prob_ds.RasterXSize):
+            raise ValueError(
+                f"valid mask {list(valid.shape)} does not match the probability raster "
+                f"[{prob_ds.RasterYSize}, {prob_ds.RasterXSize}]"
+            )
+        crs = prob_ds.GetProjection()
+        try:
+            return _polygonize_dataset(
+                prob_ds,
+                crs,
+                workdir,
+                threshold,
+                valid,
+                min_area_m2,
+                simplify_m,
+                connectedness,
+                strip_rows,
+                progress,
+                cancel,
+            )
+        except RuntimeError:
+            check_cancel(cancel)  # a GDAL callback stopped the work: report it as Cancelled
+            raise
+
+
+def _polygonize_dataset(
+    prob_ds: gdal.Dataset,
+    crs_wkt: str,
+    workdir: Optional[str],
+    threshold: float,
+    valid: Optional[np.ndarray],
+    min_area_m2: float,
+    simplify_m: float,
+    connectedness: int,
+    strip_rows: int,
+    progress: Optional[ProgressCallback],
+    cancel: Optional[CancelCheck],
+) -> list[ChangePolygon]:
+    mask_ds = _scratch_dataset(workdir, "mask.tif", prob_ds, gdal.GDT_Byte)
+    changed = _threshold(prob_ds, mask_ds, threshold, valid, strip_rows, cancel, progress)
+    if changed == 0:
+        report(progress, 1.0, "no change found")
+        return []
+    source, layer = _polygonize(mask_ds, crs_wkt, connectedness, cancel, progress)
+    mask_ds = None
+    count = layer.GetFeatureCount()
+    label_ds = _scratch_dataset(workdir, "labels.tif", prob_ds, gdal.GDT_UInt32)
+    gdal.RasterizeLayer(
+        label_ds,
+        [1],
+        layer,
+        options=["ATTRIBUTE=label"],
+        callback=_gdal_callback(cancel, progress, 0.6, 0.7, "labelling"),
+    )
+    means, maxima = _label_statistics(prob_ds, label_ds, count, strip_rows, cancel, progress)
+    label_ds = None
+    xmin, ymin, xmax, ymax = raster_extent(prob_ds)
+    areas = AreaCalculator(crs_wkt, ((xmin + xmax) / 2, (ymin + ymax) / 2))
+    polygons: list[ChangePolygon] = []
+    layer.ResetReading()
+    for feature in layer:
+        check_cancel(cancel)
+        label = feature.GetField("label")
+        geom = areas.simplify(feature.GetGeometryRef(), simplify_m)
+        area = areas.area_m2(geom)
+        if area < min_area_m2 or geom.IsEmpty():
+            continue
+        polygons.append(
+            ChangePolygon(
+                id=len(polygons) + 1,
+                area_m2=float(area),
+                mean_prob=float(means[label]),
+                max_prob=float(maxima[label]),
+                wkb=bytes(geom.ExportToIsoWkb()),
+            )
+        )
+    del layer, source  # the layer lives as long as its in-memory data source
+    log.info("%d change polygons (%d before filtering)", len(polygons), count)
+    report(progress, 1.0, f"{len(polygons)} change polygons")
+    return polygons
+
+
+# ---------------------------------------------------------------------------------- writing
+
+
+def vector_driver(path: PathLike) -> str:
+    """OGR driver for ``path``'s extension.
+
+    Raises:
+        VectorOutputError: unknown extension.
+    """
+    ext = Path(path).suffix.lower()
+    if ext not in VECTOR_DRIVERS:
+        known = ", ".join(VECTOR_DRIVERS)
+        raise VectorOutputError(
+            f"cannot tell the vector format of {path} from its extension {ext or '(none)'!r}: "
+            f"use one of {known} (GeoPackage .gpkg recommended)"
+        )
+    return VECTOR_DRIVERS[ext]
+
+
+def _records(features: Sequence[ChangePolygon], multi: bool) -> Iterator[dict[str, Any]]:
+    import shapely
+    from shapely.geometry import MultiPolygon, mapping
+
+    for feature in features:
+        geom = shapely.from_wkb(feature.wkb)
+        if multi and geom.geom_type == "Polygon":
+            geom = MultiPolygon([geom])
+        yield {"geometry": mapping(geom), "properties": feature.properties()}
+
+
+def write_vector(
+    features: Sequence[ChangePolygon],
+    path: PathLike,
+    crs_wkt: str,
+    overwrite: bool = False,
+    layer: Optional[str] = None,
+) -> Path:
+    """Write change polygons to a vector file (driver from the extension), atomically.
+
+    Schema: ``id`` int, ``area_m2``/``mean_prob``/``max_prob`` float, geometry Polygon (or
+    MultiPolygon when any feature is one; polygons are then promoted). The CRS is written
+    from ``crs_wkt``. The file appears only when complete (`atomic_output`).
+
+    Args:
+        features: from `polygonize_changes`.
+        path: ``.gpkg`` (GeoPackage), ``.shp``, ``.geojson``/``.json`` or ``.fgb``.
+        crs_wkt: CRS of the geometries.
+        overwrite: replace an existing file.
+        layer: GeoPackage layer name (default: the file's stem).
+
+    Raises:
+        VectorOutputError: unknown extension. FileExistsError / OutputNotWritableError: see
+        `kdmsi.atomic.atomic_output`.
+    """
+    import fiona
+    from fiona.crs import CRS
+
+    target = Path(path)
+    driver = vector_driver(target)
+    types = {f.geometry_type for f in features}
+    multi = "MULTIPOLYGON" in types
+    schema = {"geometry": "MultiPolygon" if multi else "Polygon", "properties": SCHEMA_PROPERTIES}
+    kwargs: dict[str, Any] = {"driver": driver, "schema": schema, "crs": CRS.from_wkt(crs_wkt)}
+    if driver in ("GPKG", "GeoJSON"):
+        kwargs["layer"] = layer or target.stem  # not the temporary file's name
+    with atomic_output(target, overwrite) as temp:
+        with fiona.open(str(temp), "w", **kwargs) as sink:
+            sink.writerecords(_records(features, multi))
+    log.info("wrote %d polygons to %s", len(features), target)
+    return target
+
+
+__all__ = [
+    "VECTOR_DRIVERS",
+    "AreaCalculator",
+    "Cancelled",
+    "ChangePolygon",
+    "VectorOutputError",
+    "polygonize_changes",
+    "vector_driver",
+    "write_vector",
+]
