@@ -73,6 +73,8 @@ def otsu_threshold(hist: np.ndarray) -> float:
     with np.errstate(divide="ignore", invalid="ignore"):
         between = (mean_total * w0 - m0 * total) ** 2 / (w0 * w1)
     between[~np.isfinite(between)] = -1
+    if between.max() <= 0:  # all values in one bin: nothing to split
+        return float((np.flatnonzero(hist)[-1] + 1) / hist.size)
     # Between well-separated modes the criterion is flat over the empty gap: take its middle.
     best = np.flatnonzero(between >= between.max() * (1 - 1e-9))
     k = (best[0] + best[-1]) / 2

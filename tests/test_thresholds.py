@@ -51,3 +51,9 @@ def test_auto_without_unchanged_tiles_falls_back_to_otsu():
     choice = choose_threshold(h)
     assert choice.method.startswith("auto") and 0.1 < choice.value <= 0.9
     assert h.unchanged.sum() == 0
+
+
+def test_otsu_of_a_single_occupied_bin_is_that_bin():
+    hist = np.zeros(HIST_BINS, np.int64)
+    hist[3] = 100
+    assert otsu_threshold(hist) == 4 / HIST_BINS
