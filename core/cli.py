@@ -1,4 +1,4 @@
-"""The `kdmsi` command line: train-kd, pseudo-labels, train-cd, evaluate, synth.
+"""The `kdmsi` command line: train-kd, pseudo-labels, train-cd, evaluate, synth, detect, tile-grid.
 
 User errors (bad paths, foreign checkpoints, inconsistent datasets) end with one line on stderr
 and exit status 2; a cancel (Ctrl+C) exits with 130. Neither leaves partial files behind.
@@ -233,7 +233,9 @@ def cmd_evaluate(args) -> int:
     device = pick_device(args.device)
     functions, first_meta = {}, None
     wanted = [m.strip() for m in args.maps.split(",")] if args.maps else None
-    for path in args.model:
+    if not args.model and not args.pseudo_labels:
+        raise ValueError("give at least one --model or --pseudo-labels to evaluate")
+    for path in args.model or []:
         _, meta = load_checkpoint(path)
         first_meta = first_meta or meta
         if meta["kind"] == "kd":
@@ -250,14 +252,18 @@ def cmd_evaluate(args) -> int:
         unknown = sorted(set(wanted) - set(functions))
         if unknown:
             raise ValueError(f"maps {unknown} are not available from the given model files")
-    args.tile_size = first_meta["tile_size"]
-    data = _dataset(args, args.data, bands=first_meta["bands"], normalisation=_norm(first_meta))
+    args.tile_size = first_meta["tile_size"] if first_meta else 256
+    bands = first_meta["bands"] if first_meta else None
+    norm = _norm(first_meta) if first_meta else None
+    data = _dataset(args, args.data, bands=bands, normalisation=norm)
     if not data.has_masks:
         raise ValueError(f"{args.data} has no label/ masks for every image; cannot evaluate")
-    stats = _run_with_bar(
-        "evaluate", collect_map_statistics, data, functions, device, args.batch_size
-    )
-    rows = metrics_from_statistics(stats, _threshold(args.threshold))
+    rows = {}
+    if functions:
+        stats = _run_with_bar(
+            "evaluate", collect_map_statistics, data, functions, device, args.batch_size
+        )
+        rows = metrics_from_statistics(stats, _threshold(args.threshold))
     if args.pseudo_labels:
         rows["pseudo-labels"] = evaluate_label_folder(data, Path(args.pseudo_labels))
     if args.json:
@@ -296,6 +302,70 @@ def cmd_synth(args) -> int:
     log.info(
         "wrote %d scenes of %d px as %d px tiles to %s", args.scenes, args.size, args.tile_size, out
     )
+    return 0
+
+
+DETECT_GDAL_CACHE_MB = 256
+"""GDAL block cache of `kdmsi detect` unless GDAL_CACHEMAX is set (GDAL's default, 5 % of the
+RAM, would let the cache and GDAL's rasterize chunks grow to gigabytes on big rasters)."""
+
+
+def _limit_gdal_cache() -> None:
+    import os
+
+    from osgeo import gdal
+
+    if "GDAL_CACHEMAX" not in os.environ:
+        gdal.SetCacheMax(min(gdal.GetCacheMax(), DETECT_GDAL_CACHE_MB << 20))
+
+
+def cmd_detect(args) -> int:
+    from .inference import DEFAULT_SCALES
+    from .pipeline import check_outputs, detect_changes
+
+    check_outputs(args.out, args.probability, args.overwrite)  # answer before the bar appears
+    _limit_gdal_cache()
+    result = _run_with_bar(
+        "detect",
+        detect_changes,
+        args.before,
+        args.after,
+        args.model,
+        args.out,
+        args.probability,
+        tile_size=args.tile_size,
+        overlap_px=args.overlap,
+        batch_size=args.batch_size,
+        device=args.device,
+        threshold=args.threshold,
+        min_area_m2=args.min_area,
+        simplify_m=args.simplify,
+        bands=args.bands,
+        scales=_floats(args.scales) if args.scales else DEFAULT_SCALES,
+        flip=not args.no_flip,
+        overwrite=args.overwrite,
+    )
+    outputs = str(result.vector_path)
+    if result.probability_path is not None:
+        outputs += f" and {result.probability_path}"
+    log.info(
+        "%d change polygons (threshold %.3g) -> %s; %d x %d px in %.1f s on %s",
+        result.polygon_count,
+        result.threshold,
+        outputs,
+        result.width,
+        result.height,
+        result.timing_s["total"],
+        result.device,
+    )
+    return 0
+
+
+def cmd_tile_grid(args) -> int:
+    from .pipeline import make_tile_grid
+
+    out = make_tile_grid(args.before, args.after, args.out, args.tile_size, args.overwrite)
+    log.info("tile grid written to %s; set its 'changed' field to 1 or 0 per tile", out)
     return 0
 
 
@@ -359,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_cd)
 
     p = sub.add_parser("evaluate", help="metrics of model maps against pixel masks")
-    p.add_argument("--model", required=True, action="append", help="model file (repeatable)")
+    p.add_argument("--model", action="append", help="model file (repeatable)")
     p.add_argument("--data", required=True, help="dataset with label/ masks")
     p.add_argument("--maps", help="subset of teacher-cam,student,mi,msi,detector")
     p.add_argument("--threshold", default="auto", help="auto, otsu, unchanged-quantile, or 0..1")
@@ -378,6 +448,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=int, default=256)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("detect", help="change polygons between two georeferenced rasters")
+    p.add_argument("--before", required=True, help="reference raster (defines the output grid)")
+    p.add_argument("--after", required=True, help="later raster (warped onto the before grid)")
+    p.add_argument("--model", required=True, help="model file (.kdmsi) from train-cd or train-kd")
+    p.add_argument("--out", required=True, help="change polygons (.gpkg, .shp, .geojson, .fgb)")
+    p.add_argument("--probability", help="also write the change probability GeoTIFF (.tif)")
+    p.add_argument(
+        "--tile-size", type=int, default=None, help="default: the model's training tile size"
+    )
+    p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument(
+        "--threshold", type=float, default=None, help="0..1; default: the model's, else 0.5"
+    )
+    p.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller (m²)")
+    p.add_argument("--simplify", type=float, default=0.0, help="simplify tolerance (m)")
+    p.add_argument("--bands", type=_ints, default=None, help="1-based, e.g. 4,3,2")
+    p.add_argument("--scales", default=None, help="MSI scales of a KD model, e.g. 0.5,1,1.5,2")
+    p.add_argument("--no-flip", action="store_true", help="KD model: no flip averaging")
+    common(p, tile=False)
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("tile-grid", help="a tile polygon layer to tag as changed (1) or not (0)")
+    p.add_argument("--before", required=True)
+    p.add_argument("--after", required=True)
+    p.add_argument("--out", required=True, help="tile layer (.gpkg recommended)")
+    p.add_argument("--tile-size", type=int, default=256)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.set_defaults(func=cmd_tile_grid)
     return parser
 
 
@@ -401,7 +501,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (Cancelled, KeyboardInterrupt):
         print("kdmsi: cancelled; no partial output was kept", file=sys.stderr)
         return EXIT_CANCELLED
-    except (CheckpointError, DatasetError, BackboneError, ValueError, OSError) as exc:
+    except (CheckpointError, DatasetError, BackboneError, ValueError, OSError, MemoryError) as exc:
         print(f"kdmsi {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

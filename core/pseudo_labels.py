@@ -27,6 +27,52 @@ from .thresholds import ThresholdChoice, choose_threshold
 PROB_SCALE = 65535  # MSI maps are held as uint16 between the two passes
 
 
+def msi_pseudo_labels(
+    student: torch.nn.Module,
+    dataset,
+    threshold: Union[str, float] = "auto",
+    scales: Sequence[float] = DEFAULT_SCALES,
+    flip: bool = True,
+    device: Union[str, torch.device] = "cpu",
+    batch_size: int = 4,
+    progress: Optional[ProgressCallback] = None,
+    cancelled: Optional[CancelCheck] = None,
+) -> tuple[list[np.ndarray], ThresholdChoice]:
+    """Pseudo-label masks of every tile of `dataset`, in dataset order, and the threshold.
+
+    Each mask is uint8 [T, T]: 1 = change, 0 = background (all of a tile labelled unchanged),
+    `IGNORE_INDEX` where the tile's own mask marks pixels as not scored (padding, nodata).
+    Memory: the MSI maps are held as uint16 (2 bytes per pixel) until the threshold is known.
+    """
+    if any(label is None for label in dataset.labels):
+        raise ValueError("pseudo labels need an image label (changed/unchanged) for every tile")
+    maps: list[np.ndarray] = []
+    ignored: list[np.ndarray] = []
+
+    def keep(batch: dict, out: dict) -> None:
+        for prob, mask in zip(out["msi"][:, 0].numpy(), batch["mask"].numpy()):
+            maps.append(np.round(prob * PROB_SCALE).astype(np.uint16))
+            ignored.append(mask == IGNORE_INDEX)
+
+    stats = collect_map_statistics(
+        dataset,
+        {"msi": map_function("msi", student, scales, flip)},
+        torch.device(device),
+        batch_size,
+        progress,
+        cancelled,
+        on_batch=keep,
+    )["msi"]
+    choice = choose_threshold(stats.by_image_label, threshold)
+    cut = int(np.floor(choice.value * PROB_SCALE))
+    masks = []
+    for prob, label, ignore in zip(maps, dataset.labels, ignored):
+        mask = (prob > cut).astype(np.uint8) if label == 1 else np.zeros(prob.shape, np.uint8)
+        mask[ignore & (label == 1)] = IGNORE_INDEX
+        masks.append(mask)
+    return masks, choice
+
+
 def generate_pseudo_labels(
     student: torch.nn.Module,
     dataset: PairDataset,
@@ -43,36 +89,26 @@ def generate_pseudo_labels(
     """Write MSI pseudo labels of every image of `dataset` to `out_dir/label/<name>.png`.
 
     Returns the summary also saved as `out_dir/pseudo_labels.json`: the threshold with how it
-    was chosen, the tile counts and the changed-pixel fraction. Memory: the MSI maps are held
-    as uint16 (2 bytes per pixel) until the threshold is known.
+    was chosen, the tile counts and the changed-pixel fraction.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists; choose another folder or pass --overwrite")
-    if any(label is None for label in dataset.labels):
-        raise ValueError("pseudo labels need an image label (changed/unchanged) for every tile")
-    device = torch.device(device)
-    maps: dict[int, np.ndarray] = {}
-    index = iter(range(len(dataset)))
-
-    def keep(batch: dict, out: dict) -> None:
-        for prob in out["msi"][:, 0].numpy():
-            maps[next(index)] = np.round(prob * PROB_SCALE).astype(np.uint16)
-
-    stats = collect_map_statistics(
+    masks, choice = msi_pseudo_labels(
+        student,
         dataset,
-        {"msi": map_function("msi", student, scales, flip)},
+        threshold,
+        scales,
+        flip,
         device,
         batch_size,
         sub_progress(progress, 0.0, 0.95),
         cancelled,
-        on_batch=keep,
-    )["msi"]
-    choice = choose_threshold(stats.by_image_label, threshold)
+    )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        summary = _write_labels(dataset, maps, choice, tmp)
+        summary = _write_labels(dataset, masks, choice, tmp)
         summary["scales"], summary["flip"] = list(scales), flip
         (tmp / "pseudo_labels.json").write_text(json.dumps(summary, indent=2))
         if out_dir.exists():
@@ -87,11 +123,10 @@ def generate_pseudo_labels(
 
 
 def _write_labels(
-    dataset: PairDataset, maps: dict[int, np.ndarray], choice: ThresholdChoice, folder: Path
+    dataset: PairDataset, masks: list[np.ndarray], choice: ThresholdChoice, folder: Path
 ) -> dict:
     """Assemble each image's tiles into a full-size 0/255 label PNG under `folder/label`."""
     (folder / "label").mkdir()
-    cut = int(np.floor(choice.value * PROB_SCALE))
     by_image: dict[str, list[int]] = {}
     for i, ref in enumerate(dataset.tiles):
         by_image.setdefault(ref.name, []).append(i)
@@ -101,9 +136,7 @@ def _write_labels(
         label = np.zeros((height, width), np.uint8)
         for i in indices:
             ref = dataset.tiles[i]
-            if dataset.labels[i] != 1:
-                continue  # unchanged tiles are all background
-            tile = (maps[i][: ref.height, : ref.width] > cut).astype(np.uint8) * 255
+            tile = (masks[i][: ref.height, : ref.width] == 1).astype(np.uint8) * 255
             window = label[ref.y : ref.y + ref.height, ref.x : ref.x + ref.width]
             np.maximum(window, tile, out=window)
         write_image(folder / "label" / f"{name}.png", label)

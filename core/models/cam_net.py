@@ -50,12 +50,19 @@ class SiameseCAMNet(nn.Module):
         self.trunk = ResNetTrunk(backbone, weights=weights, in_channels=in_channels)
         channels = self.trunk.high_channels * (2 if fusion == "concat" else 1)
         self.head = nn.Conv2d(channels, 1, kernel_size=1, bias=False)
+        # The new head starts at zero (G = 0, sigmoid(G) = 0.5) and sees the fused features
+        # scaled by 1/sqrt(C): a reparametrisation of the same 1x1 conv that keeps G's scale and
+        # SGD's step on G independent of the trunk width (512 to 4096 channels). Without it, a
+        # sum over hundreds of |f(post) - f(pre)| channels saturates the sigmoid within a step
+        # and the student's MSE through it has no gradient left (measured: collapse to 0).
+        nn.init.zeros_(self.head.weight)
+        self.feature_scale = channels**-0.5
 
     def forward(self, pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
         """pre, post: [B, C, H, W] -> logit map G: [B, 1, H/16, W/16] (sizes rounded up)."""
         both = self.trunk(torch.cat([pre, post], dim=0)).high
         f_pre, f_post = both.chunk(2, dim=0)
-        return self.head(fuse(f_pre, f_post, self.fusion))
+        return self.head(fuse(f_pre, f_post, self.fusion) * self.feature_scale)
 
     def param_groups(self, lr: float, head_lr_mult: float = 10.0) -> list[dict]:
         """SGD parameter groups: the trunk at `lr`, the new 1x1 head at `head_lr_mult * lr`."""

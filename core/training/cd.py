@@ -88,12 +88,12 @@ def train_detector(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += float(loss)
+            loss_sum += loss.item()
             n_batches += 1
             step += 1
             progress(
                 step / total_steps,
-                f"detector epoch {epoch}/{config.epochs}: loss {float(loss):.4f}",
+                f"detector epoch {epoch}/{config.epochs}: loss {loss.item():.4f}",
             )
         record = {"epoch": epoch, "train_ce": loss_sum / max(n_batches, 1)}
         if use_val:

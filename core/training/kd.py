@@ -144,7 +144,7 @@ def train_kd(
             step += 1
             progress(
                 step / total_steps,
-                f"KD epoch {epoch}/{config.epochs}: loss {float(losses['total']):.4f}",
+                f"KD epoch {epoch}/{config.epochs}: loss {losses['total'].item():.4f}",
             )
         record = {"epoch": epoch, **{f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()}}
         if criterion == "val_change_iou":

@@ -1,0 +1,156 @@
+"""Training from tagged tiles: windows from any-CRS tile layers, tag checks, the whole chain."""
+
+import numpy as np
+import pytest
+from osgeo import gdal, ogr, osr
+
+from kdmsi.checkpoint import load_checkpoint
+from kdmsi.progress import Cancelled
+from kdmsi.raster import align_pair
+from kdmsi.synthetic import make_scene, write_scene
+from kdmsi.tagged import (
+    RasterTileDataset,
+    TagError,
+    TagTrainingConfig,
+    read_tagged_windows,
+    train_from_tags,
+)
+from kdmsi.training import CDConfig, KDConfig
+
+TILE = 64
+
+
+@pytest.fixture(scope="module")
+def scene_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scene")
+    scene = make_scene(256, 256, seed=5, pixel_size_m=1.0)
+    return scene, write_scene(scene, folder)
+
+
+def write_tiles(path, scene, tags, epsg=None):
+    """A GeoPackage of TILE-px squares over `scene` with the given `changed` values."""
+    gt = scene.geotransform
+    srs = osr.SpatialReference()
+    srs.ImportFromWkt(scene.crs_wkt)
+    out_srs = srs
+    if epsg:
+        out_srs = osr.SpatialReference()
+        out_srs.ImportFromEPSG(epsg)
+    for s in (srs, out_srs):
+        s.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    transform = osr.CoordinateTransformation(srs, out_srs)
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    layer = ds.CreateLayer("tiles", out_srs, ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn("changed", ogr.OFTInteger))
+    for (row, col), tag in tags.items():
+        x0, y0 = gt[0] + col * TILE * gt[1], gt[3] + row * TILE * gt[5]
+        x1, y1 = x0 + TILE * gt[1], y0 + TILE * gt[5]
+        ring = ogr.Geometry(ogr.wkbLinearRing)
+        for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)):
+            ring.AddPoint_2D(x, y)
+        poly = ogr.Geometry(ogr.wkbPolygon)
+        poly.AddGeometry(ring)
+        poly.Transform(transform)
+        feature = ogr.Feature(layer.GetLayerDefn())
+        feature.SetGeometry(poly)
+        if tag is not None:
+            feature.SetField("changed", tag)
+        layer.CreateFeature(feature)
+    ds = None
+    return path
+
+
+def truth_tags(scene):
+    return {
+        (r, c): int(scene.change[r * TILE : (r + 1) * TILE, c * TILE : (c + 1) * TILE].any())
+        for r in range(4)
+        for c in range(4)
+    }
+
+
+@pytest.mark.parametrize("epsg", [None, 4326])
+def test_tagged_windows_in_any_crs_land_on_the_grid(tmp_path, scene_files, epsg):
+    scene, files = scene_files
+    tags = truth_tags(scene)
+    tags[(0, 0)] = None  # untagged: ignored
+    layer = write_tiles(tmp_path / "t.gpkg", scene, tags, epsg)
+    with align_pair(files["before"], files["after"]) as pair:
+        windows = read_tagged_windows(layer, pair, TILE)
+    assert len(windows) == 15
+    got = {(w.y // TILE, w.x // TILE): t for w, t in windows}
+    assert all(w.x % TILE == 0 and w.y % TILE == 0 and w.w == TILE for w, _ in windows)
+    assert got == {k: v for k, v in tags.items() if v is not None}
+
+
+def test_raster_tile_dataset_items(scene_files, tmp_path):
+    scene, files = scene_files
+    layer = write_tiles(tmp_path / "t.gpkg", scene, truth_tags(scene))
+    with align_pair(files["before"], files["after"]) as pair:
+        from kdmsi.data import Normalisation
+        from kdmsi.raster import pair_stretches
+
+        windows = read_tagged_windows(layer, pair, TILE)
+        ds = RasterTileDataset(pair, windows, pair_stretches(pair), Normalisation.default(3), TILE)
+        item = ds[0]
+        assert item["pre"].shape == (3, TILE, TILE)
+        pre, _, valid = ds.read(0)
+        w = windows[0][0]
+        assert np.allclose(pre, scene.pre[:, w.y : w.y + TILE, w.x : w.x + TILE]) and valid.all()
+
+
+def test_bad_tag_layers_are_refused(tmp_path, scene_files):
+    scene, files = scene_files
+    few = write_tiles(tmp_path / "few.gpkg", scene, {(0, 0): 1, (0, 1): 0, (1, 1): 1})
+    with pytest.raises(TagError, match="at least 2 of each class"):
+        train_from_tags(files["before"], files["after"], few, tmp_path / "m.kdmsi")
+    assert not (tmp_path / "m.kdmsi").exists()
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(tmp_path / "nofield.gpkg"))
+    srs = osr.SpatialReference()
+    srs.ImportFromWkt(scene.crs_wkt)
+    ds.CreateLayer("x", srs, ogr.wkbPolygon)
+    ds = None
+    with align_pair(files["before"], files["after"]) as pair:
+        with pytest.raises(TagError, match="no field 'changed'"):
+            read_tagged_windows(tmp_path / "nofield.gpkg", pair, TILE)
+        with pytest.raises(TagError, match="cannot open"):
+            read_tagged_windows(tmp_path / "missing.gpkg", pair, TILE)
+
+
+def test_train_from_tags_writes_a_loadable_detector(tmp_path, scene_files):
+    scene, files = scene_files
+    layer = write_tiles(tmp_path / "t.gpkg", scene, truth_tags(scene))
+    config = TagTrainingConfig(
+        tile_size=TILE,
+        scales=(1.0, 2.0),
+        kd=KDConfig(backbone="resnet18", epochs=1, batch_size=4),
+        cd=CDConfig(backbone="resnet18", epochs=1, batch_size=4),
+    )
+    stages = []
+    out = tmp_path / "model.kdmsi"
+    summary = train_from_tags(
+        files["before"], files["after"], layer, out, config, progress=lambda f, m: stages.append(f)
+    )
+    model, meta = load_checkpoint(out)
+    assert meta["kind"] == "detector" and meta["tile_size"] == TILE
+    assert meta["training"]["tags"] == summary["tags"]
+    assert 0 < meta["training"]["pseudo_labels"]["threshold"]["value"] < 1
+    assert stages == sorted(stages) and stages[-1] == 1.0
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        train_from_tags(files["before"], files["after"], layer, out, config)
+
+
+def test_cancelled_training_writes_nothing(tmp_path, scene_files):
+    scene, files = scene_files
+    layer = write_tiles(tmp_path / "t.gpkg", scene, truth_tags(scene))
+    config = TagTrainingConfig(tile_size=TILE, kd=KDConfig(backbone="resnet18", epochs=1))
+    with pytest.raises(Cancelled):
+        train_from_tags(
+            files["before"],
+            files["after"],
+            layer,
+            tmp_path / "m.kdmsi",
+            config,
+            cancelled=lambda: True,
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.gpkg"]
+    assert gdal.Open(str(files["before"])) is not None
