@@ -369,6 +369,55 @@ def cmd_tile_grid(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .tagged import TagTrainingConfig, train_from_tags
+    from .training import CDConfig, KDConfig
+
+    config = TagTrainingConfig(
+        tile_size=args.tile_size,
+        bands=args.bands,
+        threshold=_threshold(args.threshold),
+        kd=KDConfig(
+            backbone=args.backbone,
+            fusion=args.fusion,
+            weights=args.weights,
+            epochs=args.kd_epochs,
+            batch_size=args.batch_size,
+            lr=args.kd_lr,
+            seed=args.seed,
+            device=args.device,
+        ),
+        cd=CDConfig(
+            backbone=args.backbone,
+            weights=args.weights,
+            epochs=args.cd_epochs,
+            batch_size=args.batch_size,
+            lr=args.cd_lr,
+            seed=args.seed,
+            device=args.device,
+        ),
+    )
+    summary = _run_with_bar(
+        "train",
+        train_from_tags,
+        args.before,
+        args.after,
+        args.tiles,
+        args.out,
+        config,
+        overwrite=args.overwrite,
+    )
+    log.info(
+        "saved %s: %d changed / %d unchanged tiles, pseudo-label threshold %.3f (%s)",
+        args.out,
+        summary["tags"]["changed"],
+        summary["tags"]["not_changed"],
+        summary["pseudo_labels"]["threshold"]["value"],
+        summary["pseudo_labels"]["threshold"]["method"],
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .models import BACKBONES, FUSIONS
@@ -478,6 +527,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=int, default=256)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=cmd_tile_grid)
+
+    p = sub.add_parser("train", help="train a detector from a tile layer tagged changed 1/0")
+    p.add_argument("--before", required=True, help="before raster")
+    p.add_argument("--after", required=True, help="after raster")
+    p.add_argument("--tiles", required=True, help="tile layer with field changed (1/0/empty)")
+    p.add_argument("--out", required=True, help="model file to write (.kdmsi)")
+    p.add_argument("--backbone", choices=BACKBONES, default="resnet50")
+    p.add_argument("--fusion", choices=FUSIONS, default="abs")
+    p.add_argument("--weights", help="backbone weights: a local .pth file or a torchvision name")
+    p.add_argument("--kd-epochs", type=int, default=20)
+    p.add_argument("--cd-epochs", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--kd-lr", type=float, default=1e-3)
+    p.add_argument("--cd-lr", type=float, default=0.007)
+    p.add_argument("--threshold", default="auto", help="pseudo-label threshold: auto or 0..1")
+    p.add_argument("--seed", type=int, default=0)
+    common(p)
+    p.set_defaults(func=cmd_train)
     return parser
 
 

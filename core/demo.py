@@ -37,10 +37,10 @@ def run_demo(
     scenes: int = 6,
     scene_size: int = 512,
     tile_size: int = 128,
-    kd_epochs: int = 6,
+    kd_epochs: int = 8,
     cd_epochs: int = 6,
     backbone: str = "resnet18",
-    lr_kd: float = 0.01,
+    lr_kd: float = 0.02,
     lr_cd: float = 0.01,
     weights: Optional[str] = None,
 ) -> dict:
@@ -156,7 +156,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--scenes", type=int, default=6)
     parser.add_argument("--scene-size", type=int, default=512)
     parser.add_argument("--tile-size", type=int, default=128)
-    parser.add_argument("--kd-epochs", type=int, default=6)
+    parser.add_argument("--kd-epochs", type=int, default=8)
     parser.add_argument("--cd-epochs", type=int, default=6)
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--weights", help="local ImageNet ResNet weights (.pth) for both networks")

@@ -79,6 +79,7 @@ class _Exploit:
         return (os.system, (f"touch {_Exploit.marker}",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickled_code_is_never_executed(tmp_path):
     _Exploit.marker = tmp_path / "pwned"
     path = tmp_path / "evil.kdmsi"

@@ -154,3 +154,42 @@ def test_cancelled_training_writes_nothing(tmp_path, scene_files):
         )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.gpkg"]
     assert gdal.Open(str(files["before"])) is not None
+
+
+def test_cli_train_from_tags_and_its_errors(tmp_path, scene_files, capsys):
+    from kdmsi.cli import main
+
+    scene, files = scene_files
+    layer = write_tiles(tmp_path / "t.gpkg", scene, truth_tags(scene))
+    out = tmp_path / "m.kdmsi"
+    argv = [
+        "train",
+        "--before",
+        str(files["before"]),
+        "--after",
+        str(files["after"]),
+        "--tiles",
+        str(layer),
+        "--out",
+        str(out),
+        "--backbone",
+        "resnet18",
+        "--kd-epochs",
+        "1",
+        "--cd-epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--tile-size",
+        str(TILE),
+    ]
+    assert main(argv) == 0
+    assert load_checkpoint(out)[1]["kind"] == "detector"
+    capsys.readouterr()
+    assert main(argv) == 2 and "--overwrite" in capsys.readouterr().err
+    few = write_tiles(tmp_path / "few.gpkg", scene, {(0, 0): 1, (0, 1): 0})
+    argv[argv.index(str(layer))] = str(few)
+    argv.append("--overwrite")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "at least 2 of each class" in err and "Traceback" not in err
