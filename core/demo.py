@@ -120,12 +120,8 @@ def run_demo(
         "pseudo labels against the training truth",
         [
             "evaluate",
-            "--model",
-            str(kd),
             "--data",
             str(train),
-            "--maps",
-            "msi",
             "--pseudo-labels",
             str(pseudo / "label"),
         ],
