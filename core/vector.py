@@ -380,7 +380,9 @@ def _polygonize_dataset(
         label_ds,
         [1],
         layer,
-        options=["ATTRIBUTE=label"],
+        # A fixed chunk height bounds rasterize's buffer; by default GDAL sizes it from its
+        # block cache, which made the peak memory of a 16k^2 run follow GDAL_CACHEMAX.
+        options=["ATTRIBUTE=label", f"CHUNKYSIZE={strip_rows}"],
         callback=_gdal_callback(cancel, progress, 0.6, 0.7, "labelling"),
     )
     means, maxima = _label_statistics(prob_ds, label_ds, count, strip_rows, cancel, progress)
