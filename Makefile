@@ -51,3 +51,31 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) dist build *.egg-info
+
+# ------------------------------------------------------------------- plugin packaging
+# `make package`: dist/kdmsi_qgis-<version>.zip, the plugin folder with the kdmsi library
+# bundled in kdmsi_qgis/libs/kdmsi (deps.py puts libs/ on sys.path). torch, torchvision,
+# shapely and fiona are not bundled: the plugin prints the pip command for QGIS's Python.
+# `make deploy`: the same folder copied into a QGIS profile (QGIS_PLUGINS to override).
+PLUGIN_VERSION := $(shell sed -n 's/^version=//p' kdmsi_qgis/metadata.txt)
+PLUGIN_BUILD := build/plugin
+QGIS_PLUGINS ?= $(HOME)/.local/share/QGIS/QGIS3/profiles/default/python/plugins
+
+.PHONY: package deploy
+
+$(PLUGIN_BUILD)/kdmsi_qgis: $(wildcard kdmsi_qgis/* core/*.py core/*/*.py)
+	rm -rf $(PLUGIN_BUILD) && mkdir -p $@/libs
+	cp kdmsi_qgis/*.py kdmsi_qgis/metadata.txt kdmsi_qgis/icon.svg $@/
+	cp -r core $@/libs/kdmsi
+	find $(PLUGIN_BUILD) -name __pycache__ -prune -exec rm -rf {} +
+	touch $@
+
+package: $(PLUGIN_BUILD)/kdmsi_qgis
+	mkdir -p dist && rm -f dist/kdmsi_qgis-$(PLUGIN_VERSION).zip
+	cd $(PLUGIN_BUILD) && /usr/bin/python3 -m zipfile -c ../../dist/kdmsi_qgis-$(PLUGIN_VERSION).zip kdmsi_qgis
+	@echo "wrote dist/kdmsi_qgis-$(PLUGIN_VERSION).zip"
+
+deploy: $(PLUGIN_BUILD)/kdmsi_qgis
+	mkdir -p "$(QGIS_PLUGINS)" && rm -rf "$(QGIS_PLUGINS)/kdmsi_qgis"
+	cp -r $(PLUGIN_BUILD)/kdmsi_qgis "$(QGIS_PLUGINS)/"
+	@echo "installed into $(QGIS_PLUGINS)/kdmsi_qgis; enable it in QGIS > Plugins"
