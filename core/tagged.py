@@ -21,6 +21,7 @@ from .atomic import check_output_target
 from .checkpoint import save_checkpoint
 from .data import IGNORE_INDEX, Normalisation, paired_augment
 from .inference import DEFAULT_SCALES, pick_device
+from .pipeline import TilePreparer
 from .progress import CancelCheck, ProgressCallback, report, sub_progress
 from .pseudo_labels import msi_pseudo_labels
 from .raster import AlignedPair, BandStretch, align_pair, pair_stretches
@@ -118,7 +119,7 @@ def _centred_window(cx: float, cy: float, tile: int, width: int, height: int) ->
 class RasterTileDataset(Dataset):
     """Tagged windows of an aligned raster pair, shaped like `kdmsi.data.PairDataset` items.
 
-    Items: ``pre``/``post`` float32 [C, T, T] (stretched to 0..255, then normalised), ``mask``
+    Items: ``pre``/``post`` float32 [C, T, T] (prepared as for detection), ``mask``
     int64 [T, T] (0 where the tile is tagged unchanged, `IGNORE_INDEX` where unknown, nodata or
     padded; replaced by pseudo labels once `set_masks` is called), ``label``, ``key``.
     Windows are read on demand, so memory stays bounded by the batch.
@@ -142,6 +143,7 @@ class RasterTileDataset(Dataset):
         self.has_masks = False
         self.masks: Optional[list[np.ndarray]] = None
         self._rng = np.random.default_rng(seed)
+        self._prepare = TilePreparer(pair, stretches, normalisation)
 
     def set_masks(self, masks: Sequence[np.ndarray]) -> None:
         """Use these uint8 [T, T] masks (e.g. pseudo labels) as the items' masks."""
@@ -151,14 +153,19 @@ class RasterTileDataset(Dataset):
         return len(self.windows)
 
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Stretched pre, post float32 [C, T, T] and the valid mask bool [T, T], padded."""
+        """Network-ready pre, post float32 [C, T, T] and the valid mask bool [T, T].
+
+        Prepared exactly as `kdmsi detect` prepares its tiles (`TilePreparer`: stretch,
+        normalisation, nodata set to 0, reflect padding), so training sees what inference sees.
+        """
         win = self.windows[index]
-        pre, post, valid = self.pair.read_window(win.x, win.y, win.w, win.h)
-        pre, post = self.stretches[0].apply(pre), self.stretches[1].apply(post)
-        pad = ((0, win.pad_y), (0, win.pad_x))
-        pre = np.pad(pre, ((0, 0), *pad))
-        post = np.pad(post, ((0, 0), *pad))
-        return pre, post, np.pad(valid, pad, constant_values=False)
+        prepared = self._prepare(win)
+        t = self.tile_size
+        if prepared is None:  # no valid pixel: nothing to learn from this tile's pixels
+            empty = np.zeros((len(self.bands), t, t), np.float32)
+            return empty, empty.copy(), np.zeros((t, t), bool)
+        pre, post, valid = prepared
+        return pre, post, np.pad(valid, ((0, win.pad_y), (0, win.pad_x)), constant_values=False)
 
     def __getitem__(self, index: int) -> dict:
         pre, post, valid = self.read(index)
@@ -172,8 +179,8 @@ class RasterTileDataset(Dataset):
         if self.augment:
             pre, post, mask = paired_augment(pre, post, mask, self._rng)
         return {
-            "pre": self.normalisation(pre),
-            "post": self.normalisation(post),
+            "pre": torch.from_numpy(np.ascontiguousarray(pre)),
+            "post": torch.from_numpy(np.ascontiguousarray(post)),
             "mask": torch.from_numpy(mask.astype(np.int64)),
             "label": torch.tensor(float(self.labels[index])),
             "has_mask": self.masks is not None,
