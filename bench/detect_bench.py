@@ -110,21 +110,13 @@ def _status_kb(key: str) -> int:
 def _detector_checkpoint(folder: Path) -> Path:
     import torch
 
-    from kdmsi.checkpoint import save_checkpoint
+    from kdmsi.checkpoint import save_detector
     from kdmsi.data import Normalisation
     from kdmsi.models import SiameseDeepLabV3Plus
 
     torch.manual_seed(0)
     net = SiameseDeepLabV3Plus("resnet18", in_channels=3)
-    meta = {
-        "kind": "detector",
-        "model": net.config(),
-        "bands": [1, 2, 3],
-        "normalisation": Normalisation.default(3).to_dict(),
-        "tile_size": TILE,
-        "threshold": 0.5,
-    }
-    return save_checkpoint(folder / "detector.kdmsi", meta, state_dict=net.state_dict())
+    return save_detector(folder / "detector.kdmsi", net, [1, 2, 3], Normalisation.default(3), TILE)
 
 
 def _model_only_seconds(

@@ -22,10 +22,13 @@ from typing import Any, Optional, Union
 import torch
 
 from . import __version__
+from .data import Normalisation
 from .models import MODEL_KINDS, build_model
 
 FORMAT = "kdmsi-checkpoint"
 FORMAT_VERSION = 1
+DETECTOR_THRESHOLD = 0.5  # change-class probability; argmax of the two classes
+DETECTOR_CLASSES = ("no change", "change")
 REQUIRED_METADATA = ("kind", "model", "bands", "normalisation", "tile_size")
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -65,6 +68,29 @@ def save_checkpoint(
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_detector(
+    path: PathLike,
+    model: torch.nn.Module,
+    bands: list[int],
+    normalisation: Normalisation,
+    tile_size: int,
+    training: Optional[dict[str, Any]] = None,
+    threshold: float = DETECTOR_THRESHOLD,
+) -> Path:
+    """Save a `SiameseDeepLabV3Plus` with the metadata `kdmsi detect` needs."""
+    meta = {
+        "kind": "detector",
+        "model": model.config(),
+        "bands": list(bands),
+        "normalisation": normalisation.to_dict(),
+        "tile_size": int(tile_size),
+        "threshold": threshold,
+        "class_names": list(DETECTOR_CLASSES),
+        "training": training or {},
+    }
+    return save_checkpoint(path, meta, state_dict=model.state_dict())
 
 
 def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

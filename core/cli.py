@@ -178,7 +178,7 @@ def _norm(meta: dict):
 
 
 def cmd_train_cd(args) -> int:
-    from .checkpoint import save_checkpoint
+    from .checkpoint import save_detector
     from .training import CDConfig, train_detector
 
     out = Path(args.out)
@@ -201,24 +201,15 @@ def cmd_train_cd(args) -> int:
     pseudo_info = labels.parent / "pseudo_labels.json"
     pseudo = json.loads(pseudo_info.read_text()) if pseudo_info.is_file() else None
     result = _run_with_bar("train-cd", train_detector, train, config, val)
-    meta = {
-        "kind": "detector",
-        "model": result.model.config(),
-        "bands": train.bands,
-        "normalisation": train.normalisation.to_dict(),
-        "tile_size": args.tile_size,
-        "threshold": 0.5,
-        "class_names": ["no change", "change"],
-        "training": {
-            "config": result.config,
-            "history": result.history,
-            "selection": result.selection,
-            "tiles": len(train),
-            "labels": str(labels.resolve()),
-            "pseudo_labels": pseudo,
-        },
+    training = {
+        "config": result.config,
+        "history": result.history,
+        "selection": result.selection,
+        "tiles": len(train),
+        "labels": str(labels.resolve()),
+        "pseudo_labels": pseudo,
     }
-    save_checkpoint(out, meta, state_dict=result.model.state_dict())
+    save_detector(out, result.model, train.bands, train.normalisation, args.tile_size, training)
     sel = result.selection
     log.info("saved %s (selected epoch %s by %s)", out, sel["epoch"], sel["criterion"])
     return 0

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from .checkpoint import DETECTOR_THRESHOLD
 from .data import IGNORE_INDEX, PairDataset
 from .inference import (
     DEFAULT_SCALES,
@@ -29,7 +30,6 @@ from .progress import CancelCheck, ProgressCallback, check_cancel, no_progress
 from .thresholds import HIST_BINS, ProbabilityHistograms, ThresholdChoice, choose_threshold
 
 KD_MAPS = ("teacher-cam", "student", "mi", "msi")
-DETECTOR_THRESHOLD = 0.5  # argmax of two classes
 
 
 def map_function(kind: str, model, scales: Sequence[float] = DEFAULT_SCALES, flip: bool = True):

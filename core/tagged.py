@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .atomic import check_output_target
-from .checkpoint import save_checkpoint
+from .checkpoint import save_detector
 from .data import IGNORE_INDEX, Normalisation, paired_augment
 from .inference import DEFAULT_SCALES, pick_device
 from .pipeline import TilePreparer
@@ -255,17 +255,7 @@ def train_from_tags(
             "pseudo_labels": {"threshold": choice.to_dict(), "scales": list(config.scales)},
             "detector": {"config": cd.config, "history": cd.history, "selection": cd.selection},
         }
-        meta = {
-            "kind": "detector",
-            "model": cd.model.config(),
-            "bands": list(pair.bands),
-            "normalisation": normalisation.to_dict(),
-            "tile_size": config.tile_size,
-            "threshold": 0.5,
-            "class_names": ["no change", "change"],
-            "training": summary,
-        }
-        save_checkpoint(out, meta, state_dict=cd.model.state_dict())
+        save_detector(out, cd.model, pair.bands, normalisation, config.tile_size, summary)
         report(progress, 1.0, f"saved {out}")
         return summary
     finally:

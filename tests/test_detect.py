@@ -22,7 +22,7 @@ from osgeo import gdal, ogr, osr
 from shapely.geometry import shape
 from shapely.ops import unary_union
 
-from kdmsi.checkpoint import save_checkpoint
+from kdmsi.checkpoint import save_checkpoint, save_detector
 from kdmsi.cli import main
 from kdmsi.data import Normalisation
 from kdmsi.models import SiameseCAMNet, SiameseDeepLabV3Plus
@@ -138,16 +138,8 @@ def detector_model(tmp_path_factory) -> Path:
     """A random-init ResNet-18 Siamese DeepLabV3+ checkpoint for 3 bands, tiles of 128."""
     torch.manual_seed(0)
     net = SiameseDeepLabV3Plus("resnet18", in_channels=3)
-    meta = {
-        "kind": "detector",
-        "model": net.config(),
-        "bands": [1, 2, 3],
-        "normalisation": NORM.to_dict(),
-        "tile_size": 128,
-        "threshold": 0.5,
-    }
     path = tmp_path_factory.mktemp("models") / "detector.kdmsi"
-    return save_checkpoint(path, meta, state_dict=net.state_dict())
+    return save_detector(path, net, [1, 2, 3], NORM, 128)
 
 
 @pytest.fixture(scope="module")

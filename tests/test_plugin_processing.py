@@ -17,7 +17,7 @@ qgis_core = pytest.importorskip("qgis.core")
 import torch  # noqa: E402
 from osgeo import gdal, ogr  # noqa: E402
 
-from kdmsi.checkpoint import save_checkpoint  # noqa: E402
+from kdmsi.checkpoint import save_detector  # noqa: E402
 from kdmsi.data import Normalisation  # noqa: E402
 from kdmsi.models import SiameseDeepLabV3Plus  # noqa: E402
 from kdmsi.synthetic import make_scene, write_scene  # noqa: E402
@@ -59,16 +59,8 @@ def detector_model(tmp_path_factory) -> Path:
     """A random-init ResNet-18 Siamese DeepLabV3+ checkpoint for 3 bands, tiles of 128."""
     torch.manual_seed(0)
     net = SiameseDeepLabV3Plus("resnet18", in_channels=3)
-    meta = {
-        "kind": "detector",
-        "model": net.config(),
-        "bands": [1, 2, 3],
-        "normalisation": Normalisation.default(3).to_dict(),
-        "tile_size": 128,
-        "threshold": 0.5,
-    }
     path = tmp_path_factory.mktemp("models") / "detector.kdmsi"
-    return save_checkpoint(path, meta, state_dict=net.state_dict())
+    return save_detector(path, net, [1, 2, 3], Normalisation.default(3), 128)
 
 
 def test_no_missing_dependencies_here():
