@@ -2,7 +2,7 @@
 
 from .backbones import BACKBONES, BackboneError, ResNetTrunk
 from .cam_net import FUSIONS, SiameseCAMNet, fuse
-from .deeplab import SiameseDeepLabV3Plus
+from .deeplab import DetectorFeatures, SiameseDeepLabV3Plus
 
 MODEL_KINDS = {"kd": SiameseCAMNet, "detector": SiameseDeepLabV3Plus}
 
@@ -19,6 +19,7 @@ __all__ = [
     "FUSIONS",
     "MODEL_KINDS",
     "BackboneError",
+    "DetectorFeatures",
     "ResNetTrunk",
     "SiameseCAMNet",
     "SiameseDeepLabV3Plus",

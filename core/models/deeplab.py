@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -19,6 +20,25 @@ def _conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)
     )
+
+
+@dataclass
+class DetectorFeatures:
+    """Intermediate tensors of one `SiameseDeepLabV3Plus` forward pass (for distillation).
+
+    Shapes for input [B, C, H, W] at output stride 16 (layer1 at stride 4):
+        low_pre, low_post: [B, C_low, H/4, W/4] encoder layer1 features of each date.
+        high_pre, high_post: [B, C_high, H/16, W/16] encoder layer4 features of each date.
+        change: [B, 304, H/4, W/4] fused change features entering the decoder (ASPP 256 + 48).
+        logits: [B, 2, H, W] class logits.
+    """
+
+    low_pre: torch.Tensor
+    low_post: torch.Tensor
+    high_pre: torch.Tensor
+    high_post: torch.Tensor
+    change: torch.Tensor
+    logits: torch.Tensor
 
 
 class SiameseDeepLabV3Plus(nn.Module):
@@ -48,14 +68,20 @@ class SiameseDeepLabV3Plus(nn.Module):
 
     def forward(self, pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
         """pre, post: [B, C, H, W] -> class logits [B, 2, H, W]."""
+        return self.forward_features(pre, post).logits
+
+    def forward_features(self, pre: torch.Tensor, post: torch.Tensor) -> DetectorFeatures:
+        """pre, post: [B, C, H, W] -> `DetectorFeatures` (encoder, change features and logits)."""
         feats = self.trunk(torch.cat([pre, post], dim=0))
         low_pre, low_post = feats.low.chunk(2, dim=0)
         high_pre, high_post = feats.high.chunk(2, dim=0)
         x = self.aspp(high_pre - high_post)
         low = self.low_proj(low_pre - low_post)
         x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=False)
-        x = self.classifier(self.decoder(torch.cat([x, low], dim=1)))
-        return F.interpolate(x, size=pre.shape[-2:], mode="bilinear", align_corners=False)
+        change = torch.cat([x, low], dim=1)
+        x = self.classifier(self.decoder(change))
+        logits = F.interpolate(x, size=pre.shape[-2:], mode="bilinear", align_corners=False)
+        return DetectorFeatures(low_pre, low_post, high_pre, high_post, change, logits)
 
     def change_probability(self, pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] pairs -> softmax probability of the change class, [B, 1, H, W]."""
