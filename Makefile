@@ -53,7 +53,7 @@ clean:
 	rm -rf $(VENV) $(DEMO_OUT) dist build *.egg-info
 
 # ------------------------------------------------------------------- plugin packaging
-# `make package`: dist/kdmsi_qgis-<version>.zip, the plugin folder with the kdmsi library
+# `make package`: dist/kdmsi_qgis.zip, the plugin folder with the kdmsi library
 # bundled in kdmsi_qgis/libs/kdmsi (deps.py puts libs/ on sys.path). torch, torchvision,
 # shapely and fiona are not bundled: the plugin prints the pip command for QGIS's Python.
 # `make deploy`: the same folder copied into a QGIS profile (QGIS_PLUGINS to override).
@@ -71,9 +71,9 @@ $(PLUGIN_BUILD)/kdmsi_qgis: $(wildcard kdmsi_qgis/* core/*.py core/*/*.py)
 	touch $@
 
 package: $(PLUGIN_BUILD)/kdmsi_qgis
-	mkdir -p dist && rm -f dist/kdmsi_qgis-$(PLUGIN_VERSION).zip
-	cd $(PLUGIN_BUILD) && /usr/bin/python3 -m zipfile -c ../../dist/kdmsi_qgis-$(PLUGIN_VERSION).zip kdmsi_qgis
-	@echo "wrote dist/kdmsi_qgis-$(PLUGIN_VERSION).zip"
+	mkdir -p dist && rm -f dist/kdmsi_qgis.zip
+	cd $(PLUGIN_BUILD) && /usr/bin/python3 -m zipfile -c ../../dist/kdmsi_qgis.zip kdmsi_qgis
+	@echo "wrote dist/kdmsi_qgis.zip"
 
 deploy: $(PLUGIN_BUILD)/kdmsi_qgis
 	mkdir -p "$(QGIS_PLUGINS)" && rm -rf "$(QGIS_PLUGINS)/kdmsi_qgis"

@@ -3,19 +3,15 @@
 * `detect_changes`   -> `kdmsi.pipeline.detect_changes`
 * `create_tile_grid` -> `kdmsi.pipeline.make_tile_grid`
 * `train_from_tags`  -> `kdmsi.tagged.train_from_tags`
+* `evaluate_changes` -> `kdmsi.reference.evaluate_model`
 
-`QgsProcessingFeedback` is mapped onto kdmsi's one progress contract: `progress(fraction,
-message)` sets the percentage and pushes each new message; `cancelled` is
-`feedback.isCanceled`. kdmsi's user errors (ValueError / OSError subclasses, MemoryError) and
-`kdmsi.progress.Cancelled` become `QgsProcessingException` with the same message; kdmsi
-removes partial outputs itself before raising.
-
-Why `FlagNoThreading`: by default Processing runs algorithms in a QThread pool worker. PyTorch
-in such a worker is fragile inside QGIS: its OpenMP/intra-op thread pool and CUDA context are
-created lazily on first use and bound to that thread, the worker holds the GIL through long
-C++ calls so the GUI freezes anyway, and crashes/deadlocks at torch initialisation or at QGIS
-exit have been seen in plugins that do this. Running on the main thread (QGIS keeps the
-progress dialog responsive through the feedback object) is the robust choice.
+Threading: every algorithm resolves its layer parameters to files in `prepareAlgorithm`,
+which Processing calls on the main thread (a layer with unsaved edits or in memory is written
+to a temporary GeoPackage there); `processAlgorithm` then works on file paths only, so it is
+safe in the worker thread that Processing, and the plugin dialog's
+`QgsProcessingAlgRunnerTask`, run it in. PyTorch releases the GIL inside its kernels, so QGIS
+stays responsive while a model runs. The flags declare cancel support (honoured between
+batches and epochs); none asks for the main thread.
 
 kdmsi (and so torch) is imported only inside `processAlgorithm`; loading this module never
 needs torch, so QGIS starts even when it is missing and the algorithms explain how to install it.
@@ -23,194 +19,100 @@ needs torch, so QGIS starts even when it is missing and the algorithms explain h
 
 from __future__ import annotations
 
-import contextlib
-import logging
+import html
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Optional
 
 from qgis.core import (
-    QgsMessageLog,
     QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingOutputNumber,
+    QgsProcessingOutputString,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
+    QgsProcessingParameterMapLayer,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterVectorDestination,
     QgsProcessingParameterVectorLayer,
-    QgsProcessingUtils,
-    QgsProviderRegistry,
-    QgsVectorFileWriter,
+    QgsRasterLayer,
+    QgsVectorLayer,
 )
 from qgis.PyQt.QtGui import QIcon
 
+from .bridge import (
+    feedback_callbacks,
+    raster_layer_file,
+    require_dependencies,
+    running_core,
+    vector_layer_file,
+)
 from .deps import install_hint, missing_dependencies
 from .provider import ICON_PATH
+from .styles import StylePostProcessor
 
-LOG_TAG = "KD-MSI"
 DEVICES = ["auto", "cpu", "cuda"]
 BACKBONES = ["resnet18", "resnet34", "resnet50"]
+METRICS = ("OA", "F1", "cIoU", "mIoU", "FP", "FN")
 
 try:  # QGIS >= 3.36 scoped enum; the old name stays for 3.22
     from qgis.core import Qgis
 
-    NO_THREADING = Qgis.ProcessingAlgorithmFlag.NoThreading
+    CAN_CANCEL = Qgis.ProcessingAlgorithmFlag.CanCancel
 except AttributeError:
-    NO_THREADING = QgsProcessingAlgorithm.FlagNoThreading
-
-
-def log_message(message: str, level: Any = None) -> None:
-    """Write to the QGIS message log under the plugin's tab."""
-    if level is None:
-        QgsMessageLog.logMessage(message, LOG_TAG)
-    else:
-        QgsMessageLog.logMessage(message, LOG_TAG, level)
-
-
-# --------------------------------------------------------------------------------- helpers
-
-
-def feedback_callbacks(feedback: Optional[QgsProcessingFeedback]):
-    """(progress, cancelled) for kdmsi from a Processing feedback object."""
-    last = {"message": None}
-
-    def progress(fraction: float, message: str) -> None:
-        if feedback is None:
-            return
-        feedback.setProgress(100.0 * float(fraction))
-        if message and message != last["message"]:
-            last["message"] = message
-            feedback.pushInfo(message)
-
-    def cancelled() -> bool:
-        return feedback is not None and feedback.isCanceled()
-
-    return progress, cancelled
-
-
-class _FeedbackLogHandler(logging.Handler):
-    """Forwards kdmsi's `logging` records to the Processing log (info and warnings)."""
-
-    def __init__(self, feedback: QgsProcessingFeedback):
-        super().__init__(logging.INFO)
-        self.feedback = feedback
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            message = self.format(record)
-            if record.levelno >= logging.WARNING and hasattr(self.feedback, "pushWarning"):
-                self.feedback.pushWarning(message)
-            else:
-                self.feedback.pushInfo(message)
-        except Exception:  # noqa: BLE001 (a log line must never break a run)
-            self.handleError(record)
-
-
-@contextlib.contextmanager
-def running_core(feedback: Optional[QgsProcessingFeedback]) -> Iterator[None]:
-    """Route kdmsi's log to `feedback` and map its user errors to QgsProcessingException."""
-    require_dependencies()
-    from kdmsi.progress import Cancelled
-
-    logger = logging.getLogger("kdmsi")
-    handler = _FeedbackLogHandler(feedback) if feedback is not None else None
-    old_level = logger.level
-    if handler is not None:
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-    try:
-        yield
-    except Cancelled as exc:
-        raise QgsProcessingException(f"{exc}; no partial output was kept") from exc
-    except (ValueError, OSError, MemoryError) as exc:
-        log_message(f"{type(exc).__name__}: {exc}")
-        raise QgsProcessingException(str(exc)) from exc
-    finally:
-        if handler is not None:
-            logger.removeHandler(handler)
-            logger.setLevel(old_level)
-
-
-def require_dependencies() -> None:
-    """Raise QgsProcessingException with the install command when torch/kdmsi are missing."""
-    if missing_dependencies():
-        raise QgsProcessingException(install_hint())
-
-
-def raster_path(alg: QgsProcessingAlgorithm, parameters, name: str, context) -> str:
-    """File path of a raster layer parameter (kdmsi reads files with GDAL)."""
-    layer = alg.parameterAsRasterLayer(parameters, name, context)
-    if layer is None:
-        raise QgsProcessingException(f"{name}: no raster layer given or it cannot be loaded")
-    parts = QgsProviderRegistry.instance().decodeUri(layer.providerType(), layer.source())
-    path = parts.get("path") or layer.source()
-    if not Path(path).is_file():
-        raise QgsProcessingException(
-            f"{name}: {layer.name()} is not a file-based raster ({layer.source()}); "
-            "save it as a GeoTIFF first"
-        )
-    return path
-
-
-def vector_file(alg: QgsProcessingAlgorithm, parameters, name: str, context, feedback) -> str:
-    """A file holding exactly the layer of a vector parameter (its first and only layer).
-
-    The layer's own file is used when it is a plain single-layer OGR file without a filter or
-    unsaved edits; otherwise it is written to a temporary GeoPackage first.
-    """
-    layer = alg.parameterAsVectorLayer(parameters, name, context)
-    if layer is None:
-        raise QgsProcessingException(f"{name}: no vector layer given or it cannot be loaded")
-    if layer.providerType() == "ogr" and not layer.subsetString() and not layer.isModified():
-        parts = QgsProviderRegistry.instance().decodeUri("ogr", layer.source())
-        path = parts.get("path") or ""
-        sublayers = layer.dataProvider().subLayerCount() if layer.dataProvider() else 0
-        if Path(path).is_file() and sublayers <= 1:
-            return path
-    target = QgsProcessingUtils.generateTempFilename(f"{name.lower()}.gpkg")
-    options = QgsVectorFileWriter.SaveVectorOptions()
-    options.driverName = "GPKG"
-    result = QgsVectorFileWriter.writeAsVectorFormatV3(
-        layer, target, context.transformContext(), options
-    )
-    if result[0] != QgsVectorFileWriter.NoError:
-        raise QgsProcessingException(f"{name}: cannot copy {layer.name()} to {target}: {result[1]}")
-    if feedback is not None:
-        feedback.pushInfo(f"{layer.name()} copied to {target}")
-    return target
-
-
-def output_path(alg: QgsProcessingAlgorithm, parameters, name: str, context) -> Optional[str]:
-    """The file path Processing chose for a destination parameter; None when left empty."""
-    if parameters.get(name) in (None, ""):
-        return None
-    path = alg.parameterAsOutputLayer(parameters, name, context)
-    if not path:
-        return None
-    if "|" in path or ":" in Path(path).name or path.startswith(("memory:", "ogr:", "postgis:")):
-        raise QgsProcessingException(f"{name}: kdmsi writes files only; choose a file, not {path}")
-    return path
+    CAN_CANCEL = QgsProcessingAlgorithm.FlagCanCancel
 
 
 def _int(alg, parameters, name, context) -> int:
     return int(alg.parameterAsInt(parameters, name, context))
 
 
-def _device_parameter() -> QgsProcessingParameterEnum:
-    return QgsProcessingParameterEnum("DEVICE", "Device", options=DEVICES, defaultValue=0)
+def _number(name: str, label: str, default, minimum, double: bool = False, **kw):
+    kind = QgsProcessingParameterNumber.Double if double else QgsProcessingParameterNumber.Integer
+    return QgsProcessingParameterNumber(
+        name, label, type=kind, defaultValue=default, minValue=minimum, **kw
+    )
+
+
+def _threshold_parameter() -> QgsProcessingParameterNumber:
+    return _number(
+        "THRESHOLD",
+        "Probability threshold (empty: the model's)",
+        None,
+        0.0,
+        double=True,
+        optional=True,
+        maxValue=1.0,
+    )
+
+
+def _extent_parameter() -> QgsProcessingParameterExtent:
+    return QgsProcessingParameterExtent(
+        "EXTENT", "Area to analyse (empty: the whole overlap)", optional=True
+    )
+
+
+def _file_destination(parameter):
+    parameter.setSupportsNonFileBasedOutput(False)  # kdmsi writes the file itself
+    return parameter
 
 
 # ------------------------------------------------------------------------------ algorithms
 
 
 class KdmsiAlgorithm(QgsProcessingAlgorithm):
-    """Common parts: group, icon, no threading, dependency check."""
+    """Common parts: icon, flags, dependency check, the raster pair resolved on the main thread."""
+
+    def __init__(self):
+        super().__init__()
+        self.files: Dict[str, Optional[str]] = {}
+        self.bounds: Optional[list] = None
 
     def createInstance(self):  # noqa: N802 (QGIS API)
         return type(self)()
@@ -225,7 +127,7 @@ class KdmsiAlgorithm(QgsProcessingAlgorithm):
         return QIcon(str(ICON_PATH))
 
     def flags(self):
-        return super().flags() | NO_THREADING
+        return super().flags() | CAN_CANCEL
 
     def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API)
         if missing_dependencies():
@@ -234,6 +136,43 @@ class KdmsiAlgorithm(QgsProcessingAlgorithm):
 
     def device(self, parameters, context) -> str:
         return DEVICES[self.parameterAsEnum(parameters, "DEVICE", context)]
+
+    def add_pair_parameters(self) -> None:
+        self.addParameter(QgsProcessingParameterRasterLayer("BEFORE", "Before raster"))
+        self.addParameter(QgsProcessingParameterRasterLayer("AFTER", "After raster"))
+
+    def prepare_pair(self, parameters, context) -> QgsRasterLayer:
+        """Resolve BEFORE/AFTER (and EXTENT, in the before raster's CRS); main thread."""
+        require_dependencies()
+        before = self.parameterAsRasterLayer(parameters, "BEFORE", context)
+        self.files["before"] = raster_layer_file(before, "BEFORE")
+        after = self.parameterAsRasterLayer(parameters, "AFTER", context)
+        self.files["after"] = raster_layer_file(after, "AFTER")
+        self.bounds = None
+        if self.parameterDefinition("EXTENT") is not None and parameters.get("EXTENT"):
+            rect = self.parameterAsExtent(parameters, "EXTENT", context, before.crs())
+            if not rect.isNull() and not rect.isEmpty():
+                self.bounds = [rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum()]
+        return before
+
+    def output_file(self, parameters, name: str, context) -> Optional[str]:
+        """The file Processing chose for a destination parameter; None when left empty."""
+        if parameters.get(name) in (None, ""):
+            return None
+        path = self.parameterAsOutputLayer(parameters, name, context)
+        if not path:
+            return None
+        if "|" in path or ":" in Path(path).name or path.startswith(("memory:", "postgis:")):
+            raise QgsProcessingException(
+                f"{name}: kdmsi writes files only; choose a file, not {path}"
+            )
+        return path
+
+    def style_on_load(self, context: QgsProcessingContext, path: Optional[str], kind: str):
+        """Style the output at `path` when Processing loads it into the project."""
+        if path and context.willLoadLayerOnCompletion(path):
+            details = context.layerToLoadOnCompletionDetails(path)
+            details.setPostProcessor(StylePostProcessor.for_kind(kind))
 
 
 class DetectChangesAlgorithm(KdmsiAlgorithm):
@@ -248,71 +187,52 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
             "Detects changes between a before and an after raster with a kdmsi model file "
             "(.kdmsi) and writes change polygons (fields: area, mean and max probability) and "
             "optionally a float32 change-probability GeoTIFF. The after raster is warped onto "
-            "the before raster's grid; only their overlap is analysed. Threshold: left empty, "
-            "the model's own threshold is used. Runs on the GPU with Device auto when PyTorch "
-            "sees one."
+            "the before raster's grid; only their overlap (cut to the area, when given) is "
+            "analysed. Threshold: left empty, the model's own threshold is used. Runs on the "
+            "GPU with Device auto when PyTorch sees one."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
-        self.addParameter(QgsProcessingParameterRasterLayer("BEFORE", "Before raster"))
-        self.addParameter(QgsProcessingParameterRasterLayer("AFTER", "After raster"))
+        self.add_pair_parameters()
         self.addParameter(
             QgsProcessingParameterFile("MODEL", "Model file (.kdmsi)", extension="kdmsi")
         )
+        self.addParameter(_number("TILE_SIZE", "Tile size (px)", 256, 16))
+        self.addParameter(_number("OVERLAP", "Tile overlap (px)", 64, 0))
+        self.addParameter(_number("BATCH_SIZE", "Batch size", 4, 1))
         self.addParameter(
-            QgsProcessingParameterNumber(
-                "TILE_SIZE", "Tile size (px)", defaultValue=256, minValue=16
+            QgsProcessingParameterEnum("DEVICE", "Device", options=DEVICES, defaultValue=0)
+        )
+        self.addParameter(_threshold_parameter())
+        self.addParameter(_number("MIN_AREA", "Minimum polygon area (m²)", 0.0, 0.0, True))
+        self.addParameter(
+            _number("SIMPLIFY", "Simplification tolerance (m, 0: pixel edges)", 0.0, 0.0, True)
+        )
+        self.addParameter(_extent_parameter())
+        self.addParameter(
+            _file_destination(
+                QgsProcessingParameterVectorDestination(
+                    "OUTPUT", "Change polygons", QgsProcessing.TypeVectorPolygon
+                )
             )
         )
         self.addParameter(
-            QgsProcessingParameterNumber(
-                "OVERLAP", "Tile overlap (px)", defaultValue=64, minValue=0
+            _file_destination(
+                QgsProcessingParameterRasterDestination(
+                    "PROBABILITY", "Change probability", optional=True, createByDefault=False
+                )
             )
         )
-        self.addParameter(
-            QgsProcessingParameterNumber("BATCH_SIZE", "Batch size", defaultValue=4, minValue=1)
-        )
-        self.addParameter(_device_parameter())
-        self.addParameter(
-            QgsProcessingParameterNumber(
-                "THRESHOLD",
-                "Probability threshold (empty: the model's)",
-                type=QgsProcessingParameterNumber.Double,
-                optional=True,
-                minValue=0.0,
-                maxValue=1.0,
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterNumber(
-                "MIN_AREA",
-                "Minimum polygon area (m²)",
-                type=QgsProcessingParameterNumber.Double,
-                defaultValue=0.0,
-                minValue=0.0,
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterNumber(
-                "SIMPLIFY",
-                "Simplification tolerance (m, 0: pixel edges)",
-                type=QgsProcessingParameterNumber.Double,
-                defaultValue=0.0,
-                minValue=0.0,
-            )
-        )
-        vector = QgsProcessingParameterVectorDestination(
-            "OUTPUT", "Change polygons", QgsProcessing.TypeVectorPolygon
-        )
-        vector.setSupportsNonFileBasedOutput(False)  # kdmsi writes the file itself
-        self.addParameter(vector)
-        probability = QgsProcessingParameterRasterDestination(
-            "PROBABILITY", "Change probability", optional=True, createByDefault=False
-        )
-        probability.setSupportsNonFileBasedOutput(False)
-        self.addParameter(probability)
         self.addOutput(QgsProcessingOutputNumber("POLYGON_COUNT", "Number of change polygons"))
         self.addOutput(QgsProcessingOutputNumber("THRESHOLD_USED", "Threshold used"))
+
+    def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
+        self.prepare_pair(parameters, context)
+        self.files["output"] = self.output_file(parameters, "OUTPUT", context)
+        if self.files["output"] is None:
+            raise QgsProcessingException("OUTPUT: choose a file for the change polygons")
+        self.files["probability"] = self.output_file(parameters, "PROBABILITY", context)
+        return True
 
     def processAlgorithm(  # noqa: N802 (QGIS API)
         self,
@@ -320,14 +240,6 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
         context: QgsProcessingContext,
         feedback: QgsProcessingFeedback,
     ) -> Dict[str, Any]:
-        require_dependencies()
-        before = raster_path(self, parameters, "BEFORE", context)
-        after = raster_path(self, parameters, "AFTER", context)
-        model = self.parameterAsFile(parameters, "MODEL", context)
-        out_vector = output_path(self, parameters, "OUTPUT", context)
-        if out_vector is None:
-            raise QgsProcessingException("OUTPUT: choose a file for the change polygons")
-        out_probability = output_path(self, parameters, "PROBABILITY", context)
         threshold = None
         if parameters.get("THRESHOLD") not in (None, ""):
             threshold = self.parameterAsDouble(parameters, "THRESHOLD", context)
@@ -336,11 +248,11 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
             from kdmsi.pipeline import detect_changes
 
             result = detect_changes(
-                before,
-                after,
-                model,
-                out_vector,
-                out_probability,
+                self.files["before"],
+                self.files["after"],
+                self.parameterAsFile(parameters, "MODEL", context),
+                self.files["output"],
+                self.files["probability"],
                 tile_size=_int(self, parameters, "TILE_SIZE", context),
                 overlap_px=_int(self, parameters, "OVERLAP", context),
                 batch_size=_int(self, parameters, "BATCH_SIZE", context),
@@ -348,6 +260,7 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
                 threshold=threshold,
                 min_area_m2=self.parameterAsDouble(parameters, "MIN_AREA", context),
                 simplify_m=self.parameterAsDouble(parameters, "SIMPLIFY", context),
+                bounds=self.bounds,
                 overwrite=True,  # Processing already confirmed the destination
                 progress=progress,
                 cancelled=cancelled,
@@ -363,6 +276,11 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
             "THRESHOLD_USED": result.threshold,
         }
 
+    def postProcessAlgorithm(self, context, feedback):  # noqa: N802 (QGIS API)
+        self.style_on_load(context, self.files.get("output"), "changes")
+        self.style_on_load(context, self.files.get("probability"), "probability")
+        return {}
+
 
 class CreateTileGridAlgorithm(KdmsiAlgorithm):
     def name(self) -> str:
@@ -373,43 +291,47 @@ class CreateTileGridAlgorithm(KdmsiAlgorithm):
 
     def shortHelpString(self) -> str:  # noqa: N802 (QGIS API)
         return (
-            "Writes a polygon grid of tiles over the overlap of the before and after rasters, "
-            "with an integer field 'changed' left empty. Tag tiles 1 (changed) or 0 (not "
-            "changed), then run 'Train from tagged tiles'."
+            "Writes a polygon grid of tiles over the overlap of the before and after rasters "
+            "(cut to the area, when given), with an integer field 'changed' left empty. Tag "
+            "tiles 1 (changed) or 0 (not changed), then run 'Train from tagged tiles'."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
-        self.addParameter(QgsProcessingParameterRasterLayer("BEFORE", "Before raster"))
-        self.addParameter(QgsProcessingParameterRasterLayer("AFTER", "After raster"))
+        self.add_pair_parameters()
+        self.addParameter(_number("TILE_SIZE", "Tile size (px)", 256, 1))
+        self.addParameter(_extent_parameter())
         self.addParameter(
-            QgsProcessingParameterNumber(
-                "TILE_SIZE", "Tile size (px)", defaultValue=256, minValue=1
+            _file_destination(
+                QgsProcessingParameterVectorDestination(
+                    "OUTPUT", "Tile grid", QgsProcessing.TypeVectorPolygon
+                )
             )
         )
-        grid = QgsProcessingParameterVectorDestination(
-            "OUTPUT", "Tile grid", QgsProcessing.TypeVectorPolygon
-        )
-        grid.setSupportsNonFileBasedOutput(False)
-        self.addParameter(grid)
+
+    def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
+        self.prepare_pair(parameters, context)
+        self.files["output"] = self.output_file(parameters, "OUTPUT", context)
+        if self.files["output"] is None:
+            raise QgsProcessingException("OUTPUT: choose a file for the tile grid")
+        return True
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
-        require_dependencies()
-        before = raster_path(self, parameters, "BEFORE", context)
-        after = raster_path(self, parameters, "AFTER", context)
-        out = output_path(self, parameters, "OUTPUT", context)
-        if out is None:
-            raise QgsProcessingException("OUTPUT: choose a file for the tile grid")
         with running_core(feedback):
             from kdmsi.pipeline import make_tile_grid
 
             path = make_tile_grid(
-                before,
-                after,
-                out,
+                self.files["before"],
+                self.files["after"],
+                self.files["output"],
                 tile_size=_int(self, parameters, "TILE_SIZE", context),
                 overwrite=True,
+                bounds=self.bounds,
             )
         return {"OUTPUT": str(path)}
+
+    def postProcessAlgorithm(self, context, feedback):  # noqa: N802 (QGIS API)
+        self.style_on_load(context, self.files.get("output"), "grid")
+        return {}
 
 
 class TrainFromTagsAlgorithm(KdmsiAlgorithm):
@@ -424,13 +346,12 @@ class TrainFromTagsAlgorithm(KdmsiAlgorithm):
             "Trains a change detector from tiles tagged changed (1) / not changed (0) in the "
             "field 'changed' (empty: ignored): a teacher/student pair with knowledge "
             "distillation, multiscale sigmoid inference pseudo labels, then a Siamese "
-            "DeepLabV3+ detector saved as a .kdmsi model file. Needs a few tiles of each "
-            "tag. Slow on a CPU; use a GPU (Device auto or cuda) for real data."
+            "DeepLabV3+ detector saved as a .kdmsi model file. Needs at least two tiles of "
+            "each tag. Slow on a CPU; use a GPU (Device auto or cuda) for real data."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
-        self.addParameter(QgsProcessingParameterRasterLayer("BEFORE", "Before raster"))
-        self.addParameter(QgsProcessingParameterRasterLayer("AFTER", "After raster"))
+        self.add_pair_parameters()
         self.addParameter(
             QgsProcessingParameterVectorLayer(
                 "TILES", "Tagged tiles (field 'changed')", [QgsProcessing.TypeVectorPolygon]
@@ -439,75 +360,186 @@ class TrainFromTagsAlgorithm(KdmsiAlgorithm):
         self.addParameter(
             QgsProcessingParameterEnum("BACKBONE", "Backbone", options=BACKBONES, defaultValue=2)
         )
+        self.addParameter(_number("KD_EPOCHS", "Teacher/student epochs", 20, 1))
+        self.addParameter(_number("CD_EPOCHS", "Detector epochs", 50, 1))
+        self.addParameter(_number("BATCH_SIZE", "Batch size", 8, 1))
+        self.addParameter(_number("TILE_SIZE", "Tile size (px)", 256, 16))
         self.addParameter(
-            QgsProcessingParameterNumber(
-                "KD_EPOCHS", "Teacher/student epochs", defaultValue=20, minValue=1
-            )
+            QgsProcessingParameterEnum("DEVICE", "Device", options=DEVICES, defaultValue=0)
         )
-        self.addParameter(
-            QgsProcessingParameterNumber(
-                "CD_EPOCHS", "Detector epochs", defaultValue=50, minValue=1
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterNumber("BATCH_SIZE", "Batch size", defaultValue=8, minValue=1)
-        )
-        self.addParameter(
-            QgsProcessingParameterNumber(
-                "TILE_SIZE", "Tile size (px)", defaultValue=256, minValue=16
-            )
-        )
-        self.addParameter(_device_parameter())
         self.addParameter(
             QgsProcessingParameterFileDestination(
                 "OUTPUT", "Model file", fileFilter="KD-MSI model (*.kdmsi)"
             )
         )
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
-        require_dependencies()
-        before = raster_path(self, parameters, "BEFORE", context)
-        after = raster_path(self, parameters, "AFTER", context)
-        tiles = vector_file(self, parameters, "TILES", context, feedback)
-        out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
-        if not out:
+    def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
+        self.prepare_pair(parameters, context)
+        tiles = self.parameterAsVectorLayer(parameters, "TILES", context)
+        self.files["tiles"] = vector_layer_file(tiles, "TILES", context, feedback)
+        self.files["output"] = self.parameterAsFileOutput(parameters, "OUTPUT", context)
+        if not self.files["output"]:
             raise QgsProcessingException("OUTPUT: choose a file for the model")
+        return True
+
+    def training_config(self, parameters, context):
+        """The `kdmsi.tagged.TagTrainingConfig` the parameters describe."""
+        from kdmsi.tagged import TagTrainingConfig
+        from kdmsi.training.cd import CDConfig
+        from kdmsi.training.kd import KDConfig
+
         backbone = BACKBONES[self.parameterAsEnum(parameters, "BACKBONE", context)]
         batch_size = _int(self, parameters, "BATCH_SIZE", context)
         device = self.device(parameters, context)
+        return TagTrainingConfig(
+            tile_size=_int(self, parameters, "TILE_SIZE", context),
+            kd=KDConfig(
+                backbone=backbone,
+                epochs=_int(self, parameters, "KD_EPOCHS", context),
+                batch_size=batch_size,
+                device=device,
+            ),
+            cd=CDConfig(
+                backbone=backbone,
+                epochs=_int(self, parameters, "CD_EPOCHS", context),
+                batch_size=batch_size,
+                device=device,
+            ),
+        )
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
         progress, cancelled = feedback_callbacks(feedback)
         with running_core(feedback):
-            from kdmsi.tagged import TagTrainingConfig, train_from_tags
-            from kdmsi.training.cd import CDConfig
-            from kdmsi.training.kd import KDConfig
+            from kdmsi.tagged import train_from_tags
 
-            config = TagTrainingConfig(
-                tile_size=_int(self, parameters, "TILE_SIZE", context),
-                kd=KDConfig(
-                    backbone=backbone,
-                    epochs=_int(self, parameters, "KD_EPOCHS", context),
-                    batch_size=batch_size,
-                    device=device,
-                ),
-                cd=CDConfig(
-                    backbone=backbone,
-                    epochs=_int(self, parameters, "CD_EPOCHS", context),
-                    batch_size=batch_size,
-                    device=device,
-                ),
-            )
             train_from_tags(
-                before,
-                after,
-                tiles,
-                out,
-                config,
+                self.files["before"],
+                self.files["after"],
+                self.files["tiles"],
+                self.files["output"],
+                self.training_config(parameters, context),
                 overwrite=True,
                 progress=progress,
                 cancelled=cancelled,
             )
-        return {"OUTPUT": out}
+        return {"OUTPUT": self.files["output"]}
+
+
+class EvaluateChangesAlgorithm(KdmsiAlgorithm):
+    def name(self) -> str:
+        return "evaluate_changes"
+
+    def displayName(self) -> str:  # noqa: N802 (QGIS API)
+        return "Evaluate against a reference"
+
+    def shortHelpString(self) -> str:  # noqa: N802 (QGIS API)
+        return (
+            "Runs a model on the before/after rasters like 'Detect changes' and compares the "
+            "result with a reference: a mask raster (values > 0 are change, its nodata is "
+            "ignored) or a polygon layer (inside a polygon is change). Prints the table of "
+            "overall accuracy, F1, change IoU, mean IoU and false positive / negative rates "
+            "(percent), returns each as an output, and can save it as an HTML page."
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
+        self.add_pair_parameters()
+        self.addParameter(
+            QgsProcessingParameterFile("MODEL", "Model file (.kdmsi)", extension="kdmsi")
+        )
+        self.addParameter(
+            QgsProcessingParameterMapLayer(
+                "REFERENCE",
+                "Reference (mask raster or change polygons)",
+                types=[QgsProcessing.TypeRaster, QgsProcessing.TypeVectorPolygon],
+            )
+        )
+        self.addParameter(_number("TILE_SIZE", "Tile size (px)", 256, 16))
+        self.addParameter(_number("OVERLAP", "Tile overlap (px)", 64, 0))
+        self.addParameter(_number("BATCH_SIZE", "Batch size", 4, 1))
+        self.addParameter(
+            QgsProcessingParameterEnum("DEVICE", "Device", options=DEVICES, defaultValue=0)
+        )
+        self.addParameter(_threshold_parameter())
+        self.addParameter(_extent_parameter())
+        self.addParameter(
+            QgsProcessingParameterFileDestination(
+                "REPORT",
+                "Metrics table (HTML)",
+                fileFilter="HTML files (*.html)",
+                optional=True,
+                createByDefault=False,
+            )
+        )
+        for key in METRICS:
+            self.addOutput(QgsProcessingOutputNumber(key.upper(), f"{key} (%)"))
+        self.addOutput(QgsProcessingOutputString("TABLE", "Metrics table"))
+
+    def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
+        self.prepare_pair(parameters, context)
+        reference = self.parameterAsLayer(parameters, "REFERENCE", context)
+        if isinstance(reference, QgsRasterLayer):
+            self.files["reference"] = raster_layer_file(reference, "REFERENCE")
+        elif isinstance(reference, QgsVectorLayer):
+            self.files["reference"] = vector_layer_file(reference, "REFERENCE", context, feedback)
+        else:
+            raise QgsProcessingException("REFERENCE: give a mask raster or a polygon layer")
+        report = self.parameterAsFileOutput(parameters, "REPORT", context)
+        self.files["report"] = report if parameters.get("REPORT") and report else None
+        return True
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
+        threshold = None
+        if parameters.get("THRESHOLD") not in (None, ""):
+            threshold = self.parameterAsDouble(parameters, "THRESHOLD", context)
+        progress, cancelled = feedback_callbacks(feedback)
+        with running_core(feedback):
+            from kdmsi.reference import evaluate_model
+
+            evaluation = evaluate_model(
+                self.files["before"],
+                self.files["after"],
+                self.parameterAsFile(parameters, "MODEL", context),
+                self.files["reference"],
+                threshold=threshold,
+                tile_size=_int(self, parameters, "TILE_SIZE", context),
+                overlap_px=_int(self, parameters, "OVERLAP", context),
+                batch_size=_int(self, parameters, "BATCH_SIZE", context),
+                device=self.device(parameters, context),
+                bounds=self.bounds,
+                progress=progress,
+                cancelled=cancelled,
+            )
+            table = evaluation.table(Path(self.parameterAsFile(parameters, "MODEL", context)).name)
+            if self.files["report"]:
+                write_metrics_page(self.files["report"], table, evaluation)
+        feedback.pushInfo(f"threshold {evaluation.threshold:.3f}, {evaluation.pixels} pixels\n")
+        feedback.pushConsoleInfo(table)  # monospace in the log, so the columns line up
+        results = {key.upper(): 100.0 * evaluation.metrics[key] for key in METRICS}
+        results["TABLE"] = table
+        if self.files["report"]:
+            results["REPORT"] = self.files["report"]
+        return results
+
+
+def write_metrics_page(path: str, table: str, evaluation) -> None:
+    """The metrics table as a small self-contained HTML page, written atomically."""
+    from kdmsi.atomic import atomic_output
+
+    page = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>KD-MSI evaluation</title>"
+        "</head><body><h1>Change detection against the reference</h1>"
+        f"<p>Threshold {evaluation.threshold:.3f}; {evaluation.pixels} pixels compared "
+        f"({evaluation.reference_kind} reference).</p><pre>{html.escape(table)}</pre>"
+        "</body></html>"
+    )
+    with atomic_output(path, overwrite=True) as temp:
+        Path(temp).write_text(page, encoding="utf-8")
 
 
 def all_algorithms() -> list:
-    return [DetectChangesAlgorithm(), CreateTileGridAlgorithm(), TrainFromTagsAlgorithm()]
+    return [
+        DetectChangesAlgorithm(),
+        CreateTileGridAlgorithm(),
+        TrainFromTagsAlgorithm(),
+        EvaluateChangesAlgorithm(),
+    ]

@@ -1,26 +1,29 @@
-"""The plugin object QGIS loads: registers the Processing provider, a menu entry and a button."""
+"""The plugin object QGIS loads: the Processing provider, a Raster menu entry and a button."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 from qgis.core import Qgis, QgsApplication
 from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import QAction, QMessageBox
+from qgis.PyQt.QtWidgets import QAction
 
-from .algorithms import log_message
+from .bridge import log_message
 from .deps import install_hint, missing_dependencies
 from .provider import ICON_PATH, KdmsiProvider
 
 MENU = "&KD-MSI Change Detection"
-TITLE = "KD-MSI Change Detection"
 
 
 class KdmsiPlugin:
-    """Adds the `kdmsi` Processing provider, a Raster menu entry and a toolbar button."""
+    """Adds the `kdmsi` Processing provider, a Raster menu entry and a toolbar button that
+    open the KD-MSI dialog; `unload` removes all three."""
 
     def __init__(self, iface):
         self.iface = iface
-        self.provider = None
-        self.action = None
+        self.provider: Optional[KdmsiProvider] = None
+        self.action: Optional[QAction] = None
+        self.dialog = None
 
     def initProcessing(self) -> None:  # noqa: N802 (QGIS API)
         if self.provider is None:
@@ -29,16 +32,21 @@ class KdmsiPlugin:
 
     def initGui(self) -> None:  # noqa: N802 (QGIS API)
         self.initProcessing()
-        self.action = QAction(QIcon(str(ICON_PATH)), "Detect changes…", self.iface.mainWindow())
-        self.action.setObjectName("kdmsiDetectChanges")
+        self.action = QAction(QIcon(str(ICON_PATH)), "Change detection…", self.iface.mainWindow())
+        self.action.setObjectName("kdmsiOpenDialog")
         self.action.triggered.connect(self.run)
         self.iface.addPluginToRasterMenu(MENU, self.action)
         self.iface.addToolBarIcon(self.action)
-        missing = missing_dependencies()
-        if missing:
+        if missing_dependencies():
             log_message(install_hint(), Qgis.Warning)
 
     def unload(self) -> None:
+        if self.dialog is not None:
+            if self.dialog.run is not None:
+                self.dialog.run.cancel()
+            self.dialog.close()
+            self.dialog.deleteLater()
+            self.dialog = None
         if self.action is not None:
             self.iface.removePluginRasterMenu(MENU, self.action)
             self.iface.removeToolBarIcon(self.action)
@@ -49,20 +57,11 @@ class KdmsiPlugin:
             self.provider = None
 
     def run(self) -> None:
-        """Open the Processing dialog of `kdmsi:detect_changes` (a dedicated dialog comes later)."""
-        if missing_dependencies():
-            QMessageBox.warning(self.iface.mainWindow(), TITLE, install_hint())
-            return
-        try:
-            import processing
+        """Show the dialog (one instance, kept so a running job survives closing it)."""
+        from .dialog import KdmsiDialog
 
-            processing.execAlgorithmDialog("kdmsi:detect_changes", {})
-        except Exception as exc:  # noqa: BLE001 (fall back to a plain explanation)
-            log_message(f"cannot open the Processing dialog: {exc}", Qgis.Warning)
-            QMessageBox.information(
-                self.iface.mainWindow(),
-                TITLE,
-                "A dedicated dialog comes in a later version. Use the Processing Toolbox, "
-                "group 'KD-MSI change detection': Create tile grid for tagging, Train from "
-                "tagged tiles, Detect changes.",
-            )
+        if self.dialog is None:
+            self.dialog = KdmsiDialog(self.iface)
+        self.dialog.show()
+        self.dialog.raise_()
+        self.dialog.activateWindow()

@@ -1,4 +1,4 @@
-"""The Processing provider `kdmsi`: the three algorithms in the Processing Toolbox."""
+"""The Processing provider `kdmsi`: the four algorithms in the Processing Toolbox."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ RASTER_EXTENSIONS = ["tif"]
 
 
 class KdmsiProvider(QgsProcessingProvider):
-    """Lists `detect_changes`, `create_tile_grid` and `train_from_tags`."""
+    """Lists `detect_changes`, `create_tile_grid`, `train_from_tags` and `evaluate_changes`."""
 
     def id(self) -> str:
         return "kdmsi"

@@ -6,7 +6,6 @@ Skipped when PyQGIS is not importable. No GUI: the plugin's menu/toolbar parts a
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,53 +13,14 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 qgis_core = pytest.importorskip("qgis.core")
 
-import torch  # noqa: E402
 from osgeo import gdal, ogr  # noqa: E402
 
-from kdmsi.checkpoint import save_detector  # noqa: E402
-from kdmsi.data import Normalisation  # noqa: E402
-from kdmsi.models import SiameseDeepLabV3Plus  # noqa: E402
-from kdmsi.synthetic import make_scene, write_scene  # noqa: E402
-
-ALGORITHMS = {"kdmsi:detect_changes", "kdmsi:create_tile_grid", "kdmsi:train_from_tags"}
-
-
-@pytest.fixture(scope="session")
-def qgis_app():
-    """A real QgsApplication with Processing initialised and the kdmsi provider registered."""
-    from qgis.core import QgsApplication
-
-    app = QgsApplication.instance()
-    if app is None:
-        app = QgsApplication([], False)
-        app.initQgis()
-    plugins = str(Path(QgsApplication.pkgDataPath()) / "python" / "plugins")
-    if plugins not in sys.path:  # where QGIS ships the `processing` plugin
-        sys.path.append(plugins)
-    from processing.core.Processing import Processing
-
-    Processing.initialize()
-    from kdmsi_qgis.provider import KdmsiProvider
-
-    provider = KdmsiProvider()
-    assert QgsApplication.processingRegistry().addProvider(provider)
-    yield app
-    QgsApplication.processingRegistry().removeProvider(provider)
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory) -> dict:
-    scene = make_scene(256, 256, seed=1, pixel_size_m=1.0)
-    return write_scene(scene, tmp_path_factory.mktemp("scene"))
-
-
-@pytest.fixture(scope="module")
-def detector_model(tmp_path_factory) -> Path:
-    """A random-init ResNet-18 Siamese DeepLabV3+ checkpoint for 3 bands, tiles of 128."""
-    torch.manual_seed(0)
-    net = SiameseDeepLabV3Plus("resnet18", in_channels=3)
-    path = tmp_path_factory.mktemp("models") / "detector.kdmsi"
-    return save_detector(path, net, [1, 2, 3], Normalisation.default(3), 128)
+ALGORITHMS = {
+    "kdmsi:detect_changes",
+    "kdmsi:create_tile_grid",
+    "kdmsi:train_from_tags",
+    "kdmsi:evaluate_changes",
+}
 
 
 def test_no_missing_dependencies_here():
@@ -71,7 +31,7 @@ def test_no_missing_dependencies_here():
     assert "-m pip install torch==" in hint and "torchvision==" in hint
 
 
-def test_provider_lists_the_three_algorithms(qgis_app):
+def test_provider_lists_the_four_algorithms(qgis_app):
     from qgis.core import QgsApplication, QgsProcessingAlgorithm
 
     provider = QgsApplication.processingRegistry().providerById("kdmsi")
@@ -80,18 +40,20 @@ def test_provider_lists_the_three_algorithms(qgis_app):
     assert ids == ALGORITHMS
     for alg_id in ALGORITHMS:
         alg = QgsApplication.processingRegistry().algorithmById(alg_id)
-        assert alg.flags() & QgsProcessingAlgorithm.FlagNoThreading
+        # run in Processing's worker thread (layers are resolved in prepareAlgorithm)
+        assert alg.flags() & QgsProcessingAlgorithm.FlagCanCancel
+        assert not alg.flags() & QgsProcessingAlgorithm.FlagNoThreading
 
 
-def test_create_tile_grid(qgis_app, pair, tmp_path):
+def test_create_tile_grid(qgis_app, scene_pair, tmp_path):
     import processing
 
     out = tmp_path / "grid.gpkg"
     result = processing.run(
         "kdmsi:create_tile_grid",
         {
-            "BEFORE": str(pair["before"]),
-            "AFTER": str(pair["after"]),
+            "BEFORE": str(scene_pair["before"]),
+            "AFTER": str(scene_pair["after"]),
             "TILE_SIZE": 64,
             "OUTPUT": str(out),
         },
@@ -103,7 +65,9 @@ def test_create_tile_grid(qgis_app, pair, tmp_path):
     assert layer.featureCount() == 16  # 256 / 64 = 4 x 4 tiles
 
 
-def test_detect_changes_writes_vector_and_probability(qgis_app, pair, detector_model, tmp_path):
+def test_detect_changes_writes_vector_and_probability(
+    qgis_app, scene_pair, qgis_detector, tmp_path
+):
     import processing
 
     out, prob = tmp_path / "changes.gpkg", tmp_path / "prob.tif"
@@ -111,9 +75,9 @@ def test_detect_changes_writes_vector_and_probability(qgis_app, pair, detector_m
     result = processing.run(
         "kdmsi:detect_changes",
         {
-            "BEFORE": str(pair["before"]),
-            "AFTER": str(pair["after"]),
-            "MODEL": str(detector_model),
+            "BEFORE": str(scene_pair["before"]),
+            "AFTER": str(scene_pair["after"]),
+            "MODEL": str(qgis_detector),
             "TILE_SIZE": 128,
             "OVERLAP": 32,
             "BATCH_SIZE": 4,
@@ -133,7 +97,7 @@ def test_detect_changes_writes_vector_and_probability(qgis_app, pair, detector_m
     assert (raster.RasterXSize, raster.RasterYSize) == (256, 256)
 
 
-def test_bad_model_file_gives_processing_exception(qgis_app, pair, tmp_path):
+def test_bad_model_file_gives_processing_exception(qgis_app, scene_pair, tmp_path):
     import processing
 
     bad = tmp_path / "bad.kdmsi"
@@ -143,8 +107,8 @@ def test_bad_model_file_gives_processing_exception(qgis_app, pair, tmp_path):
         processing.run(
             "kdmsi:detect_changes",
             {
-                "BEFORE": str(pair["before"]),
-                "AFTER": str(pair["after"]),
+                "BEFORE": str(scene_pair["before"]),
+                "AFTER": str(scene_pair["after"]),
                 "MODEL": str(bad),
                 "TILE_SIZE": 128,
                 "DEVICE": 1,
@@ -155,13 +119,13 @@ def test_bad_model_file_gives_processing_exception(qgis_app, pair, tmp_path):
     assert not out.exists()
 
 
-def test_temporary_output_and_cancel(qgis_app, pair, detector_model):
+def test_temporary_output_and_cancel(qgis_app, scene_pair, qgis_detector):
     import processing
 
     params = {
-        "BEFORE": str(pair["before"]),
-        "AFTER": str(pair["after"]),
-        "MODEL": str(detector_model),
+        "BEFORE": str(scene_pair["before"]),
+        "AFTER": str(scene_pair["after"]),
+        "MODEL": str(qgis_detector),
         "TILE_SIZE": 128,
         "DEVICE": 1,
         "OUTPUT": "TEMPORARY_OUTPUT",
@@ -175,7 +139,7 @@ def test_temporary_output_and_cancel(qgis_app, pair, detector_model):
     assert result["PROBABILITY"] is None
 
 
-def test_train_from_tags_copies_memory_layer_and_reports_tag_errors(qgis_app, pair, tmp_path):
+def test_train_from_tags_copies_memory_layer_and_reports_tag_errors(qgis_app, scene_pair, tmp_path):
     """A memory layer is written to a temporary GeoPackage; too few tags is a clear error."""
     import processing
 
@@ -194,8 +158,8 @@ def test_train_from_tags_copies_memory_layer_and_reports_tag_errors(qgis_app, pa
         processing.run(
             "kdmsi:train_from_tags",
             {
-                "BEFORE": str(pair["before"]),
-                "AFTER": str(pair["after"]),
+                "BEFORE": str(scene_pair["before"]),
+                "AFTER": str(scene_pair["after"]),
                 "TILES": layer,
                 "BACKBONE": 0,
                 "KD_EPOCHS": 1,
@@ -209,19 +173,187 @@ def test_train_from_tags_copies_memory_layer_and_reports_tag_errors(qgis_app, pa
     assert not out.exists()
 
 
-def test_missing_dependencies_block_the_run(qgis_app, pair, tmp_path, monkeypatch):
+def test_missing_dependencies_block_the_run(qgis_app, scene_pair, tmp_path, monkeypatch):
     import processing
 
-    from kdmsi_qgis import algorithms
+    from kdmsi_qgis import algorithms, bridge
 
     monkeypatch.setattr(algorithms, "missing_dependencies", lambda: ["torch"])
+    monkeypatch.setattr(bridge, "missing_dependencies", lambda: ["torch"])
     with pytest.raises(qgis_core.QgsProcessingException, match="-m pip install torch=="):
         processing.run(
             "kdmsi:create_tile_grid",
             {
-                "BEFORE": str(pair["before"]),
-                "AFTER": str(pair["after"]),
+                "BEFORE": str(scene_pair["before"]),
+                "AFTER": str(scene_pair["after"]),
                 "OUTPUT": str(tmp_path / "grid.gpkg"),
             },
         )
     assert not (tmp_path / "grid.gpkg").exists()
+
+
+def _tile_grid(scene_pair, path: Path, tile: int = 64) -> Path:
+    import processing
+
+    processing.run(
+        "kdmsi:create_tile_grid",
+        {
+            "BEFORE": str(scene_pair["before"]),
+            "AFTER": str(scene_pair["after"]),
+            "TILE_SIZE": tile,
+            "OUTPUT": str(path),
+        },
+    )
+    return path
+
+
+def test_extent_cuts_detection_and_grid(qgis_app, scene_pair, qgis_detector, tmp_path):
+    """EXTENT (any CRS; here the raster's) limits the analysed area of detect and the grid."""
+    import processing
+
+    x0, y0 = 500000.0, 5500000.0
+    extent = f"{x0 + 64},{x0 + 192},{y0 - 128},{y0 - 64} [EPSG:32633]"  # 128 x 64 m
+    prob = tmp_path / "prob.tif"
+    processing.run(
+        "kdmsi:detect_changes",
+        {
+            "BEFORE": str(scene_pair["before"]),
+            "AFTER": str(scene_pair["after"]),
+            "MODEL": str(qgis_detector),
+            "TILE_SIZE": 64,
+            "OVERLAP": 16,
+            "DEVICE": 1,
+            "EXTENT": extent,
+            "OUTPUT": str(tmp_path / "changes.gpkg"),
+            "PROBABILITY": str(prob),
+        },
+    )
+    raster = gdal.Open(str(prob))
+    assert (raster.RasterXSize, raster.RasterYSize) == (128, 64)
+    assert raster.GetGeoTransform()[0] == x0 + 64 and raster.GetGeoTransform()[3] == y0 - 64
+    grid = tmp_path / "grid.gpkg"
+    processing.run(
+        "kdmsi:create_tile_grid",
+        {
+            "BEFORE": str(scene_pair["before"]),
+            "AFTER": str(scene_pair["after"]),
+            "TILE_SIZE": 64,
+            "EXTENT": extent,
+            "OUTPUT": str(grid),
+        },
+    )
+    assert ogr.Open(str(grid)).GetLayer(0).GetFeatureCount() == 2
+
+
+@pytest.mark.parametrize("kind", ["raster", "polygons"])
+def test_evaluate_changes_against_mask_or_polygons(
+    qgis_app, scene_pair, qgis_detector, tmp_path, kind
+):
+    """Threshold 0 marks every pixel as change, so cIoU is the truth's change share."""
+    import processing
+
+    reference = str(scene_pair["truth"])
+    if kind == "polygons":  # the truth mask as polygons, through QGIS's own GDAL algorithm
+        reference = processing.run(
+            "gdal:polygonize",
+            {"INPUT": reference, "BAND": 1, "FIELD": "DN", "OUTPUT": str(tmp_path / "t.gpkg")},
+        )["OUTPUT"]
+        layer = qgis_core.QgsVectorLayer(reference, "truth", "ogr")
+        layer.setSubsetString('"DN" > 0')  # a filtered layer: copied to a temporary file
+        reference = layer
+    report = tmp_path / "metrics.html"
+    result = processing.run(
+        "kdmsi:evaluate_changes",
+        {
+            "BEFORE": str(scene_pair["before"]),
+            "AFTER": str(scene_pair["after"]),
+            "MODEL": str(qgis_detector),
+            "REFERENCE": reference,
+            "TILE_SIZE": 128,
+            "DEVICE": 1,
+            "THRESHOLD": 0.0,
+            "REPORT": str(report),
+        },
+    )
+    truth = gdal.Open(str(scene_pair["truth"])).ReadAsArray() > 0
+    assert result["CIOU"] == pytest.approx(100 * truth.mean(), abs=1e-3)
+    assert result["FN"] == 0.0 and result["OA"] == pytest.approx(100 * truth.mean(), abs=1e-3)
+    assert "cIoU" in result["TABLE"] and "detector.kdmsi" in result["TABLE"]
+    assert result["REPORT"] == str(report) and "cIoU" in report.read_text()
+
+
+def test_train_from_tags_writes_a_model_that_detects(qgis_app, scene_pair, qgis_detector, tmp_path):
+    """Tag a QGIS-made grid from the truth (as an analyst would by eye), train, then detect."""
+    import processing
+
+    grid = _tile_grid(scene_pair, tmp_path / "grid.gpkg")
+    layer = qgis_core.QgsVectorLayer(str(grid), "grid", "ogr")
+    truth = gdal.Open(str(scene_pair["truth"])).ReadAsArray() > 0
+    index = layer.fields().indexOf("changed")
+    assert layer.startEditing()
+    for feature in layer.getFeatures():
+        r, c = feature["row"], feature["col"]
+        share = truth[r * 64 : (r + 1) * 64, c * 64 : (c + 1) * 64].mean()
+        layer.changeAttributeValue(feature.id(), index, int(share > 0.02))
+    # unsaved edits: the algorithm must read what the analyst sees, not the file
+    model = tmp_path / "trained.kdmsi"
+    feedback = qgis_core.QgsProcessingFeedback()
+    processing.run(
+        "kdmsi:train_from_tags",
+        {
+            "BEFORE": str(scene_pair["before"]),
+            "AFTER": str(scene_pair["after"]),
+            "TILES": layer,
+            "BACKBONE": 0,
+            "KD_EPOCHS": 1,
+            "CD_EPOCHS": 1,
+            "BATCH_SIZE": 4,
+            "TILE_SIZE": 64,
+            "DEVICE": 1,
+            "OUTPUT": str(model),
+        },
+        feedback=feedback,
+    )
+    layer.rollBack()
+    assert model.is_file() and feedback.progress() == pytest.approx(100.0)
+    result = processing.run(
+        "kdmsi:detect_changes",
+        {
+            "BEFORE": str(scene_pair["before"]),
+            "AFTER": str(scene_pair["after"]),
+            "MODEL": str(model),
+            "DEVICE": 1,
+            "OUTPUT": str(tmp_path / "changes.gpkg"),
+        },
+    )
+    assert Path(result["OUTPUT"]).is_file()
+
+
+def test_results_loaded_by_processing_are_styled(qgis_app, scene_pair, qgis_detector, tmp_path):
+    import processing
+    from qgis.core import QgsProject
+
+    result = processing.runAndLoadResults(
+        "kdmsi:detect_changes",
+        {
+            "BEFORE": str(scene_pair["before"]),
+            "AFTER": str(scene_pair["after"]),
+            "MODEL": str(qgis_detector),
+            "TILE_SIZE": 128,
+            "DEVICE": 1,
+            "OUTPUT": str(tmp_path / "changes.gpkg"),
+            "PROBABILITY": str(tmp_path / "probability.tif"),
+        },
+    )
+    project = QgsProject.instance()
+    layers = {
+        Path(layer.source().split("|")[0]).name: layer for layer in project.mapLayers().values()
+    }
+    try:
+        polygons, probability = layers["changes.gpkg"], layers["probability.tif"]
+        symbol = polygons.renderer().symbol()
+        assert 0 < symbol.color().alpha() < 255  # semi-transparent fill
+        assert probability.renderer().type() == "singlebandpseudocolor"
+        assert result["POLYGON_COUNT"] == polygons.featureCount()
+    finally:
+        project.removeAllMapLayers()
