@@ -54,6 +54,21 @@ def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
 
+def _bounds(text: str) -> list[float]:
+    values = _floats(text)
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError("give xmin,ymin,xmax,ymax (four numbers)")
+    return values
+
+
+def _bounds_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bounds",
+        type=_bounds,
+        help="analyse only xmin,ymin,xmax,ymax (in the before raster's CRS); default: overlap",
+    )
+
+
 def _threshold(text: str):
     try:
         return float(text)
@@ -334,6 +349,7 @@ def cmd_detect(args) -> int:
         bands=args.bands,
         scales=_floats(args.scales) if args.scales else DEFAULT_SCALES,
         flip=not args.no_flip,
+        bounds=args.bounds,
         overwrite=args.overwrite,
     )
     outputs = str(result.vector_path)
@@ -355,7 +371,9 @@ def cmd_detect(args) -> int:
 def cmd_tile_grid(args) -> int:
     from .pipeline import make_tile_grid
 
-    out = make_tile_grid(args.before, args.after, args.out, args.tile_size, args.overwrite)
+    out = make_tile_grid(
+        args.before, args.after, args.out, args.tile_size, args.overwrite, bounds=args.bounds
+    )
     log.info("tile grid written to %s; set its 'changed' field to 1 or 0 per tile", out)
     return 0
 
@@ -495,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model file (.kdmsi) from train-cd or train-kd")
     p.add_argument("--out", required=True, help="change polygons (.gpkg, .shp, .geojson, .fgb)")
     p.add_argument("--probability", help="also write the change probability GeoTIFF (.tif)")
+    _bounds_argument(p)
     p.add_argument(
         "--tile-size", type=int, default=None, help="default: the model's training tile size"
     )
@@ -516,6 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--after", required=True)
     p.add_argument("--out", required=True, help="tile layer (.gpkg recommended)")
     p.add_argument("--tile-size", type=int, default=256)
+    _bounds_argument(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=cmd_tile_grid)
 

@@ -523,6 +523,7 @@ def detect_changes(
     bands: Optional[Sequence[int]] = None,
     scales: Sequence[float] = DEFAULT_SCALES,
     flip: bool = True,
+    bounds: Optional[Sequence[float]] = None,
     overwrite: bool = False,
     progress: Optional[ProgressCallback] = None,
     cancelled: Optional[CancelCheck] = None,
@@ -545,6 +546,8 @@ def detect_changes(
         simplify_m: polygon simplification tolerance in metres (0: pixel edges).
         bands: 1-based bands of both rasters (default: the checkpoint's bands).
         scales, flip: MSI scales and horizontal-flip averaging (``kd`` models only).
+        bounds: optional area to analyse, (xmin, ymin, xmax, ymax) in the before raster's CRS
+            (default: the whole overlap).
         overwrite: replace existing outputs (checked before any compute).
         progress: ``progress(fraction, message)``; cancelled: polled between batches.
 
@@ -583,6 +586,7 @@ def detect_changes(
         threshold=threshold,
         min_area_m2=min_area_m2,
         simplify_m=simplify_m,
+        bounds=bounds,
         overwrite=overwrite,
         progress=progress,
         cancelled=cancelled,
@@ -619,6 +623,7 @@ def detect_with_predictor(
     threshold: float = DEFAULT_THRESHOLD,
     min_area_m2: float = 0.0,
     simplify_m: float = 0.0,
+    bounds: Optional[Sequence[float]] = None,
     overwrite: bool = False,
     progress: Optional[ProgressCallback] = None,
     cancelled: Optional[CancelCheck] = None,
@@ -650,7 +655,9 @@ def detect_with_predictor(
 
         report(progress, 0.0, "aligning rasters")
         check_cancel(cancelled)
-        pair = stack.enter_context(_timed(timing, "align", align_pair, before, after, bands))
+        pair = stack.enter_context(
+            _timed(timing, "align", align_pair, before, after, bands, bounds)
+        )
         if len(normalisation.mean) != pair.band_count:
             raise RasterInputError(
                 f"the model normalises {len(normalisation.mean)} band(s) per date but "
@@ -823,6 +830,7 @@ def make_tile_grid(
     out: PathLike,
     tile_size: int = 256,
     overwrite: bool = False,
+    bounds: Optional[Sequence[float]] = None,
 ) -> Path:
     """Write a polygon layer of ``tile_size`` px tiles for an analyst to tag as changed or not.
 
@@ -830,7 +838,8 @@ def make_tile_grid(
     pixels over the two rasters' overlap), row by row from the top-left; the last column/row
     is cut at the edge of the overlap, so the tiles cover it exactly. Fields: ``tile_id``
     (1..n), ``row``, ``col`` (tile indices on that grid) and ``changed`` (integer, NULL: to be
-    set to 1 or 0). CRS: the before raster's.
+    set to 1 or 0). CRS: the before raster's. ``bounds`` (xmin, ymin, xmax, ymax in that CRS)
+    restricts the grid to an area, as in `align_pair`.
 
     Raises:
         RasterInputError, VectorOutputError, FileExistsError, OutputNotWritableError.
@@ -843,7 +852,7 @@ def make_tile_grid(
     check_output_target(target, overwrite)
     if tile_size < 1:
         raise ValueError(f"--tile-size must be positive, got {tile_size}")
-    with gdal_exceptions(), align_pair(before, after, bands=[1]) as pair:
+    with gdal_exceptions(), align_pair(before, after, bands=[1], bounds=bounds) as pair:
         gt, width, height, crs_wkt = pair.geotransform, pair.width, pair.height, pair.crs_wkt
     kwargs: dict[str, Any] = {"driver": driver, "schema": TILE_GRID_SCHEMA}
     kwargs["crs"] = CRS.from_wkt(crs_wkt)

@@ -337,8 +337,43 @@ def _intersection_window(
     return col0, row0, col1 - col0, row1 - row0
 
 
+def _restrict_window(
+    window: tuple[int, int, int, int],
+    gt: Sequence[float],
+    bounds: Sequence[float],
+    before_name: str,
+    after_name: str,
+    crs_wkt: str,
+) -> tuple[int, int, int, int]:
+    """The part of the overlap ``window`` (col, row, w, h) inside ``bounds``."""
+    xmin, ymin, xmax, ymax = (float(v) for v in bounds)
+    if not (xmin < xmax and ymin < ymax):
+        raise RasterInputError(f"the area to analyse {_fmt_extent(bounds)} is empty")
+    col, row, width, height = window
+    cut = _intersection_window(gt, (col + width, row + height), bounds)
+    if cut is not None:
+        c0, r0 = max(cut[0], col), max(cut[1], row)
+        c1, r1 = cut[0] + cut[2], cut[1] + cut[3]
+        if c1 > c0 and r1 > r0:
+            return c0, r0, c1 - c0, r1 - r0
+    overlap = (
+        gt[0] + col * gt[1],
+        gt[3] + (row + height) * gt[5],
+        gt[0] + (col + width) * gt[1],
+        gt[3] + row * gt[5],
+    )
+    raise RasterInputError(
+        f"the area to analyse {_fmt_extent(bounds)} does not meet the overlap of {before_name} "
+        f"and {after_name}, {_fmt_extent(overlap)} ({crs_label(crs_wkt)}): choose an area "
+        "inside both rasters, given in the before raster's CRS"
+    )
+
+
 def align_pair(
-    before_path: PathLike, after_path: PathLike, bands: Optional[Sequence[int]] = None
+    before_path: PathLike,
+    after_path: PathLike,
+    bands: Optional[Sequence[int]] = None,
+    bounds: Optional[Sequence[float]] = None,
 ) -> AlignedPair:
     """Put the after raster on the before raster's grid over the shared footprint.
 
@@ -348,10 +383,13 @@ def align_pair(
         after_path: the raster warped (bilinear) onto that grid.
         bands: 1-based band indices read from both rasters; default the first 3 non-alpha
             bands of each (all of them when there are fewer than 3).
+        bounds: optional area to analyse, (xmin, ymin, xmax, ymax) in the before raster's
+            CRS; the grid is cut to it (snapped outwards to whole pixels).
 
     Raises:
         RasterNotFoundError, RasterInputError: unreadable raster, no CRS, band index out of
-        range, different band counts, or footprints that do not overlap.
+        range, different band counts, footprints that do not overlap, or ``bounds`` outside
+        the overlap.
     """
     before_name, after_name = str(before_path), str(after_path)
     before_ds = open_raster(before_path)
@@ -387,6 +425,8 @@ def align_pair(
                 f"), i.e. {_fmt_extent(after_extent)} in {crs_label(crs_wkt)}. Check that both "
                 "show the same area and that their CRSs are right"
             )
+        if bounds is not None:
+            window = _restrict_window(window, gt, bounds, before_name, after_name, crs_wkt)
         col, row, width, height = window
         out_gt = (gt[0] + col * gt[1], gt[1], 0.0, gt[3] + row * gt[5], 0.0, gt[5])
         before_vrt = _band_subset_vrt(before_ds, before_bands, (col, row, width, height))
