@@ -1,0 +1,182 @@
+"""The plugin's background runs, result layers and dialog with a real QgsApplication (offscreen).
+
+`AlgorithmRun` queues the Processing algorithm as a QGIS task in the real task manager; the
+tests wait for it by spinning the Qt event loop, as QGIS's own loop would.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+qgis_core = pytest.importorskip("qgis.core")
+
+from osgeo import ogr  # noqa: E402
+
+
+def wait_for(run, timeout: float = 300.0) -> tuple:
+    """Spin the event loop until `run` emits `finished`; its (ok, results, error)."""
+    from qgis.core import QgsApplication
+
+    outcome = []
+    run.finished.connect(lambda ok, results, error: outcome.append((ok, results, error)))
+    started = time.monotonic()
+    while not outcome and time.monotonic() - started < timeout:
+        QgsApplication.processEvents()
+        time.sleep(0.02)
+    assert outcome, "the task did not finish in time"
+    return outcome[0]
+
+
+@pytest.fixture()
+def project(qgis_app):
+    from qgis.core import QgsProject
+
+    project = QgsProject.instance()
+    yield project
+    project.removeAllMapLayers()
+    project.layerTreeRoot().removeAllChildren()
+
+
+def _detect_parameters(scene_pair, model, out: Path) -> dict:
+    return {
+        "BEFORE": str(scene_pair["before"]),
+        "AFTER": str(scene_pair["after"]),
+        "MODEL": str(model),
+        "TILE_SIZE": 128,
+        "OVERLAP": 32,
+        "DEVICE": 1,
+        "OUTPUT": str(out / "changes.gpkg"),
+        "PROBABILITY": str(out / "probability.tif"),
+    }
+
+
+def test_algorithm_run_reports_progress_and_results(project, scene_pair, qgis_detector, tmp_path):
+    from kdmsi_qgis.tasks import AlgorithmRun
+
+    run = AlgorithmRun(
+        "kdmsi:detect_changes", _detect_parameters(scene_pair, qgis_detector, tmp_path)
+    )
+    progress, messages = [], []
+    run.progress.connect(progress.append)
+    run.message.connect(messages.append)
+    assert run.start()
+    ok, results, error = wait_for(run)
+    assert ok and error == ""
+    assert Path(results["OUTPUT"]).is_file() and Path(results["PROBABILITY"]).is_file()
+    assert progress and max(progress) == pytest.approx(100.0)
+    assert any("change polygons" in m for m in messages)
+
+
+def test_algorithm_run_cancel_leaves_nothing(project, scene_pair, qgis_detector, tmp_path):
+    from kdmsi_qgis.tasks import AlgorithmRun
+
+    params = _detect_parameters(scene_pair, qgis_detector, tmp_path)
+    params["TILE_SIZE"], params["OVERLAP"] = 32, 8  # 100+ batches: time to cancel mid-run
+    run = AlgorithmRun("kdmsi:detect_changes", params)
+    run.progress.connect(lambda value: value > 5 and run.cancel())
+    assert run.start()
+    ok, results, error = wait_for(run)
+    assert not ok and results == {} and error == ""
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_algorithm_run_errors_are_messages(project, scene_pair, tmp_path):
+    from kdmsi_qgis.tasks import AlgorithmRun
+
+    bad = tmp_path / "bad.kdmsi"
+    bad.write_bytes(b"not a model")
+    run = AlgorithmRun("kdmsi:detect_changes", _detect_parameters(scene_pair, bad, tmp_path))
+    assert run.start()
+    ok, _, error = wait_for(run)
+    assert not ok and "bad.kdmsi" in error and "Traceback" not in error
+    run = AlgorithmRun("kdmsi:detect_changes", {"MODEL": str(bad)})  # no rasters at all
+    assert not run.start()
+    assert not run.is_running()
+
+
+def test_detection_results_are_grouped_and_styled(project, scene_pair, qgis_detector, tmp_path):
+    import processing
+
+    from kdmsi_qgis.results import add_detection_results
+
+    results = processing.run(
+        "kdmsi:detect_changes", _detect_parameters(scene_pair, qgis_detector, tmp_path)
+    )
+    group, layers = add_detection_results(results, "Changes test")
+    assert project.layerTreeRoot().children()[0] is group
+    assert [layer.name() for layer in layers] == ["Change polygons", "Change probability"]
+    polygons, probability = layers
+    assert 0 < polygons.renderer().symbol().color().alpha() < 255
+    assert probability.renderer().type() == "singlebandpseudocolor"
+    assert 0 < probability.opacity() < 1
+    _, only_polygons = add_detection_results({"OUTPUT": results["OUTPUT"]}, "No raster")
+    assert len(only_polygons) == 1
+
+
+def _raster_layers(project, scene_pair):
+    from qgis.core import QgsRasterLayer
+
+    layers = []
+    for name in ("after", "before"):  # the newer image on top, as analysts stack them
+        layer = QgsRasterLayer(str(scene_pair[name]), f"{name} 2024")
+        assert layer.isValid()
+        project.addMapLayer(layer)
+        layers.append(layer)
+    return layers
+
+
+def test_dialog_prefills_and_validates(project, scene_pair, qgis_detector):
+    from kdmsi_qgis.dialog import KdmsiDialog
+
+    after, before = _raster_layers(project, scene_pair)
+    dialog = KdmsiDialog(None)
+    assert dialog.detect_pair.before.currentLayer() is before
+    assert dialog.detect_pair.after.currentLayer() is after
+    with pytest.raises(ValueError, match="model file"):
+        dialog.detection_parameters()
+    dialog.model_file.setFilePath(str(qgis_detector))
+    params = dialog.detection_parameters()
+    assert params["BEFORE"] == before.id() and params["OUTPUT"] == "TEMPORARY_OUTPUT"
+    assert params["THRESHOLD"] is None and params["PROBABILITY"] == "TEMPORARY_OUTPUT"
+    dialog.use_threshold.setChecked(True)
+    dialog.threshold.setValue(0.3)
+    assert dialog.detection_parameters()["THRESHOLD"] == pytest.approx(0.3)
+    dialog.detect_pair.after.setLayer(before)
+    with pytest.raises(ValueError, match="same layer"):
+        dialog.detection_parameters()
+    with pytest.raises(ValueError, match="tagged tile layer"):
+        dialog.training_parameters()
+    dialog.close()
+
+
+def test_dialog_runs_grid_and_detection_into_the_project(
+    project, scene_pair, qgis_detector, tmp_path
+):
+    from kdmsi_qgis.dialog import KdmsiDialog
+
+    _raster_layers(project, scene_pair)
+    dialog = KdmsiDialog(None)
+    dialog.grid_tile_size.setValue(128)
+    dialog.start_grid()
+    assert not dialog.grid_button.isEnabled() and dialog.cancel_button.isEnabled()
+    wait_for(dialog.run)
+    grid = dialog.tags.currentLayer()
+    assert grid is not None and grid.featureCount() == 4
+    assert grid.renderer().type() == "categorizedSymbol"
+
+    dialog.model_file.setFilePath(str(qgis_detector))
+    dialog.tile_size.setValue(128)
+    dialog.device.setCurrentIndex(1)
+    dialog.detect_output.setFilePath(str(tmp_path / "changes.gpkg"))
+    dialog.start_detection()
+    wait_for(dialog.run)
+    assert dialog.progress.value() == 100 and dialog.detect_button.isEnabled()
+    group = project.layerTreeRoot().children()[0]
+    assert group.name() == "Changes before 2024 → after 2024"
+    names = [child.name() for child in group.children()]
+    assert names == ["Change polygons", "Change probability"]
+    assert ogr.Open(str(tmp_path / "changes.gpkg")) is not None
+    dialog.close()
