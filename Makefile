@@ -53,29 +53,32 @@ clean:
 	rm -rf $(VENV) $(DEMO_OUT) dist build *.egg-info
 
 # ------------------------------------------------------------------- plugin packaging
-# `make package`: dist/kdmsi_qgis.zip, the plugin folder with the kdmsi library
-# bundled in kdmsi_qgis/libs/kdmsi (deps.py puts libs/ on sys.path). torch, torchvision,
-# shapely and fiona are not bundled: the plugin prints the pip command for QGIS's Python.
+# `make package`: $(DIST_DIR)/kdmsi_qgis.zip, installable with QGIS's "Install from ZIP": the
+# plugin folder (kdmsi_qgis/*.py, the top-level metadata.txt, resources/icon.svg) with the
+# kdmsi library (core/) bundled in kdmsi_qgis/libs/kdmsi, where deps.py puts it on sys.path.
+# One source of truth: everything is copied from this checkout. torch, torchvision, shapely
+# and fiona are not bundled: the plugin prints the pip command for QGIS's Python.
 # `make deploy`: the same folder copied into a QGIS profile (QGIS_PLUGINS to override).
-PLUGIN_VERSION := $(shell sed -n 's/^version=//p' kdmsi_qgis/metadata.txt)
-PLUGIN_BUILD := build/plugin
+PLUGIN_BUILD ?= build/plugin
+DIST_DIR ?= dist
 QGIS_PLUGINS ?= $(HOME)/.local/share/QGIS/QGIS3/profiles/default/python/plugins
+PLUGIN_SOURCES := $(wildcard kdmsi_qgis/*.py core/*.py core/*/*.py) metadata.txt resources/icon.svg
 
 .PHONY: package deploy
 
-$(PLUGIN_BUILD)/kdmsi_qgis: $(wildcard kdmsi_qgis/* core/*.py core/*/*.py)
-	rm -rf $(PLUGIN_BUILD) && mkdir -p $@/libs
-	cp kdmsi_qgis/*.py kdmsi_qgis/metadata.txt kdmsi_qgis/icon.svg $@/
+$(PLUGIN_BUILD)/kdmsi_qgis: $(PLUGIN_SOURCES)
+	rm -rf $@ && mkdir -p $@/libs
+	cp kdmsi_qgis/*.py metadata.txt resources/icon.svg $@/
 	cp -r core $@/libs/kdmsi
-	find $(PLUGIN_BUILD) -name __pycache__ -prune -exec rm -rf {} +
+	find $@ -name __pycache__ -prune -exec rm -rf {} +
 	touch $@
 
 package: $(PLUGIN_BUILD)/kdmsi_qgis
-	mkdir -p dist && rm -f dist/kdmsi_qgis.zip
-	cd $(PLUGIN_BUILD) && /usr/bin/python3 -m zipfile -c ../../dist/kdmsi_qgis.zip kdmsi_qgis
-	@echo "wrote dist/kdmsi_qgis.zip"
+	mkdir -p $(DIST_DIR) && rm -f $(DIST_DIR)/kdmsi_qgis.zip
+	zip=$$(realpath $(DIST_DIR))/kdmsi_qgis.zip && cd $(PLUGIN_BUILD) && \
+	  /usr/bin/python3 -m zipfile -c $$zip kdmsi_qgis
+	@echo "wrote $(DIST_DIR)/kdmsi_qgis.zip"
 
 deploy: $(PLUGIN_BUILD)/kdmsi_qgis
 	mkdir -p "$(QGIS_PLUGINS)" && rm -rf "$(QGIS_PLUGINS)/kdmsi_qgis"
 	cp -r $(PLUGIN_BUILD)/kdmsi_qgis "$(QGIS_PLUGINS)/"
-	@echo "installed into $(QGIS_PLUGINS)/kdmsi_qgis; enable it in QGIS > Plugins"

@@ -242,7 +242,8 @@ def test_extent_cuts_detection_and_grid(qgis_app, scene_pair, qgis_detector, tmp
             "OUTPUT": str(grid),
         },
     )
-    assert ogr.Open(str(grid)).GetLayer(0).GetFeatureCount() == 2
+    grid_ds = ogr.Open(str(grid))  # keep: its layer dies with it
+    assert grid_ds.GetLayer(0).GetFeatureCount() == 2
 
 
 @pytest.mark.parametrize("kind", ["raster", "polygons"])
