@@ -31,7 +31,7 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
-from .deps import install_hint, missing_dependencies
+from .deps import install_hint, keep_triton_out, missing_dependencies
 
 LOG_TAG = "KD-MSI"
 
@@ -45,9 +45,14 @@ def log_message(message: str, level: Any = None) -> None:
 
 
 def require_dependencies() -> None:
-    """Raise QgsProcessingException with the install command when torch/kdmsi are missing."""
+    """Raise QgsProcessingException with the install command when torch/kdmsi are missing.
+
+    Called before any torch import of the plugin, so it also keeps triton out (see
+    `kdmsi_qgis.deps.keep_triton_out`).
+    """
     if missing_dependencies():
         raise QgsProcessingException(install_hint())
+    keep_triton_out()
 
 
 def feedback_callbacks(feedback: Optional[QgsProcessingFeedback]):

@@ -34,6 +34,21 @@ def add_bundled_libs() -> Optional[Path]:
 add_bundled_libs()
 
 
+def keep_triton_out() -> None:
+    """Make `import triton` fail in QGIS's Python before torch is first imported.
+
+    PyPI's torch wheels ship triton, and importing torchvision pulls in `torch._dynamo`, which
+    loads `triton/_C/libtriton.so` with its own statically linked LLVM. Seen in the QGIS 3.22
+    desktop (gdb backtrace): QGIS had already loaded Mesa's libLLVM for OpenGL rendering, and
+    libtriton's LLVM static initialisers crashed QGIS with SIGSEGV at that import. kdmsi never
+    compiles kernels (no torch.compile), so torch is told triton is absent; torch checks for
+    it with `try: import triton` and carries on without. Does nothing if triton is already
+    imported (by another plugin) or torch was imported without it.
+    """
+    if "triton" not in sys.modules and "torch._dynamo" not in sys.modules:
+        sys.modules["triton"] = None  # type: ignore[assignment]  # import -> ImportError
+
+
 def _numpy_major() -> Optional[int]:
     try:
         import numpy
@@ -66,13 +81,12 @@ def missing_dependencies() -> List[str]:
 def qgis_python() -> str:
     """Path of the Python interpreter QGIS runs, to run pip with.
 
-    Inside QGIS on Windows and macOS `sys.executable` is the QGIS binary itself, not Python;
-    the interpreter then lives under `sys.exec_prefix` (OSGeo4W: `apps/Python3x/python.exe`;
-    QGIS.app: `.../Python.framework/Versions/3.x/bin/python3`; Linux: `/usr/bin/python3`).
+    Inside QGIS `sys.executable` is not reliable: on Windows and macOS it is the QGIS binary,
+    and on Linux it may be whatever `python3` comes first on PATH (a pyenv shim, a venv),
+    not the interpreter QGIS embeds. That interpreter lives under `sys.exec_prefix`
+    (OSGeo4W: `apps/Python3x/python.exe`; QGIS.app: `.../Python.framework/Versions/3.x/bin/
+    python3`; Debian: `/usr/bin/python3.11`).
     """
-    exe = sys.executable or ""
-    if Path(exe).name.lower().startswith("python"):
-        return exe
     prefix = Path(sys.exec_prefix)
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     for candidate in (
@@ -84,6 +98,9 @@ def qgis_python() -> str:
     ):
         if candidate.is_file():
             return str(candidate)
+    exe = sys.executable or ""
+    if Path(exe).name.lower().startswith("python"):
+        return exe
     return "python3" if os.name != "nt" else "python"
 
 

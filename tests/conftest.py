@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,8 @@ import torch
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+REPO = Path(__file__).resolve().parents[1]
+REAL_DATA = REPO.parent / "shared" / "data" / "real"
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +71,63 @@ def qgis_detector(tmp_path_factory) -> Path:
     net = SiameseDeepLabV3Plus("resnet18", in_channels=3)
     path = tmp_path_factory.mktemp("models") / "detector.kdmsi"
     return save_detector(path, net, [1, 2, 3], Normalisation.default(3), 128)
+
+
+def _qgis_process() -> str:
+    """The qgis_process binary, or skip."""
+    for name in ("qgis_process.bin", "qgis_process"):
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.skip("qgis_process is not installed")
+
+
+@pytest.fixture(scope="session")
+def plugin_zip(tmp_path_factory) -> Path:
+    """`make package` into a temporary folder: the zip a user installs."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    work = tmp_path_factory.mktemp("package")
+    subprocess.run(
+        ["make", "-s", "package", f"PLUGIN_BUILD={work / 'build'}", f"DIST_DIR={work / 'dist'}"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
+    return work / "dist" / "kdmsi_qgis.zip"
+
+
+@pytest.fixture(scope="session")
+def profile_root(plugin_zip, tmp_path_factory) -> Path:
+    """A fresh QGIS settings folder, the zip unpacked into its default profile, enabled."""
+    root = tmp_path_factory.mktemp("qgis-config")
+    plugins = root / "profiles" / "default" / "python" / "plugins"
+    plugins.mkdir(parents=True)
+    with zipfile.ZipFile(plugin_zip) as archive:
+        archive.extractall(plugins)
+    enabled = run_qgis_process(root, "plugins", "enable", "kdmsi_qgis")
+    assert "kdmsi_qgis" in enabled
+    return root
+
+
+def run_qgis_process(profile_root: Path, *args: str, timeout: int = 600) -> str:
+    """Run QGIS's command-line runner with `profile_root` as its settings folder; its stdout.
+
+    PYTHONPATH carries only torch's site-packages (where a QGIS user pip-installs torch), so
+    `kdmsi` comes from the plugin's bundled `libs/`: an editable install's .pth file is not
+    read from PYTHONPATH. Debian's `/usr/bin/qgis_process` wrapper passes
+    `--noversioncheck`, which qgis_process 3.22 rejects, so the real binary is preferred.
+    """
+    import torch
+
+    env = dict(os.environ)
+    env.update(
+        QT_QPA_PLATFORM="offscreen",
+        QGIS_CUSTOM_CONFIG_PATH=str(profile_root),
+        PYTHONPATH=str(Path(torch.__file__).resolve().parents[1]),
+    )
+    done = subprocess.run(
+        [_qgis_process(), *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout

@@ -13,69 +13,14 @@ Debian's `/usr/bin/qgis_process` wrapper passes `--noversioncheck`, which qgis_p
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import zipfile
 from pathlib import Path
 
-import pytest
+from conftest import REPO, run_qgis_process
 from osgeo import ogr
 
-REPO = Path(__file__).resolve().parents[1]
 MODEL3 = REPO / "resources" / "models" / "tile_grid_then_detect.model3"
 ALGORITHMS = ("create_tile_grid", "detect_changes", "evaluate_changes", "train_from_tags")
-
-
-def _qgis_process() -> str:
-    for name in ("qgis_process.bin", "qgis_process"):
-        found = shutil.which(name)
-        if found:
-            return found
-    pytest.skip("qgis_process is not installed")
-
-
-@pytest.fixture(scope="module")
-def plugin_zip(tmp_path_factory) -> Path:
-    if shutil.which("make") is None:
-        pytest.skip("make is not installed")
-    work = tmp_path_factory.mktemp("package")
-    subprocess.run(
-        ["make", "-s", "package", f"PLUGIN_BUILD={work / 'build'}", f"DIST_DIR={work / 'dist'}"],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-    )
-    return work / "dist" / "kdmsi_qgis.zip"
-
-
-@pytest.fixture(scope="module")
-def profile_root(plugin_zip, tmp_path_factory) -> Path:
-    """A fresh QGIS settings folder with the zip unpacked into its default profile."""
-    root = tmp_path_factory.mktemp("qgis-config")
-    plugins = root / "profiles" / "default" / "python" / "plugins"
-    plugins.mkdir(parents=True)
-    with zipfile.ZipFile(plugin_zip) as archive:
-        archive.extractall(plugins)
-    enabled = run_qgis_process(root, "plugins", "enable", "kdmsi_qgis")
-    assert "kdmsi_qgis" in enabled
-    return root
-
-
-def run_qgis_process(profile_root: Path, *args: str, timeout: int = 600) -> str:
-    import torch
-
-    env = dict(os.environ)
-    env.update(
-        QT_QPA_PLATFORM="offscreen",
-        QGIS_CUSTOM_CONFIG_PATH=str(profile_root),
-        PYTHONPATH=str(Path(torch.__file__).resolve().parents[1]),
-    )
-    done = subprocess.run(
-        [_qgis_process(), *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout
 
 
 def test_zip_holds_the_plugin_and_the_library(plugin_zip):

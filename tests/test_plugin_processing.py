@@ -358,3 +358,34 @@ def test_results_loaded_by_processing_are_styled(qgis_app, scene_pair, qgis_dete
         assert result["POLYGON_COUNT"] == polygons.featureCount()
     finally:
         project.removeAllMapLayers()
+
+
+def test_install_hint_names_the_interpreter_qgis_embeds(monkeypatch):
+    """Inside QGIS sys.executable is the QGIS binary or a PATH python; pip must target ours."""
+    import sys
+
+    from kdmsi_qgis import deps
+
+    monkeypatch.setattr(sys, "executable", "/usr/bin/qgis.bin")
+    python = Path(deps.qgis_python())
+    assert python.name.startswith("python") and python.is_file()
+    assert Path(sys.exec_prefix) in python.parents
+
+
+def test_triton_is_kept_out_of_a_fresh_qgis_python():
+    """torch + torchvision work with triton blocked, and triton's LLVM is never loaded."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from kdmsi_qgis.deps import keep_triton_out; keep_triton_out()\n"
+        "import torch, torchvision\n"
+        "from kdmsi.models import SiameseDeepLabV3Plus\n"
+        "net = SiameseDeepLabV3Plus('resnet18').eval()\n"
+        "out = net(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))\n"
+        "assert out.shape == (1, 2, 32, 32)\n"
+        "assert sys.modules['triton'] is None and 'triton._C' not in sys.modules\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
