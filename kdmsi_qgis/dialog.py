@@ -197,6 +197,9 @@ class KdmsiDialog(QDialog):
         self.train_pair = PairPicker(form)
         self.grid_tile_size = _spin(256, 32, 4096, 32)
         form.addRow("Tile size (px)", self.grid_tile_size)
+        self.grid_output = _file_widget(True, "GeoPackage (*.gpkg)")
+        self.grid_output.lineEdit().setPlaceholderText("[temporary file: save it to keep tags]")
+        form.addRow("Tile grid", self.grid_output)
         self.grid_button = QPushButton("1. Create a tile grid to tag")
         self.grid_button.clicked.connect(self.start_grid)
         form.addRow(self.grid_button)
@@ -252,7 +255,9 @@ class KdmsiDialog(QDialog):
 
     def grid_parameters(self) -> dict:
         params = self.train_pair.parameters()
-        params.update(TILE_SIZE=self.grid_tile_size.value(), OUTPUT=TEMPORARY)
+        params.update(
+            TILE_SIZE=self.grid_tile_size.value(), OUTPUT=self.grid_output.filePath() or TEMPORARY
+        )
         return params
 
     def training_parameters(self) -> dict:

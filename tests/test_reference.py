@@ -156,3 +156,29 @@ def test_evaluate_model_runs_detection_in_a_scratch_folder(tmp_path):
     assert result.metrics["FN"] == 0 and result.pixels == 96 * 96
     assert result.detect["width"] == 96 and messages[-1][0] == 1.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.kdmsi", "scene"]
+
+
+def test_cli_evaluate_detection_prints_json_and_names_bad_references(tmp_path, capsys):
+    import json
+
+    from kdmsi.cli import main
+
+    paths = write_scene(make_scene(64, 64, seed=6, pixel_size_m=1.0), tmp_path / "scene")
+    torch.manual_seed(0)
+    model = save_detector(
+        tmp_path / "m.kdmsi",
+        SiameseDeepLabV3Plus("resnet18", in_channels=3),
+        [1, 2, 3],
+        Normalisation.default(3),
+        64,
+    )
+    common = ["--before", str(paths["before"]), "--after", str(paths["after"]), "--model"]
+    common += [str(model), "--device", "cpu", "--overlap", "16"]
+    argv = ["evaluate-detection", *common, "--reference", str(paths["truth"]), "--json"]
+    assert main(argv + ["--threshold", "0"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    truth = gdal.Open(str(paths["truth"])).ReadAsArray() > 0
+    assert row["cIoU"] == pytest.approx(truth.mean(), abs=1e-6) and row["pixels"] == 64 * 64
+    bad = ["evaluate-detection", *common, "--reference", str(tmp_path / "missing.gpkg")]
+    assert main(bad) == 2
+    assert "missing.gpkg does not exist" in capsys.readouterr().err
