@@ -29,8 +29,10 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
+    QgsProcessingOutputFile,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFile,
@@ -58,7 +60,11 @@ from .provider import ICON_PATH
 from .styles import StylePostProcessor
 
 DEVICES = ["auto", "cpu", "cuda"]
+RUNTIMES = ["auto", "torch", "onnx"]
+# kdmsi.models.BACKBONES / DETECTOR_BACKBONES, spelled out so loading this module needs no torch
 BACKBONES = ["resnet18", "resnet34", "resnet50"]
+DETECTOR_BACKBONES = [*BACKBONES, "mobilenet_v3_large"]
+MODEL_FILTER = "kdmsi model (*.kdmsi *.KDMSI);;ONNX export of a kdmsi model (*.onnx *.ONNX)"
 METRICS = ("OA", "F1", "cIoU", "mIoU", "FP", "FN")
 
 try:  # QGIS >= 3.36 scoped enum; the old name stays for 3.22
@@ -89,6 +95,12 @@ def _threshold_parameter() -> QgsProcessingParameterNumber:
         double=True,
         optional=True,
         maxValue=1.0,
+    )
+
+
+def _model_parameter() -> QgsProcessingParameterFile:
+    return QgsProcessingParameterFile(
+        "MODEL", "Model file (.kdmsi, or its .onnx export)", fileFilter=MODEL_FILTER
     )
 
 
@@ -194,14 +206,20 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
         self.add_pair_parameters()
-        self.addParameter(
-            QgsProcessingParameterFile("MODEL", "Model file (.kdmsi)", extension="kdmsi")
-        )
+        self.addParameter(_model_parameter())
         self.addParameter(_number("TILE_SIZE", "Tile size (px)", 256, 16))
         self.addParameter(_number("OVERLAP", "Tile overlap (px)", 64, 0))
         self.addParameter(_number("BATCH_SIZE", "Batch size", 4, 1))
         self.addParameter(
             QgsProcessingParameterEnum("DEVICE", "Device", options=DEVICES, defaultValue=0)
+        )
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                "RUNTIME",
+                "Runtime (auto: ONNX Runtime when installed and faster)",
+                options=RUNTIMES,
+                defaultValue=0,
+            )
         )
         self.addParameter(_threshold_parameter())
         self.addParameter(_number("MIN_AREA", "Minimum polygon area (m²)", 0.0, 0.0, True))
@@ -225,6 +243,11 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
         )
         self.addOutput(QgsProcessingOutputNumber("POLYGON_COUNT", "Number of change polygons"))
         self.addOutput(QgsProcessingOutputNumber("THRESHOLD_USED", "Threshold used"))
+        self.addOutput(
+            QgsProcessingOutputString(
+                "QUALITY_WARNING", "Warning about the two rasters' quality (empty: none)"
+            )
+        )
 
     def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
         self.prepare_pair(parameters, context)
@@ -244,19 +267,24 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
         if parameters.get("THRESHOLD") not in (None, ""):
             threshold = self.parameterAsDouble(parameters, "THRESHOLD", context)
         progress, cancelled = feedback_callbacks(feedback)
+        model = self.parameterAsFile(parameters, "MODEL", context)
         with running_core(feedback):
             from kdmsi.pipeline import detect_changes
 
+            warning = quality_warning(self.files["before"], self.files["after"], model)
+            if warning:
+                feedback.pushWarning(warning)
             result = detect_changes(
                 self.files["before"],
                 self.files["after"],
-                self.parameterAsFile(parameters, "MODEL", context),
+                model,
                 self.files["output"],
                 self.files["probability"],
                 tile_size=_int(self, parameters, "TILE_SIZE", context),
                 overlap_px=_int(self, parameters, "OVERLAP", context),
                 batch_size=_int(self, parameters, "BATCH_SIZE", context),
                 device=self.device(parameters, context),
+                runtime=RUNTIMES[self.parameterAsEnum(parameters, "RUNTIME", context)],
                 threshold=threshold,
                 min_area_m2=self.parameterAsDouble(parameters, "MIN_AREA", context),
                 simplify_m=self.parameterAsDouble(parameters, "SIMPLIFY", context),
@@ -274,6 +302,7 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
             "PROBABILITY": str(result.probability_path) if result.probability_path else None,
             "POLYGON_COUNT": result.polygon_count,
             "THRESHOLD_USED": result.threshold,
+            "QUALITY_WARNING": warning or "",
         }
 
     def postProcessAlgorithm(self, context, feedback):  # noqa: N802 (QGIS API)
@@ -358,7 +387,24 @@ class TrainFromTagsAlgorithm(KdmsiAlgorithm):
             )
         )
         self.addParameter(
-            QgsProcessingParameterEnum("BACKBONE", "Backbone", options=BACKBONES, defaultValue=2)
+            QgsProcessingParameterEnum(
+                "KD_BACKBONE", "Teacher/student backbone", options=BACKBONES, defaultValue=2
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                "DETECTOR_BACKBONE",
+                "Detector backbone",
+                options=DETECTOR_BACKBONES,
+                defaultValue=2,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterBoolean(
+                "QUALITY_ROBUST",
+                "The two images differ in quality (train a quality-robust detector, HiCD)",
+                defaultValue=False,
+            )
         )
         self.addParameter(_number("KD_EPOCHS", "Teacher/student epochs", 20, 1))
         self.addParameter(_number("CD_EPOCHS", "Detector epochs", 50, 1))
@@ -372,6 +418,14 @@ class TrainFromTagsAlgorithm(KdmsiAlgorithm):
                 "OUTPUT", "Model file", fileFilter="KD-MSI model (*.kdmsi)"
             )
         )
+        self.addParameter(
+            QgsProcessingParameterBoolean(
+                "WRITE_REPORT",
+                "Write a training report (HTML) in <model name>_report beside the model",
+                defaultValue=True,
+            )
+        )
+        self.addOutput(QgsProcessingOutputFile("REPORT", "Training report (index.html)"))
 
     def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
         self.prepare_pair(parameters, context)
@@ -388,30 +442,38 @@ class TrainFromTagsAlgorithm(KdmsiAlgorithm):
         from kdmsi.training.cd import CDConfig
         from kdmsi.training.kd import KDConfig
 
-        backbone = BACKBONES[self.parameterAsEnum(parameters, "BACKBONE", context)]
+        kd_backbone = BACKBONES[self.parameterAsEnum(parameters, "KD_BACKBONE", context)]
+        detector_backbone = DETECTOR_BACKBONES[
+            self.parameterAsEnum(parameters, "DETECTOR_BACKBONE", context)
+        ]
         batch_size = _int(self, parameters, "BATCH_SIZE", context)
         device = self.device(parameters, context)
         return TagTrainingConfig(
             tile_size=_int(self, parameters, "TILE_SIZE", context),
             kd=KDConfig(
-                backbone=backbone,
+                backbone=kd_backbone,
                 epochs=_int(self, parameters, "KD_EPOCHS", context),
                 batch_size=batch_size,
                 device=device,
             ),
             cd=CDConfig(
-                backbone=backbone,
+                backbone=detector_backbone,
                 epochs=_int(self, parameters, "CD_EPOCHS", context),
                 batch_size=batch_size,
                 device=device,
             ),
+            quality_robust=self.parameterAsBoolean(parameters, "QUALITY_ROBUST", context),
         )
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
         progress, cancelled = feedback_callbacks(feedback)
         with running_core(feedback):
+            from kdmsi.run_reports import default_report_dir
             from kdmsi.tagged import train_from_tags
 
+            report_dir = None
+            if self.parameterAsBoolean(parameters, "WRITE_REPORT", context):
+                report_dir = default_report_dir(self.files["output"])
             train_from_tags(
                 self.files["before"],
                 self.files["after"],
@@ -421,8 +483,13 @@ class TrainFromTagsAlgorithm(KdmsiAlgorithm):
                 overwrite=True,
                 progress=progress,
                 cancelled=cancelled,
+                report_dir=report_dir,
             )
-        return {"OUTPUT": self.files["output"]}
+        results = {"OUTPUT": self.files["output"], "REPORT": None}
+        if report_dir is not None:
+            results["REPORT"] = str(Path(report_dir) / "index.html")
+            feedback.pushInfo(f"training report: {results['REPORT']}")
+        return results
 
 
 class EvaluateChangesAlgorithm(KdmsiAlgorithm):
@@ -443,9 +510,7 @@ class EvaluateChangesAlgorithm(KdmsiAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
         self.add_pair_parameters()
-        self.addParameter(
-            QgsProcessingParameterFile("MODEL", "Model file (.kdmsi)", extension="kdmsi")
-        )
+        self.addParameter(_model_parameter())
         self.addParameter(
             QgsProcessingParameterMapLayer(
                 "REFERENCE",
@@ -519,6 +584,15 @@ class EvaluateChangesAlgorithm(KdmsiAlgorithm):
         if self.files["report"]:
             results["REPORT"] = self.files["report"]
         return results
+
+
+def quality_warning(before: str, after: str, model: str) -> Optional[str]:
+    """`kdmsi.quality.quality_warning` for a .kdmsi model; ONNX exports carry no such flag."""
+    from kdmsi.quality import quality_warning as check
+
+    if Path(model).suffix.lower() == ".onnx":
+        return None
+    return check(before, after, model)
 
 
 def write_metrics_page(path: str, table: str, evaluation) -> None:

@@ -161,7 +161,8 @@ def test_train_from_tags_copies_memory_layer_and_reports_tag_errors(qgis_app, sc
                 "BEFORE": str(scene_pair["before"]),
                 "AFTER": str(scene_pair["after"]),
                 "TILES": layer,
-                "BACKBONE": 0,
+                "KD_BACKBONE": 0,
+                "DETECTOR_BACKBONE": 0,
                 "KD_EPOCHS": 1,
                 "CD_EPOCHS": 1,
                 "TILE_SIZE": 64,
@@ -299,13 +300,14 @@ def test_train_from_tags_writes_a_model_that_detects(qgis_app, scene_pair, qgis_
     # unsaved edits: the algorithm must read what the analyst sees, not the file
     model = tmp_path / "trained.kdmsi"
     feedback = qgis_core.QgsProcessingFeedback()
-    processing.run(
+    trained = processing.run(
         "kdmsi:train_from_tags",
         {
             "BEFORE": str(scene_pair["before"]),
             "AFTER": str(scene_pair["after"]),
             "TILES": layer,
-            "BACKBONE": 0,
+            "KD_BACKBONE": 0,
+            "DETECTOR_BACKBONE": 0,
             "KD_EPOCHS": 1,
             "CD_EPOCHS": 1,
             "BATCH_SIZE": 4,
@@ -317,6 +319,8 @@ def test_train_from_tags_writes_a_model_that_detects(qgis_app, scene_pair, qgis_
     )
     layer.rollBack()
     assert model.is_file() and feedback.progress() == pytest.approx(100.0)
+    report = Path(trained["REPORT"])  # written by default, beside the model
+    assert report == tmp_path / "trained_report" / "index.html" and report.is_file()
     result = processing.run(
         "kdmsi:detect_changes",
         {
@@ -389,3 +393,37 @@ def test_triton_is_kept_out_of_a_fresh_qgis_python():
     repo = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_detect_warns_when_pixel_sizes_differ(qgis_app, scene_pair, qgis_detector, tmp_path):
+    """A 3x coarser after image with a model not trained for it: a warning, not a failure."""
+    import processing
+
+    coarse = tmp_path / "after_3m.tif"
+    gdal.Warp(str(coarse), str(scene_pair["after"]), xRes=3.0, yRes=3.0, resampleAlg="average")
+    result = processing.run(
+        "kdmsi:detect_changes",
+        {
+            "BEFORE": str(scene_pair["before"]),
+            "AFTER": str(coarse),
+            "MODEL": str(qgis_detector),
+            "TILE_SIZE": 128,
+            "DEVICE": 1,
+            "OUTPUT": str(tmp_path / "changes.gpkg"),
+        },
+    )
+    assert "3.0 times larger" in result["QUALITY_WARNING"]
+    assert "quality-robust" in result["QUALITY_WARNING"]
+    assert Path(result["OUTPUT"]).is_file()
+    same = processing.run(
+        "kdmsi:detect_changes",
+        {
+            "BEFORE": str(scene_pair["before"]),
+            "AFTER": str(scene_pair["after"]),
+            "MODEL": str(qgis_detector),
+            "TILE_SIZE": 128,
+            "DEVICE": 1,
+            "OUTPUT": str(tmp_path / "changes2.gpkg"),
+        },
+    )
+    assert same["QUALITY_WARNING"] == ""
