@@ -14,6 +14,8 @@ from typing import Callable, Dict, Optional
 
 from qgis.core import Qgis, QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
 from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
+from qgis.PyQt.QtCore import QUrl
+from qgis.PyQt.QtGui import QDesktopServices
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -32,11 +34,11 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from .algorithms import BACKBONES, DEVICES
+from .algorithms import BACKBONES, DETECTOR_BACKBONES, DEVICES, MODEL_FILTER, RUNTIMES
 from .bridge import log_message
 from .deps import install_hint, missing_dependencies
 from .results import add_detection_results, add_tile_grid
-from .tasks import AlgorithmRun
+from .tasks import AlgorithmRun, SpeedProbe
 
 TITLE = "KD-MSI Change Detection"
 TEMPORARY = "TEMPORARY_OUTPUT"
@@ -155,12 +157,13 @@ class KdmsiDialog(QDialog):
         tab, form = QWidget(), QFormLayout()
         tab.setLayout(form)
         self.detect_pair = PairPicker(form)
-        self.model_file = _file_widget(False, "KD-MSI model (*.kdmsi)")
+        self.model_file = _file_widget(False, MODEL_FILTER)
         form.addRow("Model file", self.model_file)
         self.tile_size = _spin(256, 32, 4096, 32)
         self.overlap = _spin(64, 0, 1024, 16)
         self.batch_size = _spin(4, 1, 256)
         self.device = _combo(DEVICES)
+        self.runtime = _combo(RUNTIMES)
         self.use_threshold = QCheckBox("own threshold")
         self.threshold = _double(0.5, 1.0)
         self.threshold.setEnabled(False)
@@ -179,6 +182,7 @@ class KdmsiDialog(QDialog):
             ("Tile overlap (px)", self.overlap),
             ("Batch size", self.batch_size),
             ("Device", self.device),
+            ("Runtime", self.runtime),
             ("Threshold", threshold_row),
             ("Minimum area", self.min_area),
             ("Simplify", self.simplify),
@@ -212,24 +216,48 @@ class KdmsiDialog(QDialog):
         self.tags = QgsMapLayerComboBox()
         self.tags.setFilters(POLYGON_FILTER)
         form.addRow("Tagged tiles", self.tags)
-        self.backbone = _combo(BACKBONES, BACKBONES.index("resnet50"))
+        self.kd_backbone = _combo(BACKBONES, BACKBONES.index("resnet50"))
+        self.detector_backbone = _combo(DETECTOR_BACKBONES, DETECTOR_BACKBONES.index("resnet50"))
+        self.speed_button = QPushButton("Measure speed here")
+        self.speed_button.clicked.connect(self.measure_speed)
+        self.speed_label = QLabel("Expected speed on this machine: not measured yet")
+        self.speed_label.setWordWrap(True)
+        self.speeds: Dict[str, tuple] = {}
+        self.detector_backbone.currentIndexChanged.connect(self.show_speed)
+        detector_row = QHBoxLayout()
+        detector_row.addWidget(self.detector_backbone, 1)
+        detector_row.addWidget(self.speed_button)
+        self.quality = QCheckBox("the two images differ in quality (resolution, blur, noise)")
+        self.write_report = QCheckBox("write a training report (HTML) beside the model")
+        self.write_report.setChecked(True)
         self.kd_epochs = _spin(20, 1, 1000)
         self.cd_epochs = _spin(50, 1, 1000)
         self.train_batch = _spin(8, 1, 256)
         self.train_device = _combo(DEVICES)
         self.model_output = _file_widget(True, "KD-MSI model (*.kdmsi)")
         for label, widget in (
-            ("Backbone", self.backbone),
+            ("Teacher/student backbone", self.kd_backbone),
+            ("Detector backbone", detector_row),
+            ("", self.speed_label),
+            ("", self.quality),
             ("Teacher/student epochs", self.kd_epochs),
             ("Detector epochs", self.cd_epochs),
             ("Batch size", self.train_batch),
             ("Device", self.train_device),
             ("Model file", self.model_output),
+            ("", self.write_report),
         ):
             form.addRow(label, widget)
         self.train_button = QPushButton("3. Train the change detector")
         self.train_button.clicked.connect(self.start_training)
-        form.addRow(self.train_button)
+        self.report_button = QPushButton("Open the training report")
+        self.report_button.setEnabled(False)
+        self.report_button.clicked.connect(self.open_report)
+        self.report_path = ""
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.train_button, 1)
+        buttons.addWidget(self.report_button)
+        form.addRow(buttons)
         return tab
 
     # ------------------------------------------------------------------ parameters
@@ -245,6 +273,7 @@ class KdmsiDialog(QDialog):
             OVERLAP=self.overlap.value(),
             BATCH_SIZE=self.batch_size.value(),
             DEVICE=self.device.currentIndex(),
+            RUNTIME=self.runtime.currentIndex(),
             THRESHOLD=self.threshold.value() if self.use_threshold.isChecked() else None,
             MIN_AREA=self.min_area.value(),
             SIMPLIFY=self.simplify.value(),
@@ -274,7 +303,10 @@ class KdmsiDialog(QDialog):
             output += ".kdmsi"
         params.update(
             TILES=tags.id(),
-            BACKBONE=self.backbone.currentIndex(),
+            KD_BACKBONE=self.kd_backbone.currentIndex(),
+            DETECTOR_BACKBONE=self.detector_backbone.currentIndex(),
+            QUALITY_ROBUST=self.quality.isChecked(),
+            WRITE_REPORT=self.write_report.isChecked(),
             KD_EPOCHS=self.kd_epochs.value(),
             CD_EPOCHS=self.cd_epochs.value(),
             BATCH_SIZE=self.train_batch.value(),
@@ -347,6 +379,8 @@ class KdmsiDialog(QDialog):
         _, layers = add_detection_results(results, name)
         count = int(results.get("POLYGON_COUNT") or 0)
         self.notify(f"{count} change polygons added to the group '{name}'", Qgis.Success)
+        if results.get("QUALITY_WARNING"):
+            self.notify(results["QUALITY_WARNING"], Qgis.Warning)
         if layers and self.iface is not None:
             self.iface.mapCanvas().refresh()
 
@@ -361,6 +395,51 @@ class KdmsiDialog(QDialog):
     def _training_done(self, results: dict) -> None:
         self.model_file.setFilePath(results["OUTPUT"])
         self.notify(f"model saved to {results['OUTPUT']} and chosen for detection", Qgis.Success)
+        self.report_path = results.get("REPORT") or ""
+        self.report_button.setEnabled(bool(self.report_path))
+        if self.report_path:
+            self.log.appendPlainText(f"training report: {self.report_path}")
+
+    def open_report(self) -> None:
+        if self.report_path:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(self.report_path))
+
+    # ------------------------------------------------------------------------ speed
+    def measure_speed(self) -> None:
+        """Time every detector backbone here, in the background (a few seconds each)."""
+        if self.show_missing_dependencies():
+            return
+        self.speed_button.setEnabled(False)
+        self.speed_label.setText("Measuring each backbone on this machine…")
+        device = DEVICES[self.train_device.currentIndex()]
+        before = self.train_pair.before.currentLayer()
+        size = (before.width(), before.height()) if before is not None else None
+        tile = self.grid_tile_size.value()
+        overlap = self.overlap.value()  # the detect tab's, as detection will use it
+        self.probe = SpeedProbe(DETECTOR_BACKBONES, device, tile, size, overlap, parent=self)
+        self.probe.finished.connect(self._speed_measured)
+        self.probe.start()
+
+    def _speed_measured(self, seconds: dict, error: str) -> None:
+        self.speed_button.setEnabled(True)
+        if error:
+            self.speed_label.setText("Speed not measured")
+            self.notify(f"speed probe failed: {error}", Qgis.Warning)
+            return
+        self.speeds = seconds
+        self.show_speed()
+
+    def show_speed(self) -> None:
+        """Seconds per tile of each backbone and the expected detection time for this pair."""
+        if not self.speeds:
+            return
+        chosen = DETECTOR_BACKBONES[self.detector_backbone.currentIndex()]
+        parts = [f"{name} {tile:.2f} s" for name, (tile, _) in self.speeds.items()]
+        text = "Per tile pair here: " + ", ".join(parts) + "."
+        pair_seconds = self.speeds.get(chosen, (None, None))[1]
+        if pair_seconds is not None:
+            text += f" Detecting the chosen pair with {chosen}: about {pair_seconds / 60:.1f} min."
+        self.speed_label.setText(text)
 
     # ---------------------------------------------------------------------- messages
     def show_missing_dependencies(self) -> bool:

@@ -4,6 +4,9 @@
 on the main thread when the run starts, `processAlgorithm` in the task manager's worker
 thread, and `finished` is emitted back on the main thread with the results or the error
 message. No widget is touched here, so it runs headless in tests.
+
+`SpeedProbe` times each detector backbone on this machine (`kdmsi.speed`) in a task, so the
+dialog can show the expected speed of each before the analyst picks one.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingFeedback,
     QgsProject,
+    QgsTask,
 )
 from qgis.PyQt.QtCore import QObject, pyqtSignal
 
@@ -123,3 +127,65 @@ class AlgorithmRun(QObject):
     def _finish(self, ok: bool, results: dict, error: str) -> None:
         self.task = None
         self.finished.emit(ok, results, error)
+
+
+def _probe(task, backbones, device: str, tile_size: int, overlap: int, pair_size):
+    """Worker-thread body of `SpeedProbe`: {backbone: (s per tile pair, s for the pair)}."""
+    from .bridge import require_dependencies
+
+    require_dependencies()
+    from kdmsi.speed import expected_detect_seconds, measure_tile_speed
+
+    measured = {}
+    for i, backbone in enumerate(backbones):
+        if task.isCanceled():
+            break
+        seconds = measure_tile_speed(backbone, device=device, tile_size=tile_size)
+        pair = None
+        if pair_size:
+            pair = expected_detect_seconds(*pair_size, seconds, tile_size, overlap)
+        measured[backbone] = (seconds, pair)
+        task.setProgress(100.0 * (i + 1) / len(backbones))
+    return measured
+
+
+class SpeedProbe(QObject):
+    """Times a random-initialised detector of each backbone on this machine, in a QGIS task.
+
+    Signals:
+        finished(dict, str): {backbone: (seconds per tile pair, expected seconds to detect a
+            pair of `pair_size` (width, height) px with tiles overlapping by `overlap` px, or
+            None)}, and an error message ("" when the probe ran).
+    """
+
+    finished = pyqtSignal(dict, str)
+
+    def __init__(
+        self,
+        backbones,
+        device: str,
+        tile_size: int,
+        pair_size: Optional[tuple] = None,
+        overlap: int = 64,
+        parent: Optional[QObject] = None,
+    ):
+        super().__init__(parent)
+        self.task = QgsTask.fromFunction(
+            "Measuring detector speed",
+            _probe,
+            list(backbones),
+            device,
+            int(tile_size),
+            min(int(overlap), int(tile_size) // 2),
+            pair_size,
+            on_finished=self._done,
+        )
+
+    def start(self) -> None:
+        QgsApplication.taskManager().addTask(self.task)
+
+    def _done(self, exception, result=None) -> None:
+        if exception is not None:
+            self.finished.emit({}, str(exception))
+        else:
+            self.finished.emit(dict(result or {}), "")

@@ -17,11 +17,11 @@ from osgeo import ogr  # noqa: E402
 
 
 def wait_for(run, timeout: float = 300.0) -> tuple:
-    """Spin the event loop until `run` emits `finished`; its (ok, results, error)."""
+    """Spin the event loop until `run` emits `finished`; the signal's values."""
     from qgis.core import QgsApplication
 
     outcome = []
-    run.finished.connect(lambda ok, results, error: outcome.append((ok, results, error)))
+    run.finished.connect(lambda *values: outcome.append(values))
     started = time.monotonic()
     while not outcome and time.monotonic() - started < timeout:
         QgsApplication.processEvents()
@@ -140,6 +140,7 @@ def test_dialog_prefills_and_validates(project, scene_pair, qgis_detector):
     dialog.model_file.setFilePath(str(qgis_detector))
     params = dialog.detection_parameters()
     assert params["BEFORE"] == before.id() and params["OUTPUT"] == "TEMPORARY_OUTPUT"
+    assert params["RUNTIME"] == 0  # auto
     assert params["THRESHOLD"] is None and params["PROBABILITY"] == "TEMPORARY_OUTPUT"
     dialog.use_threshold.setChecked(True)
     dialog.threshold.setValue(0.3)
@@ -180,3 +181,54 @@ def test_dialog_runs_grid_and_detection_into_the_project(
     assert names == ["Change polygons", "Change probability"]
     assert ogr.Open(str(tmp_path / "changes.gpkg")) is not None
     dialog.close()
+
+
+def test_speed_probe_times_each_backbone_in_a_task(project):
+    from kdmsi_qgis.tasks import SpeedProbe
+
+    probe = SpeedProbe(["resnet18", "mobilenet_v3_large"], "cpu", 64, (1000, 600))
+    probe.start()
+    measured = wait_for(probe, timeout=120)
+    seconds, error = measured[0], measured[1]
+    assert error == "" and set(seconds) == {"resnet18", "mobilenet_v3_large"}
+    for per_tile, pair in seconds.values():
+        assert per_tile > 0 and pair > per_tile  # the pair needs many 64 px tiles
+
+
+def test_dialog_training_parameters_and_speed_label(project, scene_pair, tmp_path):
+    from kdmsi_qgis.dialog import KdmsiDialog
+
+    _raster_layers(project, scene_pair)
+    dialog = KdmsiDialog(None)
+    grid = _grid_layer(project, scene_pair, tmp_path)
+    dialog.tags.setLayer(grid)
+    dialog.model_output.setFilePath(str(tmp_path / "mine"))
+    dialog.detector_backbone.setCurrentText("mobilenet_v3_large")
+    dialog.quality.setChecked(True)
+    params = dialog.training_parameters()
+    assert params["OUTPUT"] == str(tmp_path / "mine.kdmsi") and params["TILES"] == grid.id()
+    assert params["DETECTOR_BACKBONE"] == 3 and params["KD_BACKBONE"] == 2
+    assert params["QUALITY_ROBUST"] is True and params["WRITE_REPORT"] is True
+    dialog.speeds = {"resnet50": (0.5, 120.0), "mobilenet_v3_large": (0.1, 30.0)}
+    dialog.show_speed()
+    assert "mobilenet_v3_large 0.10 s" in dialog.speed_label.text()
+    assert "about 0.5 min" in dialog.speed_label.text()
+    dialog.close()
+
+
+def _grid_layer(project, scene_pair, tmp_path):
+    import processing
+    from qgis.core import QgsVectorLayer
+
+    out = processing.run(
+        "kdmsi:create_tile_grid",
+        {
+            "BEFORE": str(scene_pair["before"]),
+            "AFTER": str(scene_pair["after"]),
+            "TILE_SIZE": 128,
+            "OUTPUT": str(tmp_path / "grid.gpkg"),
+        },
+    )["OUTPUT"]
+    layer = QgsVectorLayer(out, "grid", "ogr")
+    project.addMapLayer(layer)
+    return layer
