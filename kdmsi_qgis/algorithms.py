@@ -180,6 +180,40 @@ class KdmsiAlgorithm(QgsProcessingAlgorithm):
             )
         return path
 
+    def add_model_run_parameters(self) -> None:
+        """MODEL and how to run it: tile size, overlap, batch, device, runtime, threshold."""
+        self.addParameter(_model_parameter())
+        self.addParameter(_number("TILE_SIZE", "Tile size (px)", 256, 16))
+        self.addParameter(_number("OVERLAP", "Tile overlap (px)", 64, 0))
+        self.addParameter(_number("BATCH_SIZE", "Batch size", 4, 1))
+        self.addParameter(
+            QgsProcessingParameterEnum("DEVICE", "Device", options=DEVICES, defaultValue=0)
+        )
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                "RUNTIME",
+                "Runtime (auto: ONNX Runtime when installed and faster)",
+                options=RUNTIMES,
+                defaultValue=0,
+            )
+        )
+        self.addParameter(_threshold_parameter())
+
+    def model_run_arguments(self, parameters, context) -> Dict[str, Any]:
+        """Keyword arguments of `kdmsi.pipeline.detect_changes` from `add_model_run_parameters`."""
+        threshold = None
+        if parameters.get("THRESHOLD") not in (None, ""):
+            threshold = self.parameterAsDouble(parameters, "THRESHOLD", context)
+        return {
+            "tile_size": _int(self, parameters, "TILE_SIZE", context),
+            "overlap_px": _int(self, parameters, "OVERLAP", context),
+            "batch_size": _int(self, parameters, "BATCH_SIZE", context),
+            "device": self.device(parameters, context),
+            "runtime": RUNTIMES[self.parameterAsEnum(parameters, "RUNTIME", context)],
+            "threshold": threshold,
+            "bounds": self.bounds,
+        }
+
     def style_on_load(self, context: QgsProcessingContext, path: Optional[str], kind: str):
         """Style the output at `path` when Processing loads it into the project."""
         if path and context.willLoadLayerOnCompletion(path):
@@ -206,22 +240,7 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
         self.add_pair_parameters()
-        self.addParameter(_model_parameter())
-        self.addParameter(_number("TILE_SIZE", "Tile size (px)", 256, 16))
-        self.addParameter(_number("OVERLAP", "Tile overlap (px)", 64, 0))
-        self.addParameter(_number("BATCH_SIZE", "Batch size", 4, 1))
-        self.addParameter(
-            QgsProcessingParameterEnum("DEVICE", "Device", options=DEVICES, defaultValue=0)
-        )
-        self.addParameter(
-            QgsProcessingParameterEnum(
-                "RUNTIME",
-                "Runtime (auto: ONNX Runtime when installed and faster)",
-                options=RUNTIMES,
-                defaultValue=0,
-            )
-        )
-        self.addParameter(_threshold_parameter())
+        self.add_model_run_parameters()
         self.addParameter(_number("MIN_AREA", "Minimum polygon area (m²)", 0.0, 0.0, True))
         self.addParameter(
             _number("SIMPLIFY", "Simplification tolerance (m, 0: pixel edges)", 0.0, 0.0, True)
@@ -263,9 +282,6 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
         context: QgsProcessingContext,
         feedback: QgsProcessingFeedback,
     ) -> Dict[str, Any]:
-        threshold = None
-        if parameters.get("THRESHOLD") not in (None, ""):
-            threshold = self.parameterAsDouble(parameters, "THRESHOLD", context)
         progress, cancelled = feedback_callbacks(feedback)
         model = self.parameterAsFile(parameters, "MODEL", context)
         with running_core(feedback):
@@ -280,18 +296,12 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
                 model,
                 self.files["output"],
                 self.files["probability"],
-                tile_size=_int(self, parameters, "TILE_SIZE", context),
-                overlap_px=_int(self, parameters, "OVERLAP", context),
-                batch_size=_int(self, parameters, "BATCH_SIZE", context),
-                device=self.device(parameters, context),
-                runtime=RUNTIMES[self.parameterAsEnum(parameters, "RUNTIME", context)],
-                threshold=threshold,
                 min_area_m2=self.parameterAsDouble(parameters, "MIN_AREA", context),
                 simplify_m=self.parameterAsDouble(parameters, "SIMPLIFY", context),
-                bounds=self.bounds,
                 overwrite=True,  # Processing already confirmed the destination
                 progress=progress,
                 cancelled=cancelled,
+                **self.model_run_arguments(parameters, context),
             )
         feedback.pushInfo(
             f"{result.polygon_count} change polygons at threshold {result.threshold:.3f} "
@@ -510,7 +520,7 @@ class EvaluateChangesAlgorithm(KdmsiAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
         self.add_pair_parameters()
-        self.addParameter(_model_parameter())
+        self.add_model_run_parameters()
         self.addParameter(
             QgsProcessingParameterMapLayer(
                 "REFERENCE",
@@ -518,13 +528,6 @@ class EvaluateChangesAlgorithm(KdmsiAlgorithm):
                 types=[QgsProcessing.TypeRaster, QgsProcessing.TypeVectorPolygon],
             )
         )
-        self.addParameter(_number("TILE_SIZE", "Tile size (px)", 256, 16))
-        self.addParameter(_number("OVERLAP", "Tile overlap (px)", 64, 0))
-        self.addParameter(_number("BATCH_SIZE", "Batch size", 4, 1))
-        self.addParameter(
-            QgsProcessingParameterEnum("DEVICE", "Device", options=DEVICES, defaultValue=0)
-        )
-        self.addParameter(_threshold_parameter())
         self.addParameter(_extent_parameter())
         self.addParameter(
             QgsProcessingParameterFileDestination(
@@ -553,28 +556,21 @@ class EvaluateChangesAlgorithm(KdmsiAlgorithm):
         return True
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
-        threshold = None
-        if parameters.get("THRESHOLD") not in (None, ""):
-            threshold = self.parameterAsDouble(parameters, "THRESHOLD", context)
         progress, cancelled = feedback_callbacks(feedback)
+        model = self.parameterAsFile(parameters, "MODEL", context)
         with running_core(feedback):
             from kdmsi.reference import evaluate_model
 
             evaluation = evaluate_model(
                 self.files["before"],
                 self.files["after"],
-                self.parameterAsFile(parameters, "MODEL", context),
+                model,
                 self.files["reference"],
-                threshold=threshold,
-                tile_size=_int(self, parameters, "TILE_SIZE", context),
-                overlap_px=_int(self, parameters, "OVERLAP", context),
-                batch_size=_int(self, parameters, "BATCH_SIZE", context),
-                device=self.device(parameters, context),
-                bounds=self.bounds,
                 progress=progress,
                 cancelled=cancelled,
+                **self.model_run_arguments(parameters, context),
             )
-            table = evaluation.table(Path(self.parameterAsFile(parameters, "MODEL", context)).name)
+            table = evaluation.table(Path(model).name)
             if self.files["report"]:
                 write_metrics_page(self.files["report"], table, evaluation)
         feedback.pushInfo(f"threshold {evaluation.threshold:.3f}, {evaluation.pixels} pixels\n")
