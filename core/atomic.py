@@ -1,4 +1,4 @@
-"""Atomic output files: nothing half-written is ever left where an output belongs.
+"""Atomic output files and folders: nothing half-written is ever left where an output belongs.
 
 `atomic_output` hands the writer a temporary path next to the target and moves the finished
 file (and its sidecars: .aux.xml, shapefile parts, GeoPackage -wal/-shm) into place only when
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator, Union
@@ -149,3 +150,69 @@ def atomic_output(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
         _remove_temp(temp)
         raise
     log.debug("wrote %s", target)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Write the folder ``path`` atomically: yield an empty temporary folder beside it, then
+    rename it into place when the block succeeds.
+
+    An existing ``path`` is refused unless ``overwrite``; then it is moved aside, the new folder
+    renamed into place and the old one deleted, so at no time does ``path`` hold a mix of old
+    and new files. On any exception the temporary folder is deleted and ``path`` is untouched.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+        FileNotFoundError, OutputNotWritableError: the parent folder is missing or read-only.
+    """
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    check_folder_target(target, overwrite)
+    try:
+        temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=str(parent)))
+        os.chmod(temp, 0o755)  # mkdtemp makes it private (0700); an output folder is not
+    except PermissionError as exc:
+        raise OutputNotWritableError(
+            f"cannot create a folder in {parent}: choose another folder or fix its permissions"
+        ) from exc
+    try:
+        yield temp
+        check_folder_target(target, overwrite)
+        old = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=str(parent)))
+            os.replace(target, old / target.name)
+        os.replace(temp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    log.debug("wrote folder %s", target)
+
+
+def check_folder_target(path: PathLike, overwrite: bool) -> Path:
+    """Check that the folder ``path`` may be (re)written; return its parent folder.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+        NotADirectoryError: ``path`` is a file.
+        FileNotFoundError: the parent folder does not exist.
+        OutputNotWritableError: the parent folder is not writable.
+    """
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"output {target} is a file: give a folder name instead")
+    if target.exists() and not overwrite:
+        raise FileExistsError(
+            f"output folder {target} already exists: choose another name or pass --overwrite "
+            "(overwrite=True) to replace it"
+        )
+    if not parent.is_dir():
+        raise FileNotFoundError(f"output folder {parent} does not exist: create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputNotWritableError(
+            f"output folder {parent} is not writable: choose another folder or fix its permissions"
+        )
+    return parent

@@ -9,7 +9,8 @@ Layout (a `torch.save` dict, read back with ``weights_only=True``)::
 
 Metadata keys: ``kind`` ("kd" | "detector"), ``model`` (constructor config), ``bands``,
 ``normalisation`` (mean/std applied after scaling to [0, 1]), ``tile_size``, ``threshold``,
-``training`` (summary, including how the model was selected), ``library_version``.
+``training`` (summary, including how the model was selected), ``library_version``; detectors
+also carry ``quality_robust`` (bool) and, when known, ``method`` (e.g. ``hicd``).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from typing import Any, Optional, Union
 import torch
 
 from . import __version__
-from .data import Normalisation
 from .models import MODEL_KINDS, build_model
+from .normalisation import Normalisation
 
 FORMAT = "kdmsi-checkpoint"
 FORMAT_VERSION = 1
@@ -78,8 +79,14 @@ def save_detector(
     tile_size: int,
     training: Optional[dict[str, Any]] = None,
     threshold: float = DETECTOR_THRESHOLD,
+    quality_robust: bool = False,
+    method: Optional[str] = None,
 ) -> Path:
-    """Save a `SiameseDeepLabV3Plus` with the metadata `kdmsi detect` needs."""
+    """Save a `SiameseDeepLabV3Plus` with the metadata `kdmsi detect` needs.
+
+    `quality_robust` marks a detector trained on quality-varied pairs (`kdmsi train-hicd`);
+    `method` names how it was trained (e.g. ``hicd``); both are read by `is_quality_robust`.
+    """
     meta = {
         "kind": "detector",
         "model": model.config(),
@@ -89,8 +96,18 @@ def save_detector(
         "threshold": threshold,
         "class_names": list(DETECTOR_CLASSES),
         "training": training or {},
+        "quality_robust": bool(quality_robust),
     }
+    if method is not None:
+        meta["method"] = method
     return save_checkpoint(path, meta, state_dict=model.state_dict())
+
+
+def is_quality_robust(model: Union[PathLike, dict[str, Any]]) -> bool:
+    """True when a checkpoint (path, or its metadata dict) was trained to be quality-robust,
+    i.e. for pairs whose two images differ in resolution, blur or noise (`kdmsi train-hicd`)."""
+    meta = model if isinstance(model, dict) else read_checkpoint(model)["metadata"]
+    return bool(meta.get("quality_robust", False))
 
 
 def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""The `kdmsi` command line: train-kd, pseudo-labels, train-cd, evaluate, synth, detect, tile-grid.
+"""The `kdmsi` command line: train-kd, pseudo-labels, train-cd, evaluate, synth, detect, tile-grid,
+train, train-hicd.
 
 User errors (bad paths, foreign checkpoints, inconsistent datasets) end with one line on stderr
 and exit status 2; a cancel (Ctrl+C) exits with 130. Neither leaves partial files behind.
@@ -83,6 +84,21 @@ def _check_new_file(path: Path, overwrite: bool) -> None:
         raise FileNotFoundError(f"folder {path.parent} does not exist; create it first")
 
 
+def _report_dir(args, model_path: Path) -> Optional[Path]:
+    """The training report folder (`--report`, default `<model stem>_report`), checked up
+    front; None with `--no-report`."""
+    from .atomic import check_folder_target
+    from .report import require_report_dependencies
+    from .run_reports import default_report_dir
+
+    if args.no_report:
+        return None
+    folder = Path(args.report) if args.report else default_report_dir(model_path)
+    check_folder_target(folder, args.overwrite)
+    require_report_dependencies()
+    return folder
+
+
 def _dataset(args, root, label_dir=None, augment=False, bands=None, normalisation=None):
     from .data import PairDataset
 
@@ -98,10 +114,14 @@ def _dataset(args, root, label_dir=None, augment=False, bands=None, normalisatio
 
 def cmd_train_kd(args) -> int:
     from .checkpoint import save_checkpoint
+    from .inference import pick_device
+    from .report_tiles import thin_steps
+    from .run_reports import kd_report
     from .training import KDConfig, train_kd
 
     out = Path(args.out)
     _check_new_file(out, args.overwrite)
+    report_dir = _report_dir(args, out)
     train = _dataset(args, args.data)
     val = _dataset(args, args.val, bands=train.bands) if args.val else None
     config = KDConfig(
@@ -134,6 +154,7 @@ def cmd_train_kd(args) -> int:
             "config": result.config,
             "history": result.history,
             "selection": result.selection,
+            "steps": thin_steps(result.steps),
             "tiles": len(train),
             "dataset": str(Path(args.data).resolve()),
         },
@@ -150,6 +171,9 @@ def cmd_train_kd(args) -> int:
     log.info(
         "saved %s (selected epoch %s by %s = %s)", out, sel["epoch"], sel["criterion"], sel["value"]
     )
+    if report_dir is not None:
+        kd_report(report_dir, train, result, pick_device(args.device), args.overwrite)
+        log.info("training report: %s", report_dir / "index.html")
     return 0
 
 
@@ -176,6 +200,7 @@ def cmd_pseudo_labels(args) -> int:
         device=device,
         batch_size=args.batch_size,
         overwrite=args.overwrite,
+        record={"kd_model": str(Path(args.model).resolve())},
     )
     log.info(
         "pseudo labels in %s: %s; %.1f%% of pixels changed",
@@ -194,10 +219,14 @@ def _norm(meta: dict):
 
 def cmd_train_cd(args) -> int:
     from .checkpoint import save_detector
+    from .inference import pick_device
+    from .report_tiles import thin_steps
+    from .run_reports import cd_report
     from .training import CDConfig, train_detector
 
     out = Path(args.out)
     _check_new_file(out, args.overwrite)
+    report_dir = _report_dir(args, out)
     labels = Path(args.labels)
     train = _dataset(args, args.data, label_dir=labels)
     if not train.has_masks:
@@ -220,6 +249,7 @@ def cmd_train_cd(args) -> int:
         "config": result.config,
         "history": result.history,
         "selection": result.selection,
+        "steps": thin_steps(result.steps),
         "tiles": len(train),
         "labels": str(labels.resolve()),
         "pseudo_labels": pseudo,
@@ -227,6 +257,9 @@ def cmd_train_cd(args) -> int:
     save_detector(out, result.model, train.bands, train.normalisation, args.tile_size, training)
     sel = result.selection
     log.info("saved %s (selected epoch %s by %s)", out, sel["epoch"], sel["criterion"])
+    if report_dir is not None:
+        cd_report(report_dir, train, result, pseudo, pick_device(args.device), args.overwrite)
+        log.info("training report: %s", report_dir / "index.html")
     return 0
 
 
@@ -236,6 +269,8 @@ def cmd_evaluate(args) -> int:
     from .inference import pick_device
     from .metrics import format_table
 
+    if args.ablation:
+        return _evaluate_ablation(args)
     device = pick_device(args.device)
     functions, first_meta = {}, None
     wanted = [m.strip() for m in args.maps.split(",")] if args.maps else None
@@ -282,6 +317,86 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _evaluate_ablation(args) -> int:
+    """`evaluate --ablation`: the paper's ablation table of a KD model (+ detector)."""
+    from .ablation import ablation_rows, ablation_statistics, format_ablation, save_ablation
+    from .checkpoint import load_checkpoint, read_checkpoint
+    from .inference import pick_device
+    from .thresholds import ThresholdChoice
+
+    device = pick_device(args.device)
+    kd_path = detector_path = None
+    for path in args.model or []:
+        kind = read_checkpoint(path)["metadata"]["kind"]
+        if kind == "kd":
+            kd_path = path
+        else:
+            detector_path = path
+    if kd_path is None:
+        raise ValueError("--ablation needs the KD model (--model kd.kdmsi), plus the detector")
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        if not out.parent.is_dir():
+            raise FileNotFoundError(f"folder {out.parent} does not exist; create it first")
+        for name in ("ablation.md", "ablation.json"):  # answer before the long pass
+            if (out / name).exists() and not args.overwrite:
+                raise FileExistsError(f"{out / name} exists; choose another --out or --overwrite")
+    teacher, meta = load_checkpoint(kd_path, role="teacher", device=device)
+    student, _ = load_checkpoint(kd_path, role="student", device=device)
+    detector, pseudo_source = None, None
+    pseudo = None
+    if args.pseudo_threshold is not None:
+        pseudo, pseudo_source = (
+            ThresholdChoice(args.pseudo_threshold, "given"),
+            "--pseudo-threshold",
+        )
+    if detector_path:
+        detector, det_meta = load_checkpoint(detector_path, device=device)
+        stored = (det_meta.get("training") or {}).get("pseudo_labels") or {}
+        if pseudo is None and (stored.get("threshold") or {}).get("value") is not None:
+            pseudo = ThresholdChoice(stored["threshold"]["value"], "stored with the detector")
+            pseudo_source = str(detector_path)
+    if pseudo is None and args.pseudo_labels:
+        info = Path(args.pseudo_labels).parent / "pseudo_labels.json"
+        if info.is_file():
+            value = json.loads(info.read_text())["threshold"]["value"]
+            pseudo, pseudo_source = ThresholdChoice(value, "from pseudo_labels.json"), str(info)
+    args.tile_size = meta["tile_size"]
+    data = _dataset(args, args.data, bands=meta["bands"], normalisation=_norm(meta))
+    if not data.has_masks:
+        raise ValueError(f"{args.data} has no label/ masks for every image; cannot evaluate")
+    scales = _floats(args.scales)
+    stats = _run_with_bar(
+        "ablation",
+        ablation_statistics,
+        data,
+        teacher,
+        student,
+        detector,
+        scales,
+        device=device,
+        batch_size=args.batch_size,
+    )
+    rows = ablation_rows(stats, pseudo, _threshold(args.threshold))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_ablation(rows))
+    if out is not None:
+        info = {
+            "data": str(Path(args.data).resolve()),
+            "tiles": len(data),
+            "kd_model": str(Path(kd_path).resolve()),
+            "detector": str(Path(detector_path).resolve()) if detector_path else None,
+            "scales": scales,
+            "map_threshold": args.threshold,
+            "pseudo_label_threshold_source": pseudo_source or "chosen on this data (auto)",
+        }
+        md, js = save_ablation(out, rows, info, args.overwrite)
+        log.info("ablation table saved to %s and %s", md, js)
+    return 0
+
+
 def evaluate_label_folder(data, label_dir: Path) -> dict:
     """Metrics of a folder of 0/255 label images (e.g. pseudo labels) against `data`'s masks."""
     from .data import find_mask, read_image
@@ -311,26 +426,29 @@ def cmd_synth(args) -> int:
     return 0
 
 
-DETECT_GDAL_CACHE_MB = 256
-"""GDAL block cache of `kdmsi detect` unless GDAL_CACHEMAX is set (GDAL's default, 5 % of the
-RAM, would let the cache and GDAL's rasterize chunks grow to gigabytes on big rasters)."""
+def _warn_quality(before: str, after: str, model: str) -> None:
+    """Log a warning when the rasters differ in pixel size and the model is not robust to it;
+    unreadable inputs are left to `detect_changes`, which names the problem."""
+    from .checkpoint import CheckpointError
+    from .quality import quality_warning
+    from .raster import RasterInputError
 
-
-def _limit_gdal_cache() -> None:
-    import os
-
-    from osgeo import gdal
-
-    if "GDAL_CACHEMAX" not in os.environ:
-        gdal.SetCacheMax(min(gdal.GetCacheMax(), DETECT_GDAL_CACHE_MB << 20))
+    try:
+        message = quality_warning(before, after, model)
+    except (CheckpointError, RasterInputError, OSError):
+        return
+    if message:
+        log.warning("warning: %s", message)
 
 
 def cmd_detect(args) -> int:
-    from .inference import DEFAULT_SCALES
-    from .pipeline import check_outputs, detect_changes
+    from .pipeline import check_outputs, detect_changes, tune_process_for_detect
+    from .runtime import is_onnx_path
 
+    tune_process_for_detect()  # before torch is imported; GDAL_CACHEMAX, when set, wins
     check_outputs(args.out, args.probability, args.overwrite)  # answer before the bar appears
-    _limit_gdal_cache()
+    if not is_onnx_path(args.model):  # an ONNX model runs without importing torch
+        _warn_quality(args.before, args.after, args.model)
     result = _run_with_bar(
         "detect",
         detect_changes,
@@ -343,11 +461,12 @@ def cmd_detect(args) -> int:
         overlap_px=args.overlap,
         batch_size=args.batch_size,
         device=args.device,
+        runtime=args.runtime,
         threshold=args.threshold,
         min_area_m2=args.min_area,
         simplify_m=args.simplify,
         bands=args.bands,
-        scales=_floats(args.scales) if args.scales else DEFAULT_SCALES,
+        scales=_floats(args.scales) if args.scales else None,
         flip=not args.no_flip,
         bounds=args.bounds,
         overwrite=args.overwrite,
@@ -356,7 +475,7 @@ def cmd_detect(args) -> int:
     if result.probability_path is not None:
         outputs += f" and {result.probability_path}"
     log.info(
-        "%d change polygons (threshold %.3g) -> %s; %d x %d px in %.1f s on %s",
+        "%d change polygons (threshold %.3g) -> %s; %d x %d px in %.1f s on %s (%s)",
         result.polygon_count,
         result.threshold,
         outputs,
@@ -364,7 +483,57 @@ def cmd_detect(args) -> int:
         result.height,
         result.timing_s["total"],
         result.device,
+        result.runtime,
     )
+    return 0
+
+
+def cmd_export_onnx(args) -> int:
+    from .onnx_export import export_onnx
+
+    out = export_onnx(
+        args.model,
+        args.out,
+        tile_size=args.tile_size,
+        batch_size=args.batch_size,
+        overlap_px=args.overlap,
+        scales=_floats(args.scales),
+        flip=not args.no_flip,
+        opset=args.opset,
+        verify=not args.no_verify,
+        overwrite=args.overwrite,
+    )
+    log.info("wrote %s; run it with `kdmsi detect --model %s`", out, out)
+    return 0
+
+
+def cmd_evaluate_detection(args) -> int:
+    from .pipeline import limit_gdal_cache
+    from .reference import evaluate_model
+
+    limit_gdal_cache()
+    evaluation = _run_with_bar(
+        "evaluate",
+        evaluate_model,
+        args.before,
+        args.after,
+        args.model,
+        args.reference,
+        threshold=args.threshold,
+        tile_size=args.tile_size,
+        overlap_px=args.overlap,
+        batch_size=args.batch_size,
+        device=args.device,
+        bands=args.bands,
+        bounds=args.bounds,
+    )
+    if args.json:
+        row = {"model": str(args.model), "reference": str(args.reference)}
+        row.update(threshold=evaluation.threshold, pixels=evaluation.pixels)
+        row.update(evaluation.metrics)
+        print(json.dumps(row, indent=2))
+    else:
+        print(evaluation.table(Path(args.model).name))
     return 0
 
 
@@ -386,6 +555,7 @@ def cmd_train(args) -> int:
         tile_size=args.tile_size,
         bands=args.bands,
         threshold=_threshold(args.threshold),
+        quality_robust=args.quality_robust,
         kd=KDConfig(
             backbone=args.backbone,
             fusion=args.fusion,
@@ -397,8 +567,9 @@ def cmd_train(args) -> int:
             device=args.device,
         ),
         cd=CDConfig(
-            backbone=args.backbone,
-            weights=args.weights,
+            backbone=args.detector_backbone or args.backbone,
+            # --weights are ResNet weights: a different detector backbone starts from scratch
+            weights=args.weights if args.detector_backbone in (None, args.backbone) else None,
             epochs=args.cd_epochs,
             batch_size=args.batch_size,
             lr=args.cd_lr,
@@ -406,6 +577,7 @@ def cmd_train(args) -> int:
             device=args.device,
         ),
     )
+    report_dir = _report_dir(args, Path(args.out))
     summary = _run_with_bar(
         "train",
         train_from_tags,
@@ -415,6 +587,7 @@ def cmd_train(args) -> int:
         args.out,
         config,
         overwrite=args.overwrite,
+        report_dir=report_dir,
     )
     log.info(
         "saved %s: %d changed / %d unchanged tiles, pseudo-label threshold %.3f (%s)",
@@ -427,9 +600,95 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_train_hicd(args) -> int:
+    from .checkpoint import load_checkpoint, save_detector
+    from .hicd import HiCDLossConfig
+    from .training import HiCDConfig, train_hicd
+
+    out = Path(args.out)
+    _check_new_file(out, args.overwrite)
+    teacher, meta = load_checkpoint(args.teacher)
+    if meta["kind"] != "detector":
+        raise ValueError(
+            f"{args.teacher} is a {meta['kind']} model; --teacher needs a detector "
+            "(from `kdmsi train-cd` or `kdmsi train`)"
+        )
+    args.tile_size = args.tile_size or meta["tile_size"]
+    labels = Path(args.labels) if args.labels else None
+    norm = _norm(meta)
+    train = _dataset(args, args.data, label_dir=labels, bands=meta["bands"], normalisation=norm)
+    if not train.has_masks:
+        missing = [n for n, m in train.masks.items() if m is None][:5]
+        raise ValueError(
+            f"{args.data}: no mask for {missing}; give --labels (e.g. pseudo/label from "
+            "`kdmsi pseudo-labels`) or a dataset with label/"
+        )
+    val = _dataset(args, args.val, bands=meta["bands"], normalisation=norm) if args.val else None
+    loss = HiCDLossConfig(
+        stages=tuple(s for s in args.stages.split(",") if s),
+        use_self=not args.no_self,
+        use_cross=not args.no_cross,
+        use_cfd=not args.no_cfd,
+        use_global=not args.no_global,
+        distance=args.distance,
+        tau=args.tau,
+        lambda_sfd=args.lambda_sfd,
+        lambda_cfd=args.lambda_cfd,
+        lambda_global=args.lambda_global,
+        global_pixels=args.global_pixels,
+        queue_size=args.queue_size,
+    )
+    config = HiCDConfig(
+        method=args.method,
+        preset=args.preset,
+        init=args.init,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        lambda_feat=args.lambda_feat,
+        loss=loss,
+        seed=args.seed,
+        degrade_seed=args.seed,
+        device=args.device,
+    )
+    result = _run_with_bar("train-hicd", train_hicd, teacher, train, config, val_dataset=val)
+    training = {
+        "hicd": {
+            "config": result.config,
+            "history": result.history,
+            "selection": result.selection,
+        },
+        "teacher": {"path": str(Path(args.teacher).resolve()), "training": meta.get("training")},
+        "tiles": len(train),
+        "dataset": str(Path(args.data).resolve()),
+        "labels": str(labels.resolve()) if labels else None,
+    }
+    save_detector(
+        out,
+        result.model,
+        train.bands,
+        train.normalisation,
+        args.tile_size,
+        training,
+        quality_robust=True,
+        method=args.method,
+    )
+    sel = result.selection
+    log.info(
+        "saved quality-robust %s (%s, preset %s; epoch %s by %s)",
+        out,
+        args.method,
+        args.preset,
+        sel["epoch"],
+        sel["criterion"],
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .models import BACKBONES, FUSIONS
+    from .choices import BACKBONES, DETECTOR_BACKBONES, FUSIONS
+    from .runtime import RUNTIMES
 
     parser = argparse.ArgumentParser(
         prog="kdmsi", description="Weakly supervised change detection (KD-MSI)"
@@ -437,6 +696,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kdmsi {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    def report_options(p):
+        p.add_argument(
+            "--report", help="training report folder (HTML); default: <model stem>_report"
+        )
+        p.add_argument("--no-report", action="store_true", help="write no training report")
 
     def common(p, tile=True):
         p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1")
@@ -459,6 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout", type=float, default=0.1, help="held-out share without --val")
     p.add_argument("--seed", type=int, default=0)
     common(p)
+    report_options(p)
     p.set_defaults(func=cmd_train_kd)
 
     p = sub.add_parser("pseudo-labels", help="MSI pseudo labels from a KD model")
@@ -477,13 +743,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True, help="label folder (e.g. pseudo/label)")
     p.add_argument("--val", help="validation dataset with pixel masks")
     p.add_argument("--out", required=True)
-    p.add_argument("--backbone", choices=BACKBONES, default="resnet50")
+    p.add_argument(
+        "--backbone",
+        choices=DETECTOR_BACKBONES,
+        default="resnet50",
+        help="resnet50 (most accurate), resnet34, resnet18, mobilenet_v3_large (fastest)",
+    )
     p.add_argument("--weights")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=0.007)
     p.add_argument("--seed", type=int, default=0)
     common(p)
+    report_options(p)
     p.set_defaults(func=cmd_train_cd)
 
     p = sub.add_parser("evaluate", help="metrics of model maps against pixel masks")
@@ -495,6 +767,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pseudo-labels", help="also score this folder of label images")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
+    p.add_argument(
+        "--ablation",
+        action="store_true",
+        help="the paper's ablation: teacher CAM, student, + MI, + MSI, pseudo labels, detector",
+    )
+    p.add_argument("--out", help="with --ablation: folder for ablation.md and ablation.json")
+    p.add_argument(
+        "--pseudo-threshold",
+        type=float,
+        help="with --ablation: pseudo-label threshold (default: the one stored with the "
+        "detector, else pseudo_labels.json beside --pseudo-labels, else chosen on --data)",
+    )
     common(p, tile=False)
     p.set_defaults(func=cmd_evaluate)
 
@@ -510,14 +794,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("detect", help="change polygons between two georeferenced rasters")
     p.add_argument("--before", required=True, help="reference raster (defines the output grid)")
     p.add_argument("--after", required=True, help="later raster (warped onto the before grid)")
-    p.add_argument("--model", required=True, help="model file (.kdmsi) from train-cd or train-kd")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="model file: .kdmsi from train-cd / train-kd, or .onnx from export-onnx",
+    )
     p.add_argument("--out", required=True, help="change polygons (.gpkg, .shp, .geojson, .fgb)")
     p.add_argument("--probability", help="also write the change probability GeoTIFF (.tif)")
     _bounds_argument(p)
     p.add_argument(
         "--tile-size", type=int, default=None, help="default: the model's training tile size"
     )
-    p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels")
+    p.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default 64)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument(
         "--threshold", type=float, default=None, help="0..1; default: the model's, else 0.5"
@@ -527,8 +815,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bands", type=_ints, default=None, help="1-based, e.g. 4,3,2")
     p.add_argument("--scales", default=None, help="MSI scales of a KD model, e.g. 0.5,1,1.5,2")
     p.add_argument("--no-flip", action="store_true", help="KD model: no flip averaging")
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="auto",
+        help="auto: ONNX Runtime when installed and faster on this CPU (timed on big rasters), "
+        "torch on a GPU; onnx needs onnxruntime",
+    )
     common(p, tile=False)
     p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("export-onnx", help="export a model file to ONNX for ONNX Runtime")
+    p.add_argument("model", help="model file (.kdmsi)")
+    p.add_argument("out", help="ONNX file to write (.onnx)")
+    p.add_argument(
+        "--tile-size", type=int, default=None, help="fixed tile size (default: the model's)"
+    )
+    p.add_argument("--batch-size", type=int, default=4, help="fixed batch (detect pads the last)")
+    p.add_argument("--overlap", type=int, default=None, help="recorded default overlap (px)")
+    p.add_argument("--scales", default="0.5,1,1.5,2", help="MSI scales of a KD model")
+    p.add_argument("--no-flip", action="store_true", help="KD model: no flip averaging")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.set_defaults(func=cmd_export_onnx)
+
+    p = sub.add_parser(
+        "evaluate-detection",
+        help="run a model on a raster pair and score it against a mask raster or polygons",
+    )
+    p.add_argument("--before", required=True)
+    p.add_argument("--after", required=True)
+    p.add_argument("--model", required=True, help="model file (.kdmsi)")
+    p.add_argument(
+        "--reference", required=True, help="mask raster (> 0: change) or change polygons"
+    )
+    p.add_argument("--threshold", type=float, help="default: the model's")
+    p.add_argument("--tile-size", type=int, help="default: the model's training tile size")
+    p.add_argument("--overlap", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--bands", type=_ints, help="1-based bands of both rasters, e.g. 1,2,3")
+    _bounds_argument(p)
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=cmd_evaluate_detection)
 
     p = sub.add_parser("tile-grid", help="a tile polygon layer to tag as changed (1) or not (0)")
     p.add_argument("--before", required=True)
@@ -545,6 +875,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiles", required=True, help="tile layer with field changed (1/0/empty)")
     p.add_argument("--out", required=True, help="model file to write (.kdmsi)")
     p.add_argument("--backbone", choices=BACKBONES, default="resnet50")
+    p.add_argument(
+        "--detector-backbone",
+        choices=DETECTOR_BACKBONES,
+        default=None,
+        help="the detector's backbone (default: --backbone; the KD networks are ResNets)",
+    )
     p.add_argument("--fusion", choices=FUSIONS, default="abs")
     p.add_argument("--weights", help="backbone weights: a local .pth file or a torchvision name")
     p.add_argument("--kd-epochs", type=int, default=20)
@@ -553,9 +889,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kd-lr", type=float, default=1e-3)
     p.add_argument("--cd-lr", type=float, default=0.007)
     p.add_argument("--threshold", default="auto", help="pseudo-label threshold: auto or 0..1")
+    p.add_argument(
+        "--quality-robust",
+        action="store_true",
+        help="the two images differ in quality: also train a HiCD student (see train-hicd)",
+    )
     p.add_argument("--seed", type=int, default=0)
     common(p)
+    report_options(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "train-hicd",
+        help="train a quality-robust detector (HiCD) from a detector trained on clean pairs",
+    )
+    p.add_argument("--teacher", required=True, help="detector model file (train-cd, train)")
+    p.add_argument("--data", required=True, help="dataset folder with A/, B/ (clean pairs)")
+    p.add_argument("--labels", help="label folder (e.g. pseudo/label); default data/label")
+    p.add_argument("--val", help="validation dataset with pixel masks (model selection by IoU)")
+    p.add_argument("--out", required=True, help="model file to write (.kdmsi)")
+    p.add_argument("--method", choices=("hicd", "feature-mse", "direct"), default="hicd")
+    p.add_argument(
+        "--preset",
+        choices=("resolution", "single", "multi"),
+        default="multi",
+        help="degradation of the after images (see kdmsi.degrade)",
+    )
+    p.add_argument("--init", choices=("teacher", "random"), default="teacher")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=0.003)
+    p.add_argument("--stages", default="low,high", help="encoder stages for SFD: low,high")
+    p.add_argument("--no-self", action="store_true", help="drop the self-correlation term")
+    p.add_argument("--no-cross", action="store_true", help="drop the cross-correlation term")
+    p.add_argument("--no-cfd", action="store_true", help="drop change feature distillation")
+    p.add_argument("--no-global", action="store_true", help="drop the global correlation term")
+    p.add_argument("--distance", choices=("mse", "kl"), default="mse")
+    p.add_argument("--tau", type=float, default=0.1, help="temperature of --distance kl")
+    p.add_argument("--lambda-sfd", type=float, default=15.0)
+    p.add_argument("--lambda-cfd", type=float, default=1.5)
+    p.add_argument("--lambda-global", type=float, default=3.0)
+    p.add_argument("--lambda-feat", type=float, default=3.0, help="weight of --method feature-mse")
+    p.add_argument("--global-pixels", type=int, default=16, help="sampled pixels per image")
+    p.add_argument("--queue-size", type=int, default=1024, help="teacher embeddings kept")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tile-size", type=int, default=None, help="default: the teacher's")
+    common(p, tile=False)
+    p.set_defaults(func=cmd_train_hicd)
     return parser
 
 
@@ -569,9 +949,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         stream=sys.stderr,
         force=True,
     )
-    from .checkpoint import CheckpointError
-    from .data import DatasetError
-    from .models import BackboneError
     from .progress import Cancelled
 
     try:
@@ -579,7 +956,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (Cancelled, KeyboardInterrupt):
         print("kdmsi: cancelled; no partial output was kept", file=sys.stderr)
         return EXIT_CANCELLED
-    except (CheckpointError, DatasetError, BackboneError, ValueError, OSError, MemoryError) as exc:
+    # CheckpointError, DatasetError, BackboneError, RuntimeUnavailable... are ValueErrors (not
+    # imported here: they would import torch, which an ONNX model's detect never needs)
+    except (ValueError, OSError, MemoryError) as exc:
         print(f"kdmsi {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

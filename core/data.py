@@ -18,44 +18,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .normalisation import IMAGENET_MEAN, IMAGENET_STD, Normalisation  # noqa: F401 (re-export)
+
 IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 PathLike = Union[str, "os.PathLike[str]"]
 
 
 class DatasetError(ValueError):
     """A dataset folder or label file that cannot be used; the message says how to fix it."""
-
-
-@dataclass(frozen=True)
-class Normalisation:
-    """Per-band (x / 255 - mean) / std, applied to 8-bit (or 8-bit-stretched) values."""
-
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    @classmethod
-    def default(cls, bands: int) -> Normalisation:
-        """ImageNet statistics for the first three bands, 0.5 / 0.25 for any further band."""
-        mean = (IMAGENET_MEAN + (0.5,) * bands)[:bands]
-        std = (IMAGENET_STD + (0.25,) * bands)[:bands]
-        return cls(tuple(mean), tuple(std))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Normalisation:
-        return cls(tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]))
-
-    def to_dict(self) -> dict:
-        return {"mean": list(self.mean), "std": list(self.std)}
-
-    def __call__(self, image: np.ndarray) -> torch.Tensor:
-        """[C, H, W] values in 0..255 (any dtype) -> float32 tensor [C, H, W]."""
-        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
-        return (x / 255.0 - mean) / std
 
 
 def read_image(path: PathLike, window: Optional[tuple[int, int, int, int]] = None) -> np.ndarray:

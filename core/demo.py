@@ -1,9 +1,11 @@
 """`make demo`: the whole KD-MSI chain on built-in synthetic scenes, on CPU, in minutes.
 
 Steps (each one the `kdmsi` CLI, run in-process): synthetic train/test tile sets ->
-train-kd -> pseudo-labels -> train-cd -> evaluate. It ends with the metrics of the teacher
-CAM, the student, student + MI, student + MSI and the final detector on held-out scenes, plus
-the pseudo labels against the training truth, and writes them to `<out>/demo_metrics.json`.
+train-kd -> pseudo-labels -> train-cd -> evaluate --ablation. It ends with the ablation table
+(teacher CAM, student, student + MI, student + MSI, pseudo labels, final detector) on held-out
+scenes in `<out>/ablation/`, plus the pseudo labels against the training truth; the training
+report (loss curves, threshold, sample tiles) is `<out>/report/index.html`, the KD step's own
+report `<out>/kd_report/index.html`, and the timings `<out>/demo_metrics.json`.
 
 The networks start from random weights (no download is possible here) and train for a few
 epochs on small tiles, so the figures show the chain working, not the paper's accuracy; pass
@@ -106,14 +108,27 @@ def run_demo(
             "8",
             "--lr",
             str(lr_cd),
+            "--report",
+            str(out / "report"),
             *tile,
             *extra,
         ],
         timings,
     )
     _step(
-        "evaluation on held-out scenes",
-        ["evaluate", "--model", str(kd), "--model", str(cd), "--data", str(test)],
+        "ablation on held-out scenes",
+        [
+            "evaluate",
+            "--ablation",
+            "--model",
+            str(kd),
+            "--model",
+            str(cd),
+            "--data",
+            str(test),
+            "--out",
+            str(out / "ablation"),
+        ],
         timings,
     )
     _step(
@@ -141,6 +156,7 @@ def run_demo(
     }
     (out / "demo_metrics.json").write_text(json.dumps(summary, indent=2))
     print(f"\nDemo finished in {timings['total']:.0f} s; outputs in {out}", flush=True)
+    print(f"Training report: {(out / 'report' / 'index.html').resolve()}", flush=True)
     return summary
 
 

@@ -25,8 +25,8 @@ def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
-    """round(H * s) x round(W * s), at least 1 x 1."""
-    return max(1, round(height * scale)), max(1, round(width * scale))
+    """round(H * s) x round(W * s), at least 1 x 1 (H, W as ints, also while tracing)."""
+    return max(1, round(int(height) * scale)), max(1, round(int(width) * scale))
 
 
 def _per_scale_logits(
@@ -93,6 +93,29 @@ def multiscale_inference(
     for g in _per_scale_logits(model, pre, post, scales, flip):
         total += resize(g, (height, width)).view(-1, batch, 1, height, width).sum(dim=0)
     return cam(total)
+
+
+@torch.no_grad()
+def multiscale_maps(
+    model: LogitModel,
+    pre: torch.Tensor,
+    post: torch.Tensor,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    flip: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MSI and the MI baseline from one set of forward passes (as the two functions above).
+
+    pre, post: [B, C, H, W] -> (MSI probability, MI map), each [B, 1, H, W].
+    """
+    batch, height, width = pre.shape[0], pre.shape[-2], pre.shape[-1]
+    msi = pre.new_zeros(batch, 1, height, width)
+    mi = pre.new_zeros(batch, 1, height, width)
+    count = 0
+    for g in _per_scale_logits(model, pre, post, scales, flip):
+        msi += resize(torch.sigmoid(g), (height, width)).view(-1, batch, 1, height, width).sum(0)
+        mi += resize(g, (height, width)).view(-1, batch, 1, height, width).sum(dim=0)
+        count += g.shape[0] // batch
+    return msi / count, cam(mi)
 
 
 @torch.no_grad()

@@ -4,21 +4,27 @@ Data flow (see ARCHITECTURE.md, "The detect path")::
 
     align_pair (after warped onto the before grid, intersection only)
       -> tile grid with overlap
-      -> windows read, stretched and normalised in a background thread, one batch ahead
-      -> batched predict(pre, post) -> probability            (torch.inference_mode)
-      -> probability x blend_window x valid mask -> StitchAccumulator
+      -> windows read in a background thread, one batch ahead of the model; uint8 (or
+         stretched) pixels converted once, straight into a preallocated contiguous float32
+         batch: a * x + b per band (stretch + normalisation fused, never float64)
+      -> run_batch(pre, post) -> probability      (torch.inference_mode, or ONNX Runtime)
+      -> probability x blend_window x valid mask -> StitchAccumulator (tile-row strips)
       -> finished row strips -> probability GeoTIFF (temporary path)
-      -> threshold + nodata mask -> polygonize_changes -> write_vector (temporary path)
+      -> threshold + nodata mask -> polygons streamed from disk to the vector output
       -> both moved into place at the end (`kdmsi.atomic.atomic_output`)
 
-The tile loop only knows a ``predict(pre, post) -> prob`` callable (`Predict`), so a detector
-(`SiameseDeepLabV3Plus.change_probability`), a KD student with MSI, or any test oracle run
-through exactly the same code (`detect_with_predictor`).
+The tile loop only knows a `BatchRunner` (numpy batch in, probability out): a torch
+``predict(pre, post) -> prob`` callable (`Predict`: a detector's `change_probability`, a KD
+student with MSI, a test oracle; `detect_with_predictor`) or an exported ONNX model in ONNX
+Runtime (`kdmsi.runtime.OnnxPredictor`), through exactly the same code (`detect_with_runner`).
+`detect_changes` picks the runtime (``runtime=auto|torch|onnx``, see `choose_runtime`); with
+an ``.onnx`` model file torch is never imported.
 
-Memory is bounded by tile rows, never by the raster: the reader holds at most two batches
-(one queued, one being built), the accumulator ``(tile_size + stride) x width`` float32 twice,
-the probability writer one block row; polygonizing streams strips from disk (see
-`kdmsi.vector`). GDAL's own block cache (``GDAL_CACHEMAX``) comes on top.
+Memory is bounded by tile rows, never by the raster: the reader cycles through three
+preallocated batches (one in the model, one queued, one being built), the accumulator holds
+``(tile_size + stride) x width`` float32 twice, the probability writer one block row;
+polygonizing streams strips and polygons from disk (see `kdmsi.vector`). GDAL's own block
+cache (``GDAL_CACHEMAX``, bounded by `kdmsi detect`, see `limit_gdal_cache`) comes on top.
 
 Nodata or masked pixels of either date are never change: they are set to the normalised mean
 (0) in both dates before the model sees them, they get zero blending weight, so they come out
@@ -31,22 +37,35 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import queue
+import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
-import torch
 
 from . import __version__
 from .atomic import atomic_output, check_output_target
-from .checkpoint import load_checkpoint
-from .data import Normalisation
-from .inference import DEFAULT_SCALES, multiscale_sigmoid_inference, pick_device
+from .detect_model import (
+    AUTO_PROBE_MIN_TILES,
+    DEFAULT_THRESHOLD,
+    BatchRunner,
+    Predict,
+    choose_runtime,
+    forward_batch,
+    load_checkpoint_model,
+    load_onnx_model,
+    model_predictor,
+    model_threshold,
+    onnx_batch_runner,
+    torch_batch_runner,
+)
+from .normalisation import Normalisation
 from .progress import CancelCheck, ProgressCallback, check_cancel, report, sub_progress
 from .raster import (
     AlignedPair,
@@ -59,22 +78,27 @@ from .raster import (
     open_raster,
     pair_stretches,
 )
+from .runtime import RUNTIMES, is_onnx_path
 from .tiling import StitchAccumulator, Window, blend_window, crop_tile, pad_tile, tile_grid
-from .vector import polygonize_changes, vector_driver, write_vector
+from .vector import vector_driver, write_change_polygons
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
-Predict = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""``predict(pre, post)``: normalised float32 [B, C, T, T] pairs -> probability [B, 1, T, T]."""
 
-DEFAULT_THRESHOLD = 0.5
 PROBABILITY_SUFFIXES = (".tif", ".tiff")
 PREFETCH_BATCHES = 1  # batches queued ahead of the model (one more is being built)
+DEFAULT_OVERLAP = 64
+DETECT_GDAL_CACHE_MB = 64
+"""GDAL block cache for detect (`limit_gdal_cache`): enough for three tile rows of blocks of
+both dates at 16k px width; GDAL's default (5 % of the RAM) grows to gigabytes on big rasters."""
 _SCAN_PER_BATCH = 16  # hand over a (possibly short) batch after this many tiles per slot
 
 # Share of the whole job's progress per stage.
-_ALIGN_END, _TILES_END, _OVERVIEWS_END, _POLYGONS_END = 0.03, 0.85, 0.88, 0.98
+_ALIGN_END, _TILES_END, _OVERVIEWS_END = 0.03, 0.85, 0.88
 
 
 class DetectOutputError(ValueError):
@@ -91,14 +115,16 @@ class DetectResult:
         polygon_count: number of change polygons written.
         threshold: probability threshold used (prob >= threshold is change).
         stretch: ``{"before": BandStretch.to_dict(), "after": ...}`` applied to the inputs.
-        timing_s: seconds per stage (align, stretch, tiles, predict, overviews, polygonize,
-            write) and ``total``; ``predict`` is the model's share of ``tiles``.
+        timing_s: seconds per stage (align, stretch, tiles, overviews, polygons) and
+            ``total``; ``predict`` is the model's share of ``tiles``, ``reader_wait`` the time
+            the tile loop waited for the reader thread, ``reader_cpu`` that thread's CPU time.
         width, height: size of the analysed grid (the before grid over the overlap).
         tiles, tiles_computed: tiles in the grid / tiles with a valid pixel (the others skip
             the model).
-        device: the torch device the model ran on.
+        device: the torch device the model ran on (``cpu`` for ONNX Runtime).
         model_kind: ``detector``, ``kd`` or ``custom`` (a caller's predict callable).
         bands: 1-based bands read from both rasters.
+        runtime: ``torch``, ``onnx`` or ``custom``.
     """
 
     vector_path: Path
@@ -114,6 +140,7 @@ class DetectResult:
     device: str
     model_kind: str
     bands: tuple[int, ...]
+    runtime: str = "torch"
 
     @property
     def pixels_per_second(self) -> float:
@@ -121,31 +148,54 @@ class DetectResult:
         return self.width * self.height / max(self.timing_s.get("total", 0.0), 1e-9)
 
 
-# ------------------------------------------------------------------------------ predictors
+def tune_process_for_detect(gdal_cache_mb: int = DETECT_GDAL_CACHE_MB) -> None:
+    """Process-wide settings that keep detect lean; `kdmsi detect` calls it first thing.
 
+    * GDAL's block cache bounded to ``gdal_cache_mb`` (unless GDAL_CACHEMAX is set or the
+      cache is already smaller): three tile rows of blocks of both dates at 16k px width;
+      GDAL's default, 5 % of the RAM, grows to gigabytes on big rasters.
+    * `release_freed_memory`: freed large arrays go back to the system.
+    * ``OMP_WAIT_POLICY=PASSIVE`` unless set, when torch is not imported yet: torch's
+      OpenMP threads then sleep between operations instead of spinning, which starved the
+      tile reader and other programs (measured on a busy 2-core machine: a resnet18
+      forward 1.15 -> 0.61 s per tile). ONNX Runtime gets the same by session option.
 
-def model_predictor(
-    model: torch.nn.Module,
-    kind: str,
-    scales: Sequence[float] = DEFAULT_SCALES,
-    flip: bool = True,
-) -> Predict:
-    """The `Predict` callable of a loaded network.
-
-    Args:
-        model: a network in eval mode on the device the batches will be on.
-        kind: ``detector`` (softmax change probability of `SiameseDeepLabV3Plus`) or ``kd``
-            (the KD student with multiscale sigmoid inference over ``scales`` and ``flip``).
+    A host application (QGIS) may keep its own settings and skip this.
     """
-    if kind == "detector":
-        return model.change_probability
-    if kind == "kd":
-        if not scales or any(s <= 0 for s in scales):
-            raise ValueError(f"scales must be positive numbers, got {list(scales)}")
-        return functools.partial(
-            multiscale_sigmoid_inference, model, scales=tuple(float(s) for s in scales), flip=flip
-        )
-    raise ValueError(f"unknown model kind {kind!r}; expected 'detector' or 'kd'")
+    from osgeo import gdal
+
+    if "GDAL_CACHEMAX" not in os.environ:
+        gdal.SetCacheMax(min(gdal.GetCacheMax(), gdal_cache_mb << 20))
+    release_freed_memory()
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+limit_gdal_cache = tune_process_for_detect  # the name an earlier kdmsi used
+
+
+def release_freed_memory(threshold_bytes: int = 256 << 10) -> bool:
+    """Have glibc's malloc serve blocks of ``threshold_bytes`` and more with mmap, returned to
+    the system when freed. By default glibc raises that threshold (up to 32 MiB) after the
+    first large free, after which tile-sized arrays recycle heap memory that fragments and
+    stays resident (measured: 40 MiB less peak RSS). No-op (False) where there is no glibc
+    or MALLOC_MMAP_THRESHOLD_ is set."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or not name.startswith("libc.so"):
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold_bytes)))
+    except (OSError, AttributeError):
+        return False
+
+
+_M_MMAP_THRESHOLD = -3  # glibc malloc.h
 
 
 # ------------------------------------------------------------------------- input checking
@@ -247,7 +297,9 @@ class _Batch:
 
     Attributes:
         windows: the tiles, in grid order.
-        pre, post: normalised float32 [B, C, T, T] (None when the batch is empty).
+        pre, post: normalised float32 [n, C, T, T], C-contiguous views of the reader's
+            preallocated buffers (None when the batch is empty); valid until the next batch
+            after this one is taken.
         valid: bool [h, w] per window.
         scanned: tiles of the grid read so far (computed or skipped).
     """
@@ -263,16 +315,35 @@ class _Batch:
 class TilePreparer:
     """Reads one window of the pair and turns it into network input.
 
-    ``__call__(window)`` -> (pre, post, valid): pre/post float32 [C, T, T] stretched to
-    [0, 255] and normalised with the checkpoint's mean/std (padded to the full tile), invalid
-    pixels set to 0 in both dates; valid bool [h, w]. None when no pixel is valid.
+    ``prepare_into(window, pre_out, post_out)`` writes both dates, float32 [C, T, T], into the
+    given arrays (a slot of a batch) and returns valid bool [h, w], or None (nothing written)
+    when no pixel is valid. Values: the band stretch to [0, 255] and the checkpoint's
+    normalisation fused into one ``a * x + b`` per band, computed in float32 straight from the
+    raster's dtype (uint8 is never copied to a float64 or an intermediate float32 array);
+    invalid pixels are 0 in both dates; a window smaller than a tile is padded (reflect).
+    ``__call__(window)`` -> (pre, post, valid) does the same into new arrays.
     """
 
     pair: AlignedPair
     stretches: tuple[BandStretch, BandStretch]
     normalisation: Normalisation
 
+    @functools.cached_property
+    def _scale_offset(self) -> tuple[np.ndarray, np.ndarray]:
+        scale, offset = self.normalisation.scale_offset()
+        return scale[:, None, None], offset[:, None, None]
+
     def __call__(self, window: Window) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        rows, cols = window.tile_shape
+        shape = (self.pair.band_count, rows, cols)
+        pre, post = np.empty(shape, np.float32), np.empty(shape, np.float32)
+        valid = self.prepare_into(window, pre, post)
+        return None if valid is None else (pre, post, valid)
+
+    def prepare_into(
+        self, window: Window, pre_out: np.ndarray, post_out: np.ndarray
+    ) -> Optional[np.ndarray]:
+        """Read ``window`` into ``pre_out``/``post_out`` float32 [C, T, T]; valid or None."""
         try:
             pre, post, valid = self.pair.read_window(window.x, window.y, window.w, window.h)
         except RuntimeError as exc:
@@ -282,25 +353,35 @@ class TilePreparer:
             ) from exc
         if not valid.any():
             return None
-        return (
-            pad_tile(self._network_input(self.stretches[0], pre, valid), window),
-            pad_tile(self._network_input(self.stretches[1], post, valid), window),
-            valid,
-        )
+        all_valid = bool(valid.all())
+        for stretch, pixels, out in (
+            (self.stretches[0], pre, pre_out),
+            (self.stretches[1], post, post_out),
+        ):
+            self._network_input_into(stretch, pixels, valid, all_valid, window, out)
+        return valid
 
-    def _network_input(
-        self, stretch: BandStretch, pixels: np.ndarray, valid: np.ndarray
-    ) -> np.ndarray:
-        """[C, h, w] raster values -> float32 [C, h, w] ``(x / 255 - mean) / std``, 0 if invalid."""
-        x = stretch.apply(pixels)  # float32 copy in [0, 255]
-        mean = np.asarray(self.normalisation.mean, dtype=np.float32)[:, None, None]
-        std = np.asarray(self.normalisation.std, dtype=np.float32)[:, None, None]
-        x *= np.float32(1.0 / 255.0)
-        x -= mean
-        x /= std
-        if not valid.all():
-            x[:, ~valid] = 0.0
-        return x
+    def _network_input_into(
+        self,
+        stretch: BandStretch,
+        pixels: np.ndarray,
+        valid: np.ndarray,
+        all_valid: bool,
+        window: Window,
+        out: np.ndarray,
+    ) -> None:
+        """[C, h, w] raster values -> ``out`` [C, T, T] = (stretched / 255 - mean) / std."""
+        scale, offset = self._scale_offset
+        target = out[:, : window.h, : window.w]
+        if stretch.method == "uint8" and pixels.dtype == np.uint8:
+            np.multiply(pixels, scale, out=target)  # uint8 -> float32 in one pass
+        else:
+            np.multiply(stretch.apply(pixels), scale, out=target)
+        target += offset
+        if not all_valid:
+            target[:, ~valid] = 0.0
+        if window.pad_x or window.pad_y:
+            out[...] = pad_tile(target, window)
 
 
 class TileReader:
@@ -309,23 +390,38 @@ class TileReader:
     Iterate over it inside a ``with`` block; leaving the block (normally, on an error, or on a
     cancel) stops and joins the thread. An error in the thread is re-raised by the iteration.
     GDAL datasets of the pair are only touched by the reader thread while it runs.
+
+    Batches are filled in place in ``prefetch + 2`` preallocated float32 [batch, C, T, T]
+    buffer pairs used in turn (one in the model, ``prefetch`` queued, one being built), so a
+    batch's arrays stay untouched until the consumer has asked for the batch after the next.
+    `cpu_s` is the reader thread's CPU time once it has finished, `wait_s` the time the
+    consumer waited for batches.
     """
 
     _END = object()
 
     def __init__(
         self,
-        prepare: Callable[[Window], Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]],
+        prepare_into: Callable[[Window, np.ndarray, np.ndarray], Optional[np.ndarray]],
         windows: Sequence[Window],
         batch_size: int,
+        channels: int,
+        tile_size: int,
         prefetch: int = PREFETCH_BATCHES,
     ):
-        self._prepare = prepare
+        self._prepare_into = prepare_into
         self._windows = list(windows)
         self._batch_size = batch_size
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+        prefetch = max(1, prefetch)
+        shape = (batch_size, channels, tile_size, tile_size)
+        self._buffers = [
+            (np.empty(shape, np.float32), np.empty(shape, np.float32)) for _ in range(prefetch + 2)
+        ]
+        self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kdmsi-tile-reader", daemon=True)
+        self.cpu_s = 0.0
+        self.wait_s = 0.0
 
     def __enter__(self) -> TileReader:
         self._thread.start()
@@ -340,7 +436,9 @@ class TileReader:
 
     def __iter__(self) -> Iterator[_Batch]:
         while True:
+            start = time.perf_counter()
             item = self._queue.get()
+            self.wait_s += time.perf_counter() - start
             if item is self._END:
                 return
             if isinstance(item, BaseException):
@@ -357,6 +455,7 @@ class TileReader:
         return False
 
     def _run(self) -> None:
+        start = time.thread_time()
         try:
             for batch in self._batches():
                 if not self._put(batch):
@@ -364,102 +463,93 @@ class TileReader:
             self._put(self._END)
         except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread
             self._put(exc)
+        finally:
+            self.cpu_s = time.thread_time() - start
 
     def _batches(self) -> Iterator[_Batch]:
-        tiles: list[tuple[Window, tuple[np.ndarray, np.ndarray, np.ndarray]]] = []
+        count = 0  # batches handed out so far: picks the buffer pair
+        pre, post = self._buffers[0]
+        windows: list[Window] = []
+        valids: list[np.ndarray] = []
         scanned_since = 0
         for index, window in enumerate(self._windows):
             if self._stop.is_set():
                 return
-            prepared = self._prepare(window)
+            n = len(windows)
+            valid = self._prepare_into(window, pre[n], post[n])
             scanned_since += 1
-            if prepared is not None:
-                tiles.append((window, prepared))
-            if len(tiles) == self._batch_size or scanned_since >= _SCAN_PER_BATCH * max(
+            if valid is not None:
+                windows.append(window)
+                valids.append(valid)
+            if len(windows) == self._batch_size or scanned_since >= _SCAN_PER_BATCH * max(
                 1, self._batch_size
             ):
-                yield _stack(tiles, index + 1)
-                tiles, scanned_since = [], 0
-        if tiles or scanned_since:
-            yield _stack(tiles, len(self._windows))
+                yield _batch(pre, post, windows, valids, index + 1)
+                count += 1
+                pre, post = self._buffers[count % len(self._buffers)]
+                windows, valids, scanned_since = [], [], 0
+        if windows or scanned_since:
+            yield _batch(pre, post, windows, valids, len(self._windows))
 
 
-def _stack(
-    tiles: list[tuple[Window, tuple[np.ndarray, np.ndarray, np.ndarray]]], scanned: int
+def _batch(
+    pre: np.ndarray,
+    post: np.ndarray,
+    windows: list[Window],
+    valids: list[np.ndarray],
+    scanned: int,
 ) -> _Batch:
-    if not tiles:
+    n = len(windows)
+    if n == 0:
         return _Batch([], None, None, [], scanned)
-    return _Batch(
-        windows=[w for w, _ in tiles],
-        pre=np.stack([t[0] for _, t in tiles]),
-        post=np.stack([t[1] for _, t in tiles]),
-        valid=[t[2] for _, t in tiles],
-        scanned=scanned,
-    )
+    return _Batch(windows, pre[:n], post[:n], valids, scanned)
 
 
 # -------------------------------------------------------------------------------- tile loop
 
 
-def forward_batch(
-    predict: Predict, pre: np.ndarray, post: np.ndarray, device: torch.device
-) -> np.ndarray:
-    """Run ``predict`` on one batch: float32 [B, C, T, T] pairs -> float32 [B, T, T] on the CPU.
-
-    Raises:
-        ValueError: ``predict`` returned something other than [B, 1, T, T].
-        MemoryError: the device ran out of memory (with a hint to lower the batch size).
-    """
-    batch, _, height, width = pre.shape
-    try:
-        with torch.inference_mode():
-            x = torch.from_numpy(pre).to(device, non_blocking=True)
-            y = torch.from_numpy(post).to(device, non_blocking=True)
-            prob = predict(x, y)
-            if tuple(prob.shape) != (batch, 1, height, width):
-                raise ValueError(
-                    f"the model returned {list(prob.shape)} for a batch of {batch} tiles of "
-                    f"{height} x {width}; expected [{batch}, 1, {height}, {width}]"
-                )
-            return prob[:, 0].float().clamp(0.0, 1.0).cpu().numpy()
-    except torch.cuda.OutOfMemoryError as exc:
-        raise MemoryError(
-            f"the GPU ran out of memory for a batch of {batch} tiles of {height} x {width}: "
-            "lower --batch-size or --tile-size"
-        ) from exc
-
-
 @dataclass
 class TileLoopStats:
-    """Counts and times of one tile loop."""
+    """Counts and times of one tile loop.
+
+    Attributes:
+        tiles, tiles_computed: tiles in the grid / tiles run through the model.
+        predict_s: wall seconds inside ``run_batch`` (the model's forward).
+        reader_cpu_s: CPU seconds of the background reader thread (reads, stretch,
+            normalisation), which overlap the model.
+        reader_wait_s: seconds the tile loop waited for the reader.
+    """
 
     tiles: int = 0
     tiles_computed: int = 0
     predict_s: float = 0.0
+    reader_cpu_s: float = 0.0
+    reader_wait_s: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
 
 
 def predict_probability_raster(
     pair: AlignedPair,
-    predict: Predict,
+    run_batch: BatchRunner,
     prob_path: PathLike,
-    prepare: Callable[[Window], Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]],
+    prepare: TilePreparer,
     *,
     tile_size: int,
     overlap_px: int,
     batch_size: int,
-    device: torch.device,
     metadata: Optional[dict[str, Any]] = None,
+    scratch: bool = False,
     progress: Optional[ProgressCallback] = None,
     cancelled: Optional[CancelCheck] = None,
 ) -> TileLoopStats:
     """Write the stitched change probability of ``pair`` to a new GeoTIFF at ``prob_path``.
 
-    Tiles of ``tile_size`` overlapping by ``overlap_px`` are prepared by ``prepare`` in a
-    background thread, run through ``predict`` in batches of ``batch_size`` on ``device``,
-    weighted by `blend_window` x the valid mask and accumulated; finished full-width row
-    strips are written as soon as no later tile touches them. Pixels no valid tile covers are
-    nodata. ``cancelled()`` is checked between batches.
+    Tiles of ``tile_size`` overlapping by ``overlap_px`` are prepared by
+    ``prepare.prepare_into`` in a background thread, run through ``run_batch`` in batches of
+    ``batch_size``, weighted by `blend_window` x the valid mask and accumulated; finished
+    full-width row strips are written as soon as no later tile touches them. Pixels no valid
+    tile covers are nodata. ``cancelled()`` is checked between batches. ``scratch``: the
+    GeoTIFF is a temporary file (cheaper compression, see `create_probability_raster`).
 
     Raises:
         Cancelled: ``cancelled()`` returned True.
@@ -469,20 +559,29 @@ def predict_probability_raster(
     stitch = StitchAccumulator(pair.width, pair.height, tile_size, overlap_px)
     stats = TileLoopStats(tiles=len(windows))
     writer = create_probability_raster(
-        prob_path, pair.width, pair.height, pair.geotransform, pair.crs_wkt, metadata
+        prob_path,
+        pair.width,
+        pair.height,
+        pair.geotransform,
+        pair.crs_wkt,
+        metadata,
+        scratch=scratch,
     )
+    reader = TileReader(prepare.prepare_into, windows, batch_size, pair.band_count, tile_size)
     try:
-        with TileReader(prepare, windows, batch_size) as reader:
+        with reader:
             for batch in reader:
                 check_cancel(cancelled)
                 if batch.windows:
                     start = time.perf_counter()
-                    probs = forward_batch(predict, batch.pre, batch.post, device)
+                    probs = run_batch(batch.pre, batch.post)
                     stats.predict_s += time.perf_counter() - start
                     stats.tiles_computed += len(batch.windows)
                     for window, prob, valid in zip(batch.windows, probs, batch.valid):
                         _write_strips(writer, stitch.pop_finished(window.y))
-                        tile_weight = crop_tile(weight, window) * valid
+                        tile_weight = crop_tile(weight, window)
+                        if not valid.all():
+                            tile_weight = tile_weight * valid
                         stitch.add(window, crop_tile(prob, window), tile_weight)
                 report(
                     progress, batch.scanned / len(windows), f"tile {batch.scanned}/{len(windows)}"
@@ -491,6 +590,8 @@ def predict_probability_raster(
     except BaseException:
         writer.dataset = None  # close without flushing: the caller removes the file
         raise
+    finally:
+        stats.reader_cpu_s, stats.reader_wait_s = reader.cpu_s, reader.wait_s
     writer.close()
     return stats
 
@@ -514,14 +615,15 @@ def detect_changes(
     out_probability: Optional[PathLike] = None,
     *,
     tile_size: Optional[int] = None,
-    overlap_px: int = 64,
+    overlap_px: Optional[int] = None,
     batch_size: int = 4,
     device: str = "auto",
+    runtime: str = "auto",
     threshold: Optional[float] = None,
     min_area_m2: float = 0.0,
     simplify_m: float = 0.0,
     bands: Optional[Sequence[int]] = None,
-    scales: Sequence[float] = DEFAULT_SCALES,
+    scales: Optional[Sequence[float]] = None,
     flip: bool = True,
     bounds: Optional[Sequence[float]] = None,
     overwrite: bool = False,
@@ -534,77 +636,96 @@ def detect_changes(
         before: reference raster; its grid (CRS, pixel size, alignment) is the output grid.
         after: raster warped (bilinear) onto that grid; only the overlap is analysed.
         model_path: a ``.kdmsi`` checkpoint: ``detector`` (DeepLabV3+ softmax change
-            probability) or ``kd`` (its student with multiscale sigmoid inference).
+            probability) or ``kd`` (its student with multiscale sigmoid inference); or an
+            ``.onnx`` file from `kdmsi.onnx_export.export_onnx` (run by ONNX Runtime without
+            importing torch; its batch and tile size are fixed).
         out_vector: change polygons (``.gpkg`` recommended; ``.shp``, ``.geojson``, ``.fgb``).
         out_probability: optional float32 probability GeoTIFF on the analysed grid.
-        tile_size: tile edge in pixels (default: the checkpoint's training tile size).
-        overlap_px: overlap of neighbouring tiles, blended with a raised-cosine window.
-        batch_size: tiles per forward pass.
+        tile_size: tile edge in pixels (default: the model's training / export tile size).
+        overlap_px: overlap of neighbouring tiles, blended with a raised-cosine window
+            (default: an ONNX model's recorded overlap, else 64).
+        batch_size: tiles per forward pass (an ONNX model uses its own).
         device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:1``, ``mps``.
-        threshold: prob >= threshold is change (default: the checkpoint's, else 0.5).
+        runtime: ``auto``, ``torch`` or ``onnx`` (see `choose_runtime`).
+        threshold: prob >= threshold is change (default: the model's, else 0.5).
         min_area_m2: drop smaller polygons (true area).
         simplify_m: polygon simplification tolerance in metres (0: pixel edges).
-        bands: 1-based bands of both rasters (default: the checkpoint's bands).
-        scales, flip: MSI scales and horizontal-flip averaging (``kd`` models only).
+        bands: 1-based bands of both rasters (default: the model's bands).
+        scales, flip: MSI scales (default `kdmsi.inference.DEFAULT_SCALES`) and
+            horizontal-flip averaging (``kd`` models only).
         bounds: optional area to analyse, (xmin, ymin, xmax, ymax) in the before raster's CRS
             (default: the whole overlap).
         overwrite: replace existing outputs (checked before any compute).
         progress: ``progress(fraction, message)``; cancelled: polled between batches.
 
     Raises:
-        CheckpointError, RasterInputError, VectorOutputError, DetectOutputError,
-        FileExistsError, OutputNotWritableError, Cancelled. Nothing is left at the output
-        paths when any of them is raised.
+        CheckpointError, OnnxModelError, RuntimeUnavailable, RasterInputError,
+        VectorOutputError, DetectOutputError, FileExistsError, OutputNotWritableError,
+        Cancelled. Nothing is left at the output paths when any of them is raised.
     """
     check_outputs(out_vector, out_probability, overwrite)
-    torch_device = pick_device(device)
-    model, meta = load_checkpoint(model_path, role="auto", device=torch_device)
-    chosen = resolve_bands(before, after, meta["bands"], bands)
-    if threshold is None:
-        threshold = _checkpoint_threshold(meta)
-    info = {
-        "model": str(model_path),
-        "model_kind": meta["kind"],
-        "model_config": meta["model"],
-        "model_bands": list(meta["bands"]),
-    }
-    if meta["kind"] == "kd":
-        info.update(scales=[float(s) for s in scales], flip=flip)
-    log.info("model %s (%s) on %s", model_path, meta["kind"], torch_device)
-    return detect_with_predictor(
-        before,
-        after,
-        model_predictor(model, meta["kind"], scales, flip),
-        Normalisation.from_dict(meta["normalisation"]),
-        out_vector,
-        out_probability,
-        bands=chosen,
-        tile_size=int(tile_size or meta["tile_size"]),
-        overlap_px=overlap_px,
-        batch_size=batch_size,
-        device=torch_device,
-        threshold=threshold,
-        min_area_m2=min_area_m2,
-        simplify_m=simplify_m,
-        bounds=bounds,
-        overwrite=overwrite,
-        progress=progress,
-        cancelled=cancelled,
-        model_info=info,
-    )
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    with contextlib.ExitStack() as stack:
+        if is_onnx_path(model_path):
+            model = load_onnx_model(model_path, runtime, device, tile_size)
+            if overlap_px is None:
+                overlap_px = int(model.info.get("onnx_overlap_px", DEFAULT_OVERLAP))
+        else:
+            overlap_px = DEFAULT_OVERLAP if overlap_px is None else overlap_px
+            model = load_checkpoint_model(
+                model_path,
+                runtime,
+                device,
+                tile_size,
+                batch_size,
+                scales,
+                flip,
+                lambda tile: _grid_tiles(before, after, bands, bounds, tile, overlap_px),
+                stack,
+            )
+        chosen = resolve_bands(before, after, model.bands, bands)
+        if threshold is None:
+            threshold = model_threshold(model.threshold)
+        log.info("model %s (%s) with %s on %s", model_path, model.kind, model.runtime, model.device)
+        return detect_with_runner(
+            before,
+            after,
+            model.run_batch,
+            model.normalisation,
+            out_vector,
+            out_probability,
+            bands=chosen,
+            tile_size=model.tile_size,
+            overlap_px=overlap_px,
+            batch_size=model.batch_size or batch_size,
+            threshold=threshold,
+            min_area_m2=min_area_m2,
+            simplify_m=simplify_m,
+            bounds=bounds,
+            overwrite=overwrite,
+            progress=progress,
+            cancelled=cancelled,
+            model_info={"model": str(model_path), **model.info},
+            device=model.device,
+            runtime=model.runtime,
+        )
 
 
-def _checkpoint_threshold(meta: dict[str, Any]) -> float:
-    value = meta.get("threshold")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, dict) and isinstance(value.get("threshold"), (int, float)):
-        return float(value["threshold"])
-    log.warning(
-        "the model file records no threshold; using %.2f (set one with --threshold)",
-        DEFAULT_THRESHOLD,
-    )
-    return DEFAULT_THRESHOLD
+def _grid_tiles(
+    before: PathLike,
+    after: PathLike,
+    bands: Optional[Sequence[int]],
+    bounds: Optional[Sequence[float]],
+    tile_size: int,
+    overlap_px: int,
+) -> int:
+    """Tiles in the detect grid of the pair (opens and aligns it, reads no pixels)."""
+    with gdal_exceptions(), align_pair(before, after, bands, bounds) as pair:
+        width, height = pair.width, pair.height
+    if not 0 <= overlap_px < tile_size:
+        return 0  # detect_with_runner reports the bad overlap
+    return len(tile_grid(width, height, tile_size, overlap_px))
 
 
 def detect_with_predictor(
@@ -629,21 +750,77 @@ def detect_with_predictor(
     cancelled: Optional[CancelCheck] = None,
     model_info: Optional[dict[str, Any]] = None,
 ) -> DetectResult:
-    """The detect path with any ``predict`` callable (`detect_changes` passes a model's).
+    """The detect path with any torch ``predict`` callable.
 
     ``predict(pre, post)`` gets normalised float32 [B, C, T, T] tensors on ``device`` (a
     torch device, or a name for `kdmsi.inference.pick_device`) and returns change
-    probabilities [B, 1, T, T] in [0, 1]; ``normalisation`` is what the inputs are normalised
-    with. ``bands`` default: `kdmsi.raster.default_bands`. ``model_info`` is recorded in the
-    outputs' metadata. Other arguments, the outputs and the errors are those of
-    `detect_changes`. Without ``out_probability`` the probability raster is a temporary file
-    in the system's temporary folder (float32, about 4 bytes per pixel before compression).
+    probabilities [B, 1, T, T] in [0, 1]. Other arguments, the outputs and the errors are
+    those of `detect_with_runner`.
+    """
+    from .inference import pick_device
+
+    torch_device = pick_device(device) if isinstance(device, str) else device
+    return detect_with_runner(
+        before,
+        after,
+        torch_batch_runner(predict, torch_device),
+        normalisation,
+        out_vector,
+        out_probability,
+        bands=bands,
+        tile_size=tile_size,
+        overlap_px=overlap_px,
+        batch_size=batch_size,
+        threshold=threshold,
+        min_area_m2=min_area_m2,
+        simplify_m=simplify_m,
+        bounds=bounds,
+        overwrite=overwrite,
+        progress=progress,
+        cancelled=cancelled,
+        model_info=model_info,
+        device=str(torch_device),
+        runtime="torch" if model_info else "custom",
+    )
+
+
+def detect_with_runner(
+    before: PathLike,
+    after: PathLike,
+    run_batch: BatchRunner,
+    normalisation: Normalisation,
+    out_vector: PathLike,
+    out_probability: Optional[PathLike] = None,
+    *,
+    bands: Optional[Sequence[int]] = None,
+    tile_size: int = 256,
+    overlap_px: int = 64,
+    batch_size: int = 4,
+    threshold: float = DEFAULT_THRESHOLD,
+    min_area_m2: float = 0.0,
+    simplify_m: float = 0.0,
+    bounds: Optional[Sequence[float]] = None,
+    overwrite: bool = False,
+    progress: Optional[ProgressCallback] = None,
+    cancelled: Optional[CancelCheck] = None,
+    model_info: Optional[dict[str, Any]] = None,
+    device: str = "cpu",
+    runtime: str = "custom",
+) -> DetectResult:
+    """The detect path with any `BatchRunner` (`detect_changes` passes a model's).
+
+    ``run_batch(pre, post)`` gets normalised float32 [n, C, T, T] numpy arrays (n <=
+    ``batch_size``) and returns change probabilities float32 [n, T, T] in [0, 1];
+    ``normalisation`` is what the inputs are normalised with. ``bands`` default:
+    `kdmsi.raster.default_bands`. ``model_info`` is recorded in the outputs' metadata;
+    ``device`` and ``runtime`` in the result. Other arguments, the outputs and the errors are
+    those of `detect_changes`. Without ``out_probability`` the probability raster is a
+    temporary file in the system's temporary folder (float32, compressed).
     """
     timing: dict[str, float] = {}
     start = time.perf_counter()
     vector_target, prob_target = check_outputs(out_vector, out_probability, overwrite)
     _check_numbers(tile_size, overlap_px, batch_size, threshold)
-    torch_device = pick_device(device) if isinstance(device, str) else device
     with contextlib.ExitStack() as stack:
         stack.enter_context(gdal_exceptions())  # on for the reader thread too (process-wide)
         if prob_target is not None:
@@ -672,19 +849,23 @@ def detect_with_predictor(
         tiles_start = time.perf_counter()
         stats = predict_probability_raster(
             pair,
-            predict,
+            run_batch,
             prob_temp,
             TilePreparer(pair, stretches, normalisation),
             tile_size=tile_size,
             overlap_px=overlap_px,
             batch_size=batch_size,
-            device=torch_device,
             metadata=metadata,
+            scratch=prob_target is None,
             progress=sub_progress(progress, _ALIGN_END, _TILES_END),
             cancelled=cancelled,
         )
         timing["tiles"] = time.perf_counter() - tiles_start
         timing["predict"] = stats.predict_s
+        timing["reader_cpu"] = stats.reader_cpu_s
+        timing["reader_wait"] = stats.reader_wait_s
+        width, height, pair_bands = pair.width, pair.height, pair.bands
+        pair.close()  # its datasets' cached blocks go before polygonizing
 
         if prob_target is not None:
             _timed(
@@ -695,36 +876,28 @@ def detect_with_predictor(
                 sub_progress(progress, _TILES_END, _OVERVIEWS_END),
                 cancelled,
             )
-        polygons = _timed(
+        polygon_count = _timed(
             timing,
-            "polygonize",
-            polygonize_changes,
+            "polygons",
+            _write_polygons,
             prob_temp,
+            vector_temp,
+            vector_target,
+            metadata,
             threshold=threshold,
             min_area_m2=min_area_m2,
             simplify_m=simplify_m,
-            progress=sub_progress(progress, _OVERVIEWS_END, _POLYGONS_END),
-            cancel=cancelled,
+            strip_rows=_polygon_strip_rows(width),
+            progress=sub_progress(progress, _OVERVIEWS_END, 1.0),
+            cancelled=cancelled,
         )
         check_cancel(cancelled)
-        report(progress, _POLYGONS_END, "writing polygons")
-        _timed(
-            timing,
-            "write",
-            _write_polygons,
-            polygons,
-            vector_temp,
-            vector_target,
-            pair.crs_wkt,
-            metadata,
-        )
-        width, height, pair_bands = pair.width, pair.height, pair.bands
     timing["total"] = time.perf_counter() - start
-    report(progress, 1.0, f"{len(polygons)} change polygons")
+    report(progress, 1.0, f"{polygon_count} change polygons")
     result = DetectResult(
         vector_path=vector_target,
         probability_path=prob_target,
-        polygon_count=len(polygons),
+        polygon_count=polygon_count,
         threshold=float(threshold),
         stretch=stretch,
         timing_s={k: round(v, 3) for k, v in timing.items()},
@@ -732,9 +905,10 @@ def detect_with_predictor(
         height=height,
         tiles=stats.tiles,
         tiles_computed=stats.tiles_computed,
-        device=str(torch_device),
+        device=device,
         model_kind=str((model_info or {}).get("model_kind", "custom")),
         bands=tuple(pair_bands),
+        runtime=runtime,
     )
     log.info(
         "%d change polygons in %s (%d x %d px, %d tiles, %.1f s)",
@@ -779,21 +953,46 @@ def _output_metadata(
 
 
 def _write_polygons(
-    polygons: Sequence[Any],
+    prob_path: Path,
     temp: Path,
     target: Path,
-    crs_wkt: str,
     metadata: dict[str, Any],
-) -> None:
-    """Write the polygons to ``temp`` (layer named after ``target``) plus GeoPackage metadata."""
+    *,
+    threshold: float,
+    min_area_m2: float,
+    simplify_m: float,
+    strip_rows: int,
+    progress: Optional[ProgressCallback],
+    cancelled: Optional[CancelCheck],
+) -> int:
+    """Polygonize ``prob_path`` into ``temp`` (layer named after ``target``), streaming, plus
+    the GeoPackage layer metadata; return the polygon count."""
     with _quiet("kdmsi.vector"):  # it would log the temporary name
-        write_vector(polygons, temp, crs_wkt, overwrite=True, layer=target.stem)
+        count = write_change_polygons(
+            prob_path,
+            temp,
+            threshold=threshold,
+            min_area_m2=min_area_m2,
+            simplify_m=simplify_m,
+            strip_rows=strip_rows,
+            layer=target.stem,
+            overwrite=True,
+            progress=progress,
+            cancel=cancelled,
+        )
     if vector_driver(target) == "GPKG":
         from osgeo import ogr
 
         source = ogr.Open(str(temp), 1)
         source.GetLayer(0).SetMetadata(_metadata_strings(metadata))
         source = None
+    return count
+
+
+def _polygon_strip_rows(width: int) -> int:
+    """Rows per polygonize pass: about 2 Mpx per strip (32 to 512 rows), so its buffers do
+    not grow with the raster's width either."""
+    return max(32, min(512, (1 << 21) // max(width, 1)))
 
 
 @contextlib.contextmanager
@@ -890,16 +1089,25 @@ def _tile_records(
 
 
 __all__ = [
+    "BatchRunner",
     "DEFAULT_THRESHOLD",
     "DetectOutputError",
     "DetectResult",
     "Predict",
     "TilePreparer",
     "TileReader",
+    "AUTO_PROBE_MIN_TILES",
+    "DETECT_GDAL_CACHE_MB",
     "check_outputs",
     "detect_changes",
     "detect_with_predictor",
+    "detect_with_runner",
+    "choose_runtime",
     "forward_batch",
+    "release_freed_memory",
+    "tune_process_for_detect",
+    "onnx_batch_runner",
+    "torch_batch_runner",
     "make_tile_grid",
     "model_predictor",
     "predict_probability_raster",

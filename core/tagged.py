@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .atomic import check_output_target
+from .atomic import check_folder_target, check_output_target
 from .checkpoint import save_detector
 from .data import IGNORE_INDEX, Normalisation, paired_augment
 from .inference import DEFAULT_SCALES, pick_device
@@ -25,8 +25,12 @@ from .pipeline import TilePreparer
 from .progress import CancelCheck, ProgressCallback, report, sub_progress
 from .pseudo_labels import msi_pseudo_labels
 from .raster import AlignedPair, BandStretch, align_pair, pair_stretches
+from .report import require_report_dependencies
+from .report_tiles import thin_steps
+from .run_reports import tags_report
+from .thresholds import ProbabilityHistograms
 from .tiling import Window
-from .training import CDConfig, KDConfig, train_detector, train_kd
+from .training import CDConfig, HiCDConfig, KDConfig, train_detector, train_hicd, train_kd
 from .training.kd import MIN_TILES_PER_CLASS
 
 log = logging.getLogger(__name__)
@@ -190,7 +194,13 @@ class RasterTileDataset(Dataset):
 
 @dataclass
 class TagTrainingConfig:
-    """Everything `train_from_tags` needs beyond the inputs."""
+    """Everything `train_from_tags` needs beyond the inputs.
+
+    quality_robust: "the two images differ in quality": after the detector is trained, a HiCD
+    student (`kdmsi.training.train_hicd`, options in `hicd`) is trained with it as the teacher
+    on the same tiles with degraded after images, and the student is saved instead, marked
+    quality-robust (`kdmsi.checkpoint.is_quality_robust`).
+    """
 
     tile_size: int = 256
     bands: Optional[list[int]] = None
@@ -198,6 +208,8 @@ class TagTrainingConfig:
     scales: tuple[float, ...] = DEFAULT_SCALES
     kd: KDConfig = field(default_factory=KDConfig)
     cd: CDConfig = field(default_factory=CDConfig)
+    quality_robust: bool = False
+    hicd: HiCDConfig = field(default_factory=HiCDConfig)
 
 
 def train_from_tags(
@@ -209,14 +221,20 @@ def train_from_tags(
     overwrite: bool = False,
     progress: Optional[ProgressCallback] = None,
     cancelled: Optional[CancelCheck] = None,
+    report_dir: Optional[PathLike] = None,
 ) -> dict:
     """Train KD teacher/student, make MSI pseudo labels, train the detector, save it to `out`.
 
     Returns the training summary stored in the checkpoint metadata. Nothing is written at
-    `out` unless every stage succeeds.
+    `out` unless every stage succeeds. With `report_dir`, the training report (an HTML page
+    with loss curves, the pseudo-label threshold and sample tiles, see `kdmsi.report`) is
+    written to that folder after the model; `overwrite` also applies to it.
     """
     config = config or TagTrainingConfig()
     check_output_target(out, overwrite)
+    if report_dir is not None:
+        check_folder_target(report_dir, overwrite)
+        require_report_dependencies()
     pair = align_pair(before, after, config.bands)
     try:
         windows = read_tagged_windows(tiles, pair, config.tile_size)
@@ -235,6 +253,7 @@ def train_from_tags(
         dataset = RasterTileDataset(pair, windows, stretches, normalisation, config.tile_size)
         device = pick_device(config.kd.device)
         kd = train_kd(dataset, config.kd, None, sub_progress(progress, 0.0, 0.45), cancelled)
+        histograms = ProbabilityHistograms()
         masks, choice = msi_pseudo_labels(
             kd.student.to(device),
             dataset,
@@ -243,20 +262,73 @@ def train_from_tags(
             device=device,
             progress=sub_progress(progress, 0.45, 0.55),
             cancelled=cancelled,
+            histograms=histograms,
         )
         log.info("pseudo labels: %s", choice.describe())
         dataset.set_masks(masks)
-        cd = train_detector(dataset, config.cd, None, sub_progress(progress, 0.55, 0.99), cancelled)
+        cd_end = 0.8 if config.quality_robust else 0.97
+        cd = train_detector(
+            dataset, config.cd, None, sub_progress(progress, 0.55, cd_end), cancelled
+        )
         summary = {
             "source": {"before": str(before), "after": str(after), "tiles": str(tiles)},
             "tags": {"changed": counts[1], "not_changed": counts[0]},
             "stretch": {"before": stretches[0].to_dict(), "after": stretches[1].to_dict()},
-            "kd": {"config": kd.config, "history": kd.history, "selection": kd.selection},
+            "kd": {
+                "config": kd.config,
+                "history": kd.history,
+                "selection": kd.selection,
+                "steps": thin_steps(kd.steps),
+            },
             "pseudo_labels": {"threshold": choice.to_dict(), "scales": list(config.scales)},
-            "detector": {"config": cd.config, "history": cd.history, "selection": cd.selection},
+            "detector": {
+                "config": cd.config,
+                "history": cd.history,
+                "selection": cd.selection,
+                "steps": thin_steps(cd.steps),
+            },
         }
-        save_detector(out, cd.model, pair.bands, normalisation, config.tile_size, summary)
-        report(progress, 1.0, f"saved {out}")
+        deployed = cd.model
+        if config.quality_robust:
+            hicd = train_hicd(
+                cd.model, dataset, config.hicd, sub_progress(progress, cd_end, 0.97), cancelled
+            )
+            summary["hicd"] = {
+                "config": hicd.config,
+                "history": hicd.history,
+                "selection": hicd.selection,
+            }
+            deployed = hicd.model
+        save_detector(
+            out,
+            deployed,
+            pair.bands,
+            normalisation,
+            config.tile_size,
+            summary,
+            quality_robust=config.quality_robust,
+            method=config.hicd.method if config.quality_robust else None,
+        )
+        report(progress, 0.98, f"saved {out}")
+        if report_dir is not None:
+            dataset.augment = False
+            tags_report(
+                report_dir,
+                dataset,
+                kd,
+                cd,
+                masks,
+                choice,
+                histograms,
+                config.scales,
+                device,
+                overwrite,
+                settings={"before": str(before), "after": str(after), "tiles": str(tiles)},
+                detector=deployed,
+            )
+            report(progress, 1.0, f"training report in {report_dir}")
+        else:
+            report(progress, 1.0, f"saved {out}")
         return summary
     finally:
         pair.close()

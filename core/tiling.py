@@ -4,7 +4,7 @@ A raster of ``width`` x ``height`` pixels is cut into ``tile_size`` square tiles
 ``stride = tile_size - overlap_px``; the last column/row of tiles is shifted back so every tile
 stays inside the raster. Per-tile predictions are multiplied by `blend_window` and summed by
 `StitchAccumulator`, which hands back finished full-width row strips as soon as no later tile
-row can touch them, so memory stays at about ``(tile_size + stride) * width`` floats.
+row can touch them, so memory stays at ``2 * tile_size * width`` floats.
 """
 
 from __future__ import annotations
@@ -143,14 +143,15 @@ class StitchAccumulator:
 
     The result is ``sum(weight * prob) / sum(weight)`` per pixel; pixels with zero total weight
     (e.g. weight multiplied by a validity mask that is False in every tile) come out NaN.
-    Memory: two float32 buffers of ``(tile_size + stride) x width`` whatever the raster height.
+    Memory: two float32 buffers of ``tile_size x width`` whatever the raster height: a tile row
+    spans ``tile_size`` rows, so popping the rows above a tile row before adding it (as above,
+    or before each tile with ``pop_finished(win.y)``) always leaves room.
     """
 
     def __init__(self, width: int, height: int, tile_size: int = 256, overlap_px: int = 64):
         _check_grid_args(width, height, tile_size, overlap_px)
         self.width, self.height = width, height
-        stride = tile_size - overlap_px
-        self.capacity = min(height, tile_size + stride)
+        self.capacity = min(height, tile_size)
         self._num = np.zeros((self.capacity, width), dtype=np.float32)
         self._den = np.zeros((self.capacity, width), dtype=np.float32)
         self._y0 = 0  # raster row held in buffer row 0; rows above are finished and gone

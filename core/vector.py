@@ -11,11 +11,13 @@ Pipeline of `polygonize_changes`:
    preserves area everywhere, so also right for geographic CRSs), optional simplification,
    minimum-area filter, ids 1..n.
 
-Memory: for a raster path the mask and label rasters are temporary tiled GeoTIFFs on disk and
-every pass reads ``strip_rows`` full-width rows at a time, so raster memory is bounded by
-about ``strip_rows * width * 9`` bytes whatever the height; what grows with the result is the
-list of polygons itself (held in memory) and a few numbers per polygon. For a numpy array
-input everything is in memory (the array already is): fine for moderate sizes only.
+Memory: for a raster path the mask and label rasters are temporary tiled GeoTIFFs on disk,
+the polygons go to a temporary GeoPackage, and every pass reads ``strip_rows`` full-width rows
+at a time, so raster memory is bounded by about ``strip_rows * width * 9`` bytes whatever the
+height. `write_change_polygons` (what `kdmsi detect` uses) streams the polygons from that
+GeoPackage to the output one by one, so only three numbers per polygon stay in memory;
+`polygonize_changes` returns them as a list. For a numpy array input everything is in memory
+(the array already is): fine for moderate sizes only.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 from osgeo import gdal, ogr, osr
@@ -48,6 +50,7 @@ VECTOR_DRIVERS: dict[str, str] = {
 """Output extension -> OGR driver used by `write_vector`."""
 
 SCHEMA_PROPERTIES = {"id": "int", "area_m2": "float", "mean_prob": "float", "max_prob": "float"}
+"""The output's attributes as fiona reports them."""
 
 
 class VectorOutputError(ValueError):
@@ -232,15 +235,24 @@ def _threshold(
 def _polygonize(
     mask_ds: gdal.Dataset,
     crs_wkt: str,
+    workdir: Optional[str],
     connectedness: int,
     cancel: Optional[CancelCheck],
     progress: Optional[ProgressCallback],
 ) -> tuple[ogr.DataSource, ogr.Layer]:
-    """Polygons of the mask's 1-pixels in an in-memory layer with a ``label`` field 1..n."""
-    source = ogr.GetDriverByName("Memory").CreateDataSource("changes")
-    layer = source.CreateLayer("changes", srs_from_wkt(crs_wkt), ogr.wkbPolygon)
+    """Polygons of the mask's 1-pixels in a layer with a ``label`` field 1..n: in memory, or
+    (with ``workdir``) in a GeoPackage there, written in one transaction."""
+    if workdir is None:
+        source = ogr.GetDriverByName("Memory").CreateDataSource("changes")
+        options: list[str] = []
+    else:
+        source = ogr.GetDriverByName("GPKG").CreateDataSource(str(Path(workdir) / "poly.gpkg"))
+        options = ["SPATIAL_INDEX=NO"]
+    layer = source.CreateLayer("changes", srs_from_wkt(crs_wkt), ogr.wkbPolygon, options)
     layer.CreateField(ogr.FieldDefn("label", ogr.OFTInteger64))
     band = mask_ds.GetRasterBand(1)
+    if workdir is not None:
+        source.StartTransaction()  # one transaction: thousands of inserts per second
     gdal.Polygonize(
         band,
         band,
@@ -249,6 +261,10 @@ def _polygonize(
         [f"8CONNECTED={connectedness}"] if connectedness == 8 else [],
         callback=_gdal_callback(cancel, progress, 0.3, 0.6, "polygonizing"),
     )
+    if workdir is not None:  # GeoPackage fids are 1..n in insertion order
+        source.CommitTransaction()
+        source.ExecuteSQL("UPDATE changes SET label = fid")
+        return source, source.GetLayer(0)
     fids = [feature.GetFID() for feature in layer]
     for label, fid in enumerate(fids, start=1):
         feature = layer.GetFeature(fid)
@@ -336,25 +352,76 @@ def polygonize_changes(
             )
         crs = prob_ds.GetProjection()
         try:
-            return _polygonize_dataset(
-                prob_ds,
-                crs,
-                workdir,
-                threshold,
-                valid,
-                min_area_m2,
-                simplify_m,
-                connectedness,
-                strip_rows,
-                progress,
-                cancel,
+            return list(
+                _iter_polygons(
+                    prob_ds,
+                    crs,
+                    workdir,
+                    threshold,
+                    valid,
+                    min_area_m2,
+                    simplify_m,
+                    connectedness,
+                    strip_rows,
+                    progress,
+                    cancel,
+                )
             )
         except RuntimeError:
             check_cancel(cancel)  # a GDAL callback stopped the work: report it as Cancelled
             raise
 
 
-def _polygonize_dataset(
+def write_change_polygons(
+    prob: PathLike,
+    out: PathLike,
+    threshold: float = 0.5,
+    min_area_m2: float = 0.0,
+    simplify_m: float = 0.0,
+    connectedness: int = 8,
+    strip_rows: int = 512,
+    layer: Optional[str] = None,
+    overwrite: bool = False,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelCheck] = None,
+) -> int:
+    """Polygonize a probability raster file straight into a vector file; return the count.
+
+    The same polygons as `polygonize_changes` (arguments alike), written as `write_vector`
+    writes them (Polygon layer in the raster's CRS), but streamed: no list of polygons is
+    ever held in memory, so memory does not grow with the number of changes.
+
+    Raises:
+        VectorOutputError, FileExistsError, OutputNotWritableError, Cancelled.
+    """
+    if connectedness not in (4, 8):
+        raise ValueError(f"connectedness must be 4 or 8, got {connectedness}")
+    vector_driver(out)
+    with contextlib.ExitStack() as stack, gdal_exceptions():
+        prob_ds = open_raster(prob)
+        workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="kdmsi-poly-"))
+        crs = prob_ds.GetProjection()
+        polygons = _iter_polygons(
+            prob_ds,
+            crs,
+            workdir,
+            threshold,
+            None,
+            min_area_m2,
+            simplify_m,
+            connectedness,
+            strip_rows,
+            progress,
+            cancel,
+        )
+        try:
+            return _write_features(polygons, out, crs, False, overwrite, layer)
+        except RuntimeError:
+            check_cancel(cancel)
+            raise
+
+
+def _iter_polygons(
     prob_ds: gdal.Dataset,
     crs_wkt: str,
     workdir: Optional[str],
@@ -366,13 +433,14 @@ def _polygonize_dataset(
     strip_rows: int,
     progress: Optional[ProgressCallback],
     cancel: Optional[CancelCheck],
-) -> list[ChangePolygon]:
+) -> Iterator[ChangePolygon]:
+    """The change polygons of ``prob_ds``, one by one (see `polygonize_changes`)."""
     mask_ds = _scratch_dataset(workdir, "mask.tif", prob_ds, gdal.GDT_Byte)
     changed = _threshold(prob_ds, mask_ds, threshold, valid, strip_rows, cancel, progress)
     if changed == 0:
         report(progress, 1.0, "no change found")
-        return []
-    source, layer = _polygonize(mask_ds, crs_wkt, connectedness, cancel, progress)
+        return
+    source, layer = _polygonize(mask_ds, crs_wkt, workdir, connectedness, cancel, progress)
     mask_ds = None
     count = layer.GetFeatureCount()
     label_ds = _scratch_dataset(workdir, "labels.tif", prob_ds, gdal.GDT_UInt32)
@@ -389,28 +457,29 @@ def _polygonize_dataset(
     label_ds = None
     xmin, ymin, xmax, ymax = raster_extent(prob_ds)
     areas = AreaCalculator(crs_wkt, ((xmin + xmax) / 2, (ymin + ymax) / 2))
-    polygons: list[ChangePolygon] = []
+    kept = 0
     layer.ResetReading()
-    for feature in layer:
-        check_cancel(cancel)
-        label = feature.GetField("label")
+    for index, feature in enumerate(layer, start=1):
+        if index % 256 == 0:
+            check_cancel(cancel)
+            report(progress, 0.9 + 0.1 * index / count, "polygons")
+        label = feature.GetFieldAsInteger64(0)  # the "label" field
         geom = areas.simplify(feature.GetGeometryRef(), simplify_m)
         area = areas.area_m2(geom)
         if area < min_area_m2 or geom.IsEmpty():
             continue
-        polygons.append(
-            ChangePolygon(
-                id=len(polygons) + 1,
-                area_m2=float(area),
-                mean_prob=float(means[label]),
-                max_prob=float(maxima[label]),
-                wkb=bytes(geom.ExportToIsoWkb()),
-            )
+        kept += 1
+        yield ChangePolygon(
+            id=kept,
+            area_m2=float(area),
+            mean_prob=float(means[label]),
+            max_prob=float(maxima[label]),
+            wkb=bytes(geom.ExportToIsoWkb()),
         )
-    del layer, source  # the layer lives as long as its in-memory data source
-    log.info("%d change polygons (%d before filtering)", len(polygons), count)
-    report(progress, 1.0, f"{len(polygons)} change polygons")
-    return polygons
+    check_cancel(cancel)
+    del layer, source  # the layer lives as long as its data source
+    log.info("%d change polygons (%d before filtering)", kept, count)
+    report(progress, 1.0, f"{kept} change polygons")
 
 
 # ---------------------------------------------------------------------------------- writing
@@ -430,17 +499,6 @@ def vector_driver(path: PathLike) -> str:
             f"use one of {known} (GeoPackage .gpkg recommended)"
         )
     return VECTOR_DRIVERS[ext]
-
-
-def _records(features: Sequence[ChangePolygon], multi: bool) -> Iterator[dict[str, Any]]:
-    import shapely
-    from shapely.geometry import MultiPolygon, mapping
-
-    for feature in features:
-        geom = shapely.from_wkb(feature.wkb)
-        if multi and geom.geom_type == "Polygon":
-            geom = MultiPolygon([geom])
-        yield {"geometry": mapping(geom), "properties": feature.properties()}
 
 
 def write_vector(
@@ -467,22 +525,74 @@ def write_vector(
         VectorOutputError: unknown extension. FileExistsError / OutputNotWritableError: see
         `kdmsi.atomic.atomic_output`.
     """
-    import fiona
-    from fiona.crs import CRS
-
     target = Path(path)
-    driver = vector_driver(target)
-    types = {f.geometry_type for f in features}
-    multi = "MULTIPOLYGON" in types
-    schema = {"geometry": "MultiPolygon" if multi else "Polygon", "properties": SCHEMA_PROPERTIES}
-    kwargs: dict[str, Any] = {"driver": driver, "schema": schema, "crs": CRS.from_wkt(crs_wkt)}
-    if driver in ("GPKG", "GeoJSON"):
-        kwargs["layer"] = layer or target.stem  # not the temporary file's name
-    with atomic_output(target, overwrite) as temp:
-        with fiona.open(str(temp), "w", **kwargs) as sink:
-            sink.writerecords(_records(features, multi))
-    log.info("wrote %d polygons to %s", len(features), target)
+    multi = "MULTIPOLYGON" in {f.geometry_type for f in features}
+    count = _write_features(features, target, crs_wkt, multi, overwrite, layer)
+    log.info("wrote %d polygons to %s", count, target)
     return target
+
+
+def _write_features(
+    features: Iterable[ChangePolygon],
+    target: Path,
+    crs_wkt: str,
+    multi: bool,
+    overwrite: bool,
+    layer: Optional[str],
+) -> int:
+    """Write ``features`` (consumed once) atomically to ``target`` with OGR; return how many.
+
+    Fields: ``id`` Integer64, ``area_m2``, ``mean_prob``, ``max_prob`` Real; geometry from
+    each feature's WKB (promoted to MultiPolygon when ``multi``). One transaction where the
+    driver has them (GeoPackage).
+    """
+    target = Path(target)
+    driver = vector_driver(target)
+    with atomic_output(target, overwrite) as temp, gdal_exceptions():
+        source = ogr.GetDriverByName(driver).CreateDataSource(str(temp))
+        sink = source.CreateLayer(
+            layer or target.stem,  # not the temporary file's name
+            srs_from_wkt(crs_wkt),
+            ogr.wkbMultiPolygon if multi else ogr.wkbPolygon,
+        )
+        for name, kind in _FIELD_TYPES.items():
+            sink.CreateField(ogr.FieldDefn(name, kind))
+        transaction = bool(source.TestCapability(ogr.ODsCTransactions))
+        if transaction:
+            source.StartTransaction()
+        count = 0
+        for feature in _ogr_features(features, sink.GetLayerDefn(), multi):
+            sink.CreateFeature(feature)
+            count += 1
+        if transaction:
+            source.CommitTransaction()
+        sink = source = None  # closes and flushes the file
+    return count
+
+
+_FIELD_TYPES = {
+    "id": ogr.OFTInteger64,
+    "area_m2": ogr.OFTReal,
+    "mean_prob": ogr.OFTReal,
+    "max_prob": ogr.OFTReal,
+}
+
+
+def _ogr_features(
+    features: Iterable[ChangePolygon], defn: ogr.FeatureDefn, multi: bool
+) -> Iterator[ogr.Feature]:
+    index = [defn.GetFieldIndex(name) for name in _FIELD_TYPES]
+    for feature in features:
+        out = ogr.Feature(defn)
+        out.SetFieldInteger64(index[0], feature.id)
+        out.SetField(index[1], feature.area_m2)
+        out.SetField(index[2], feature.mean_prob)
+        out.SetField(index[3], feature.max_prob)
+        geom = ogr.CreateGeometryFromWkb(feature.wkb)
+        if multi and geom.GetGeometryType() != ogr.wkbMultiPolygon:
+            geom = ogr.ForceToMultiPolygon(geom)
+        out.SetGeometryDirectly(geom)
+        yield out
 
 
 __all__ = [
@@ -493,5 +603,6 @@ __all__ = [
     "VectorOutputError",
     "polygonize_changes",
     "vector_driver",
+    "write_change_polygons",
     "write_vector",
 ]

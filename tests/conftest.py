@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import zipfile
 from pathlib import Path
 
@@ -25,6 +27,59 @@ def real_data() -> Path:
     if not (REAL_DATA / "pairs.csv").is_file():
         pytest.skip(f"real sample data not found at {REAL_DATA}")
     return REAL_DATA
+
+
+_RENDER_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PyQt5.QtCore import QEventLoop, QTimer, QUrl
+    from PyQt5.QtWidgets import QApplication
+    from PyQt5.QtWebKitWidgets import QWebPage
+
+    app = QApplication(["render"])
+    page = QWebPage()
+    loop, done = QEventLoop(), []
+    page.mainFrame().loadFinished.connect(lambda ok: (done.append(ok), loop.quit()))
+    QTimer.singleShot(20000, loop.quit)
+    page.mainFrame().load(QUrl.fromLocalFile(sys.argv[1]))
+    loop.exec_()
+    images = page.mainFrame().evaluateJavaScript(
+        "Array.from(document.images).map(function (i) {"
+        " return [i.getAttribute('src'), i.complete, i.naturalWidth, i.naturalHeight]; })"
+    )
+    print(json.dumps({"loaded": done, "title": page.mainFrame().title(), "images": images}))
+    """
+)
+
+
+@pytest.fixture(scope="session")
+def render_page():
+    """A function: HTML file -> {"loaded", "title", "images": [[src, complete, naturalWidth,
+    naturalHeight], ...]} as QtWebKit sees the page, loaded offscreen in a fresh process (so a
+    QgsApplication of other tests cannot interfere). Skips when QtWebKit is not installed."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("PyQt5.QtWebKitWidgets") is not None
+    except ImportError:  # no PyQt5 at all
+        found = False
+    if not found:
+        pytest.skip("QtWebKit (python3-pyqt5.qtwebkit) is not installed: no headless browser")
+
+    def render(index) -> dict:
+        env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+        out = subprocess.run(
+            [sys.executable, "-c", _RENDER_SCRIPT, str(Path(index).resolve())],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            check=True,
+        )
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    return render
 
 
 @pytest.fixture(scope="session")

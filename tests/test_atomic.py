@@ -148,3 +148,28 @@ def test_check_cancel_and_report():
     report(lambda f, m: seen.append((f, m)), 1.5, "x")
     report(None, 0.5, "ignored")
     assert seen == [(1.0, "x")]
+
+
+def test_atomic_folder_replaces_a_folder_whole_or_not_at_all(tmp_path):
+    from kdmsi.atomic import atomic_folder
+
+    target = tmp_path / "report"
+    with atomic_folder(target) as tmp:
+        (tmp / "a.txt").write_text("old")
+        assert not target.exists()
+    assert (target / "a.txt").read_text() == "old" and oct(target.stat().st_mode)[-3:] == "755"
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        with atomic_folder(target):
+            pass
+    with pytest.raises(Cancelled):
+        with atomic_folder(target, overwrite=True) as tmp:
+            (tmp / "b.txt").write_text("new")
+            check_cancel(lambda: True)
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt"]
+    with atomic_folder(target, overwrite=True) as tmp:
+        (tmp / "b.txt").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no temporary left
+    with pytest.raises(NotADirectoryError):
+        with atomic_folder(target / "b.txt", overwrite=True):
+            pass

@@ -4,7 +4,13 @@ import pickle
 import pytest
 import torch
 
-from kdmsi.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from kdmsi.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+    save_detector,
+)
 from kdmsi.models import SiameseCAMNet, SiameseDeepLabV3Plus
 
 NORM = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
@@ -114,3 +120,15 @@ def test_save_refuses_a_missing_folder(tmp_path):
     net = SiameseDeepLabV3Plus("resnet18")
     with pytest.raises(CheckpointError, match="does not exist"):
         save_checkpoint(tmp_path / "no" / "m.kdmsi", _meta("detector", net), state_dict={})
+
+
+def test_mobilenet_detector_round_trip_records_the_backbone(tmp_path):
+    from kdmsi.normalisation import Normalisation
+
+    net = SiameseDeepLabV3Plus("mobilenet_v3_large").eval()
+    path = save_detector(tmp_path / "m.kdmsi", net, [1, 2, 3], Normalisation.default(3), 64)
+    loaded, meta = load_checkpoint(path)
+    assert meta["model"] == {"backbone": "mobilenet_v3_large", "in_channels": 3}
+    x, y = torch.randn(1, 3, 64, 64), torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(net(x, y), loaded(x, y))

@@ -15,9 +15,11 @@ FAST_KD = ["--backbone", "resnet18", "--epochs", "1", "--batch-size", "4"]
 FAST_CD = ["--backbone", "resnet18", "--epochs", "1", "--batch-size", "4"]
 
 
-def run_chain(tmp_path, data, tile_size, capsys):
+def run_chain(tmp_path, data, tile_size, capsys, report=True):
+    """train-kd, pseudo-labels, train-cd (with their default training reports unless `report`
+    is False), evaluate."""
     kd, cd, pseudo = tmp_path / "kd.kdmsi", tmp_path / "cd.kdmsi", tmp_path / "pseudo"
-    tile = ["--tile-size", str(tile_size)]
+    tile = ["--tile-size", str(tile_size)] + ([] if report else ["--no-report"])
     assert main(["train-kd", "--data", str(data), "--out", str(kd), *FAST_KD, *tile]) == 0
     assert (
         main(
@@ -79,16 +81,60 @@ def run_chain(tmp_path, data, tile_size, capsys):
     return kd, cd, pseudo
 
 
-def test_cli_chain_on_synthetic_tiles(tmp_path, capsys):
+def test_cli_chain_on_synthetic_tiles(tmp_path, capsys, render_page):
     data = tmp_path / "data"
     assert (
         main(["synth", "--out", str(data), "--scenes", "2", "--size", "128", "--tile-size", "64"])
         == 0
     )
     assert (data / "labels.csv").is_file()
-    _, _, pseudo = run_chain(tmp_path, data, 64, capsys)
+    kd, cd, pseudo = run_chain(tmp_path, data, 64, capsys)
     info = json.loads((pseudo / "pseudo_labels.json").read_text())
     assert info["threshold"]["method"].startswith("auto")
+    assert info["kd_model"] == str(kd.resolve()) and info["msi_histogram"]["bins"] == 100
+    check_reports(tmp_path)
+    page = render_page(tmp_path / "cd_report" / "index.html")  # a headless browser sees it all
+    assert page["loaded"] == [True] and len(page["images"]) > 2 * 8
+    assert all(complete and width > 0 for _, complete, width, _ in page["images"])
+    check_ablation(tmp_path, kd, cd, data, info, capsys)
+
+
+def check_reports(folder):
+    """The training runs wrote their reports beside the models (`<model stem>_report`)."""
+    kd_report = json.loads((folder / "kd_report" / "report.json").read_text())
+    kd_panels = ["pre", "post", "truth", "teacher-cam", "student", "msi"]
+    assert kd_report["tiles"] and all(t["panels"] == kd_panels for t in kd_report["tiles"])
+    assert kd_report["threshold"] is None and kd_report["kd"]["history"]
+    full = json.loads((folder / "cd_report" / "report.json").read_text())
+    every = [*kd_panels, "pseudo-label", "detector"]
+    assert full["tiles"] and all(t["panels"] == every for t in full["tiles"])
+    assert {"losses", "threshold", "colour_prob", "colour_mask"} == set(full["figures"])
+    assert full["threshold"]["method"].startswith("auto")
+    assert full["kd"]["history"] and full["detector"]["history"]
+    (rows,) = full["metrics"].values()
+    assert 0 <= rows["pseudo labels"]["cIoU"] <= 1
+    assert (folder / "cd_report" / "index.html").is_file()
+
+
+def check_ablation(folder, kd, cd, data, pseudo_info, capsys):
+    argv = ["evaluate", "--ablation", "--model", str(kd), "--model", str(cd), "--data", str(data)]
+    argv += ["--scales", "1", "--out", str(folder / "ablation")]
+    capsys.readouterr()
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    for title in ("teacher CAM", "student + MI", "student + MSI", "pseudo labels", "detector"):
+        assert title in printed
+    saved = json.loads((folder / "ablation" / "ablation.json").read_text())
+    rows = saved["rows"]
+    assert list(rows) == ["teacher-cam", "student", "mi", "msi", "pseudo-labels", "detector"]
+    assert rows["pseudo-labels"]["threshold"] == pytest.approx(pseudo_info["threshold"]["value"])
+    assert saved["info"]["pseudo_label_threshold_source"] == str(cd)
+    for row in rows.values():
+        assert row["cIoU"] + row["FP"] + row["FN"] == pytest.approx(1.0)
+    assert "| student + MSI |" in (folder / "ablation" / "ablation.md").read_text()
+    assert main(argv) == 2 and "--overwrite" in capsys.readouterr().err
+    no_kd = ["evaluate", "--ablation", "--model", str(cd), "--data", str(data)]
+    assert main(no_kd) == 2 and "needs the KD model" in capsys.readouterr().err
 
 
 @pytest.mark.real_data
@@ -107,7 +153,8 @@ def test_cli_chain_on_real_tiles(tmp_path, capsys, real_data):
             real_data / "LEVIR-CD" / sub / "train_386_0512_0768.png",
             data / sub / "LEVIR-CD_train_386_0512_0768.png",
         )
-    kd, cd, _ = run_chain(tmp_path, data, 128, capsys)
+    kd, cd, _ = run_chain(tmp_path, data, 128, capsys, report=False)  # reports: synthetic test
+    assert not (tmp_path / "kd_report").exists() and not (tmp_path / "cd_report").exists()
     assert read_image(data / "label" / "LEVIR-CD_train_386_0512_0768.png").max() == 0
 
 
@@ -153,3 +200,33 @@ def test_console_script_help_runs_without_torch_work():
     )
     for command in ("train-kd", "pseudo-labels", "train-cd", "evaluate"):
         assert command in out.stdout
+
+
+def test_backbone_choices_per_command(capsys):
+    from kdmsi.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(
+        [
+            "train-cd",
+            "--data",
+            "d",
+            "--labels",
+            "l",
+            "--out",
+            "o",
+            "--backbone",
+            "mobilenet_v3_large",
+        ]
+    )
+    assert args.backbone == "mobilenet_v3_large"
+    args = parser.parse_args(
+        ["train", "--before", "b", "--after", "a", "--tiles", "t", "--out", "o"]
+        + ["--detector-backbone", "mobilenet_v3_large"]
+    )
+    assert (args.backbone, args.detector_backbone) == ("resnet50", "mobilenet_v3_large")
+    with pytest.raises(SystemExit):
+        parser.parse_args(
+            ["train-kd", "--data", "d", "--out", "o", "--backbone", "mobilenet_v3_large"]
+        )
+    assert "invalid choice" in capsys.readouterr().err

@@ -333,7 +333,7 @@ def test_cancel_after_the_first_batch_leaves_no_file(tmp_path, pair):
 def test_ctrl_c_in_the_cli_exits_130_without_files(
     tmp_path, pair, detector_model, monkeypatch, capsys
 ):
-    import kdmsi.pipeline as pipeline
+    import kdmsi.detect_model as detect_model
 
     def interrupted(model, kind, scales, flip):
         def predict(pre, post):
@@ -341,7 +341,7 @@ def test_ctrl_c_in_the_cli_exits_130_without_files(
 
         return predict
 
-    monkeypatch.setattr(pipeline, "model_predictor", interrupted)
+    monkeypatch.setattr(detect_model, "model_predictor", interrupted)
     before, after = pair
     argv = [
         "detect",

@@ -4,6 +4,7 @@ import torch.nn.functional as F
 
 from kdmsi.inference import (
     multiscale_inference,
+    multiscale_maps,
     multiscale_sigmoid_inference,
     pick_device,
     single_scale_probability,
@@ -85,6 +86,15 @@ def test_mi_sums_raw_maps_then_normalises():
     got = multiscale_inference(model, pre, post, SCALES, True)
     assert torch.allclose(got, expected, atol=1e-6)
     assert float(got.amax(dim=(1, 2, 3)).min()) > 0.99  # each image peaks at ~1
+
+
+def test_msi_and_mi_from_one_set_of_forward_passes():
+    model = CountingModel().eval()
+    pre, post = torch.randn(2, 3, 40, 56), torch.randn(2, 3, 40, 56)
+    msi, mi = multiscale_maps(model, pre, post, SCALES, True)
+    assert model.calls == len(SCALES)
+    assert torch.equal(msi, multiscale_sigmoid_inference(model, pre, post, SCALES, True))
+    assert torch.equal(mi, multiscale_inference(model, pre, post, SCALES, True))
 
 
 def test_msi_with_the_real_network_in_eval_mode():

@@ -3,11 +3,13 @@ import torch
 from torchvision.models import resnet18
 
 from kdmsi.models import (
+    DETECTOR_BACKBONES,
     BackboneError,
     ResNetTrunk,
     SiameseCAMNet,
     SiameseDeepLabV3Plus,
     build_model,
+    build_trunk,
     fuse,
 )
 
@@ -105,3 +107,37 @@ def test_build_model_from_config():
     assert clone.config() == net.config()
     with pytest.raises(ValueError):
         build_model("unet", {})
+
+
+@pytest.mark.parametrize("backbone", DETECTOR_BACKBONES)
+def test_every_detector_trunk_has_stride_4_and_16_features(backbone):
+    trunk = build_trunk(backbone).eval()
+    with torch.no_grad():
+        feats = trunk(torch.randn(1, 3, 64, 96))
+    assert feats.low.shape[1:] == (trunk.low_channels, 16, 24)
+    assert feats.high.shape[1:] == (trunk.high_channels, 4, 6)
+
+
+def test_mobilenet_detector_forward_and_forward_features():
+    net = SiameseDeepLabV3Plus("mobilenet_v3_large").eval()
+    pre, post = torch.randn(2, 3, 64, 96), torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        feats = net.forward_features(pre, post)
+        prob = net.change_probability(pre, post)
+    assert (net.trunk.low_channels, net.trunk.high_channels) == (24, 960)
+    assert feats.low_pre.shape == feats.low_post.shape == (2, 24, 16, 24)
+    assert feats.high_pre.shape == feats.high_post.shape == (2, 960, 4, 6)
+    assert feats.change.shape == (2, 304, 16, 24)
+    assert feats.logits.shape == (2, 2, 64, 96)
+    assert torch.allclose(prob, feats.logits.softmax(dim=1)[:, 1:2], atol=1e-6)
+    assert net.config() == {"backbone": "mobilenet_v3_large", "in_channels": 3}
+
+
+def test_mobilenet_takes_other_band_counts_and_is_detector_only():
+    net = SiameseDeepLabV3Plus("mobilenet_v3_large", in_channels=4).eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 4, 64, 64), torch.randn(1, 4, 64, 64)).shape == (1, 2, 64, 64)
+    with pytest.raises(BackboneError, match="detector backbone only"):
+        SiameseCAMNet("mobilenet_v3_large")
+    with pytest.raises(BackboneError, match="unknown backbone"):
+        SiameseDeepLabV3Plus("vgg16")

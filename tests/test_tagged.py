@@ -1,5 +1,7 @@
 """Training from tagged tiles: windows from any-CRS tile layers, tag checks, the whole chain."""
 
+import json
+
 import numpy as np
 import pytest
 from osgeo import gdal, ogr, osr
@@ -129,15 +131,53 @@ def test_train_from_tags_writes_a_loadable_detector(tmp_path, scene_files):
     stages = []
     out = tmp_path / "model.kdmsi"
     summary = train_from_tags(
-        files["before"], files["after"], layer, out, config, progress=lambda f, m: stages.append(f)
+        files["before"],
+        files["after"],
+        layer,
+        out,
+        config,
+        progress=lambda f, m: stages.append(f),
+        report_dir=tmp_path / "report",
     )
     model, meta = load_checkpoint(out)
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    panels = ["pre", "post", "teacher-cam", "student", "msi", "pseudo-label", "detector"]
+    assert report["tiles"] and all(t["panels"] == panels for t in report["tiles"])
+    assert report["threshold"] == meta["training"]["pseudo_labels"]["threshold"]
+    assert {"losses", "threshold"} <= set(report["figures"])
+    assert meta["training"]["kd"]["steps"] and meta["training"]["detector"]["steps"]
     assert meta["kind"] == "detector" and meta["tile_size"] == TILE
     assert meta["training"]["tags"] == summary["tags"]
     assert 0 < meta["training"]["pseudo_labels"]["threshold"]["value"] < 1
     assert stages == sorted(stages) and stages[-1] == 1.0
     with pytest.raises(FileExistsError, match="--overwrite"):
         train_from_tags(files["before"], files["after"], layer, out, config)
+
+
+def test_quality_robust_training_saves_the_hicd_student(tmp_path, scene_files):
+    from kdmsi.checkpoint import is_quality_robust
+    from kdmsi.training import HiCDConfig
+
+    scene, files = scene_files
+    layer = write_tiles(tmp_path / "t.gpkg", scene, truth_tags(scene))
+    config = TagTrainingConfig(
+        tile_size=TILE,
+        scales=(1.0,),
+        kd=KDConfig(backbone="resnet18", epochs=1, batch_size=8),
+        cd=CDConfig(backbone="resnet18", epochs=1, batch_size=8),
+        quality_robust=True,
+        hicd=HiCDConfig(epochs=1, batch_size=8, preset="resolution"),
+    )
+    stages = []
+    out = tmp_path / "robust.kdmsi"
+    summary = train_from_tags(
+        files["before"], files["after"], layer, out, config, progress=lambda f, m: stages.append(f)
+    )
+    _, meta = load_checkpoint(out)
+    assert is_quality_robust(out) and meta["method"] == "hicd"
+    assert summary["hicd"]["config"]["preset"] == "resolution"
+    assert meta["training"]["hicd"]["history"][0]["train_ce"] > 0
+    assert stages == sorted(stages) and stages[-1] == 1.0
 
 
 def test_cancelled_training_writes_nothing(tmp_path, scene_files):

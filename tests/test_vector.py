@@ -223,11 +223,13 @@ def test_unknown_extension(tmp_path, polygons):
 def test_failed_write_leaves_nothing(tmp_path, monkeypatch, polygons):
     import kdmsi.vector as vector
 
-    def broken(*_args, **_kwargs):
-        yield {"geometry": None, "properties": {"nope": 1}}
+    real = vector._ogr_features
+
+    def broken(*args, **kwargs):
+        yield from real(*args, **kwargs)
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(vector, "_records", broken)
-    with pytest.raises(Exception):  # noqa: B017 - fiona or our error, either way
+    monkeypatch.setattr(vector, "_ogr_features", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
         write_vector(polygons, tmp_path / "out.gpkg", wkt(32633))
     assert list(tmp_path.iterdir()) == []

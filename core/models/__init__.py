@@ -1,6 +1,13 @@
 """Networks: the KD teacher/student (`SiameseCAMNet`) and the detector (`SiameseDeepLabV3Plus`)."""
 
-from .backbones import BACKBONES, BackboneError, ResNetTrunk
+from .backbones import (
+    BACKBONES,
+    DETECTOR_BACKBONES,
+    BackboneError,
+    MobileNetTrunk,
+    ResNetTrunk,
+    build_trunk,
+)
 from .cam_net import FUSIONS, SiameseCAMNet, fuse
 from .deeplab import DetectorFeatures, SiameseDeepLabV3Plus
 
@@ -16,13 +23,16 @@ def build_model(kind: str, config: dict):
 
 __all__ = [
     "BACKBONES",
+    "DETECTOR_BACKBONES",
     "FUSIONS",
     "MODEL_KINDS",
     "BackboneError",
     "DetectorFeatures",
+    "MobileNetTrunk",
     "ResNetTrunk",
     "SiameseCAMNet",
     "SiameseDeepLabV3Plus",
     "build_model",
+    "build_trunk",
     "fuse",
 ]

@@ -7,9 +7,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..choices import FUSIONS
 from .backbones import ResNetTrunk
-
-FUSIONS = ("abs", "diff", "concat")
 
 
 def fuse(pre: torch.Tensor, post: torch.Tensor, fusion: str) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
-from .backbones import ResNetTrunk
+from .backbones import build_trunk
 
 ASPP_RATES = (6, 12, 18)
 NUM_CLASSES = 2
@@ -26,9 +26,13 @@ def _conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
 class DetectorFeatures:
     """Intermediate tensors of one `SiameseDeepLabV3Plus` forward pass (for distillation).
 
-    Shapes for input [B, C, H, W] at output stride 16 (layer1 at stride 4):
-        low_pre, low_post: [B, C_low, H/4, W/4] encoder layer1 features of each date.
-        high_pre, high_post: [B, C_high, H/16, W/16] encoder layer4 features of each date.
+    Shapes for input [B, C, H, W] at output stride 16 (any backbone; C_low / C_high are the
+    trunk's ``low_channels`` / ``high_channels``: 64 / 512 for resnet18/34, 256 / 2048 for
+    resnet50, 24 / 960 for mobilenet_v3_large):
+        low_pre, low_post: [B, C_low, H/4, W/4] stride-4 encoder features of each date
+            (ResNet layer1).
+        high_pre, high_post: [B, C_high, H/16, W/16] last encoder features of each date
+            (ResNet layer4).
         change: [B, 304, H/4, W/4] fused change features entering the decoder (ASPP 256 + 48).
         logits: [B, 2, H, W] class logits.
     """
@@ -44,15 +48,16 @@ class DetectorFeatures:
 class SiameseDeepLabV3Plus(nn.Module):
     """DeepLabV3+ over the difference of two dates' features.
 
-    One ResNet encoder (output stride 16) for both dates; ASPP (rates 6, 12, 18 + image pooling,
+    One encoder (output stride 16) for both dates; ASPP (rates 6, 12, 18 + image pooling,
     256 channels) on f(pre) - f(post) of layer4; the decoder concatenates the upsampled ASPP
     output with a 48-channel projection of the layer1 difference, applies two 3x3 convs of 256
     and a 1x1 conv to 2 classes (0 = no change, 1 = change), upsampled bilinearly to the input.
 
     Args:
-        backbone: ``resnet18``, ``resnet34`` or ``resnet50``.
+        backbone: ``resnet18``, ``resnet34``, ``resnet50`` or ``mobilenet_v3_large``
+            (`kdmsi.models.DETECTOR_BACKBONES`).
         in_channels: bands per date.
-        weights: backbone weights (see `ResNetTrunk`); None starts from random init.
+        weights: backbone weights (see `ResNetTrunk`, `MobileNetTrunk`); None: random init.
     """
 
     def __init__(
@@ -60,7 +65,7 @@ class SiameseDeepLabV3Plus(nn.Module):
     ):
         super().__init__()
         self.backbone_name, self.in_channels = backbone, in_channels
-        self.trunk = ResNetTrunk(backbone, weights=weights, in_channels=in_channels)
+        self.trunk = build_trunk(backbone, weights=weights, in_channels=in_channels)
         self.aspp = ASPP(self.trunk.high_channels, list(ASPP_RATES), out_channels=256)
         self.low_proj = _conv_bn_relu(self.trunk.low_channels, 48, 1)
         self.decoder = nn.Sequential(_conv_bn_relu(256 + 48, 256, 3), _conv_bn_relu(256, 256, 3))

@@ -40,12 +40,16 @@ class CDConfig:
 
 @dataclass
 class CDResult:
-    """The selected detector (eval mode, CPU), per-epoch history and selection record."""
+    """The selected detector (eval mode, CPU), per-epoch history and selection record.
+
+    `steps` holds one record per optimiser step: ``step``, ``epoch`` (fractional) and ``ce``.
+    """
 
     model: SiameseDeepLabV3Plus
     history: list[dict] = field(default_factory=list)
     selection: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
+    steps: list[dict] = field(default_factory=list)
 
 
 def train_detector(
@@ -74,11 +78,12 @@ def train_detector(
     criterion = "val_change_iou" if use_val else "last_epoch"
     best_score, best = -np.inf, None
     history: list[dict] = []
+    steps: list[dict] = []
     step = 0
     for epoch in range(1, config.epochs + 1):
         model.train()
         loss_sum, n_batches = 0.0, 0
-        for batch in loader:
+        for i, batch in enumerate(loader, start=1):
             check_cancel(cancelled)
             if batch["pre"].shape[0] < 2:
                 continue  # BatchNorm in ASPP's pooling branch cannot train on one sample
@@ -91,6 +96,7 @@ def train_detector(
             loss_sum += loss.item()
             n_batches += 1
             step += 1
+            steps.append({"step": step, "epoch": epoch - 1 + i / len(loader), "ce": loss.item()})
             progress(
                 step / total_steps,
                 f"detector epoch {epoch}/{config.epochs}: loss {loss.item():.4f}",
@@ -110,7 +116,7 @@ def train_detector(
     epoch, state = best
     model.load_state_dict(state)
     selection = {"criterion": criterion, "epoch": epoch, "value": history[epoch - 1].get(criterion)}
-    return CDResult(model.cpu().eval(), history, selection, asdict(config))
+    return CDResult(model.cpu().eval(), history, selection, asdict(config), steps)
 
 
 @torch.no_grad()

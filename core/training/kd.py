@@ -59,13 +59,18 @@ class KDConfig:
 
 @dataclass
 class KDResult:
-    """The selected teacher and student (eval mode, CPU), per-epoch history, selection record."""
+    """The selected teacher and student (eval mode, CPU), per-epoch history, selection record.
+
+    `steps` holds one record per optimiser step: ``step``, ``epoch`` (fractional, at the end of
+    the step), ``total``, ``cls`` (teacher) and ``kd`` (student) losses, for the loss curves.
+    """
 
     teacher: SiameseCAMNet
     student: SiameseCAMNet
     history: list[dict] = field(default_factory=list)
     selection: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
+    steps: list[dict] = field(default_factory=list)
 
 
 def train_kd(
@@ -123,6 +128,7 @@ def train_kd(
         criterion = "last_epoch"
     best_score, best = -np.inf, None
     history: list[dict] = []
+    steps: list[dict] = []
     step = 0
     for epoch in range(1, config.epochs + 1):
         teacher.train()
@@ -138,10 +144,12 @@ def train_kd(
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
             optimizer.step()
+            values = {k: losses[k].item() for k in sums}
             for k in sums:
-                sums[k] += losses[k].item()
+                sums[k] += values[k]
             n_batches += 1
             step += 1
+            steps.append({"step": step, "epoch": epoch - 1 + n_batches / len(loader), **values})
             progress(
                 step / total_steps,
                 f"KD epoch {epoch}/{config.epochs}: loss {losses['total'].item():.4f}",
@@ -172,7 +180,9 @@ def train_kd(
         "value": history[epoch - 1].get(criterion, None),
         "heldout_tiles": len(held_idx),
     }
-    return KDResult(teacher.cpu().eval(), student.cpu().eval(), history, selection, asdict(config))
+    return KDResult(
+        teacher.cpu().eval(), student.cpu().eval(), history, selection, asdict(config), steps
+    )
 
 
 def _epoch_message(record: dict, epochs: int) -> str:

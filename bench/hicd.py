@@ -1,0 +1,411 @@
+"""Quality-robust change detection: HiCD against the direct baseline and feature-MSE distillation.
+
+For each domain (synthetic scenes from `kdmsi.synthetic`; the LEVIR-CD pairs of
+``../shared/data/real`` when present) and each degradation preset of `kdmsi.degrade`, it trains
+and scores, on held-out pairs whose after image is degraded by the preset (fixed seeds):
+
+* teacher, clean pairs: a ResNet-18 Siamese DeepLabV3+ trained on the clean training pairs'
+  masks, scored on the clean test pairs (the upper bound);
+* teacher, degraded after image: the same network on the degraded test pairs, not adapted;
+* direct on degraded: the student trained on degraded pairs with cross-entropy only (baseline);
+* feature-MSE distillation: + position-by-position feature MSE to the teacher's clean-pair
+  features (``lambda_feat``);
+* HiCD: + self / cross / change / global correlation distillation (`kdmsi.hicd`);
+* HiCD ablations (``--ablation-presets``): without the self, cross or global term (the change
+  feature term, CFD, is kept in all three).
+
+Within a domain every student has the same initialisation, tiles, augmentations, degradations,
+schedule and number of steps (`kdmsi.training.hicd.train_hicd`), so only the loss differs.
+Synthetic students start from random weights and follow the teacher's own recipe (the paper's
+set-up); on LEVIR-CD they start from the teacher and are fine-tuned for a few epochs, because
+training from random weights on real images does not fit a CPU budget. The figure is the
+change IoU (cIoU, %) over all test pixels; "gap closed" is (HiCD - direct) / (teacher clean -
+direct). ``--tune`` runs the weight search on validation scenes (seeds 201..) instead.
+
+CPU only, random initialisation, small tiles, one seed: the figures show the methods at this
+budget, not the paper's accuracy, and single-seed differences of a few points are within the
+run-to-run spread (see the README). Usage::
+
+    nice -n 5 .venv/bin/python bench/hicd.py [--domains synthetic,real] [--quick]
+
+writes ``bench/results/hicd.md`` (atomically) and prints the same tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from kdmsi.atomic import atomic_output
+from kdmsi.checkpoint import load_checkpoint, save_detector
+from kdmsi.data import PairDataset
+from kdmsi.degrade import PRESETS, DegradedPairDataset
+from kdmsi.hicd import HiCDLossConfig
+from kdmsi.models import SiameseDeepLabV3Plus
+from kdmsi.synthetic import make_scene, write_tile_dataset
+from kdmsi.training import CDConfig, HiCDConfig, train_detector, train_hicd
+from kdmsi.training.cd import detector_change_iou
+
+log = logging.getLogger("bench.hicd")
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT.parent / "shared" / "data" / "real"
+RESULTS = ROOT / "bench" / "results" / "hicd.md"
+TEST_DEGRADE_SEED = 1000
+# LEVIR-CD 256 px crops that are windows of the LEVIR-CD-1024 training images (SOURCES.md).
+LEVIR_OVERLAP = ("test_102_0512_0000", "test_7_0256_0512")
+TEACHER_ROW = "teacher, clean pairs (upper bound)"
+DIRECT_ROW = "direct on degraded (baseline)"
+FEAT_ROW = "feature-MSE distillation"
+HICD_ROW = "HiCD"
+ABLATIONS = {
+    "HiCD - self": {"use_self": False},
+    "HiCD - cross": {"use_cross": False},
+    "HiCD - global": {"use_global": False},
+}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How one domain's teacher and students are trained."""
+
+    teacher_epochs: int
+    student_init: str
+    student_epochs: int
+    student_lr: float
+    student_tiles: Optional[int] = None  # a fixed random subset of the training tiles
+
+
+@dataclass
+class Budget:
+    """Sizes of one run of the bench."""
+
+    tile: int = 64
+    batch_size: int = 8
+    teacher_lr: float = 0.01
+    synth_train_scenes: int = 4
+    synth_test_scenes: int = 6
+    synth_size: int = 256
+    synthetic: Protocol = Protocol(10, "random", 10, 0.01)
+    real: Protocol = Protocol(2, "teacher", 3, 0.003, 64)
+
+
+QUICK = Budget(
+    synth_train_scenes=1,
+    synth_test_scenes=1,
+    synth_size=128,
+    synthetic=Protocol(1, "random", 1, 0.01),
+    real=Protocol(1, "teacher", 1, 0.003, 16),
+)
+
+
+@dataclass
+class Domain:
+    name: str
+    train: PairDataset
+    test: PairDataset
+    protocol: Protocol
+    description: str
+
+
+def synthetic_domain(work: Path, budget: Budget, validation: bool = False) -> Domain:
+    """Synthetic scenes, 1 m pixels, true masks: seeds 1.. for training, 101.. for testing
+    (201.. for validation with `validation`)."""
+    split, first = ("val", 201) if validation else ("test", 101)
+    folders = {}
+    for name, start, count in (
+        ("train", 1, budget.synth_train_scenes),
+        (split, first, budget.synth_test_scenes),
+    ):
+        folder = work / f"synthetic_{name}_{budget.synth_size}_{count}"
+        if not (folder / "labels.csv").is_file():
+            scenes = [
+                make_scene(budget.synth_size, budget.synth_size, seed=s, pixel_size_m=1.0)
+                for s in range(start, start + count)
+            ]
+            write_tile_dataset(scenes, folder, tile_size=budget.tile)
+        folders[name] = folder
+    train = PairDataset(folders["train"], tile_size=budget.tile)
+    test = PairDataset(folders[split], tile_size=budget.tile)
+    p = budget.synthetic
+    text = (
+        f"{budget.synth_train_scenes} training / {budget.synth_test_scenes} "
+        f"{'validation' if validation else 'test'} scenes of {budget.synth_size}² px (1 m), "
+        f"{len(train)} / {len(test)} tiles of {budget.tile} px. Teacher {p.teacher_epochs} "
+        f"epochs from random weights; students from {p.student_init} weights, "
+        f"{p.student_epochs} epochs, lr {p.student_lr}."
+    )
+    return Domain("synthetic", train, test, p, text)
+
+
+def real_domain(budget: Budget) -> Optional[Domain]:
+    """LEVIR-CD: the two 1024² images for training, the 256² crops outside them for testing."""
+    if not (REAL / "pairs.csv").is_file():
+        log.warning("real data not found at %s: skipping the real-data domain", REAL)
+        return None
+    train = PairDataset(REAL / "LEVIR-CD-1024", tile_size=budget.tile)
+    names = sorted(p.stem for p in (REAL / "LEVIR-CD" / "A").iterdir())
+    test_names = [n for n in names if n not in LEVIR_OVERLAP]
+    test = PairDataset(REAL / "LEVIR-CD", tile_size=budget.tile, names=test_names)
+    p = budget.real
+    text = (
+        f"LEVIR-CD (0.5 m). Teacher: {p.teacher_epochs} epochs from random weights on the 2 "
+        f"images of LEVIR-CD-1024 ({len(train)} tiles of {budget.tile} px). Students: from "
+        f"{p.student_init} weights, {p.student_epochs} epochs (lr {p.student_lr}) on a fixed "
+        f"random {p.student_tiles} of those tiles. Test: the {len(test_names)} LEVIR-CD 256² "
+        f"crops that do not overlap the training images ({len(test)} tiles)."
+    )
+    return Domain("real (LEVIR-CD)", train, test, p, text)
+
+
+def teacher_for(domain: Domain, budget: Budget, work: Path) -> SiameseDeepLabV3Plus:
+    """Train (or reuse from `work`) the clean-pair teacher of `domain` (last epoch kept)."""
+    config = CDConfig(
+        backbone="resnet18",
+        epochs=domain.protocol.teacher_epochs,
+        batch_size=budget.batch_size,
+        lr=budget.teacher_lr,
+        seed=0,
+    )
+    key = f"{domain.name}_{len(domain.train)}_{config.epochs}_{config.batch_size}_{config.lr}"
+    path = work / f"teacher_{''.join(c if c.isalnum() else '_' for c in key)}.kdmsi"
+    if path.is_file():
+        return load_checkpoint(path)[0]
+    result = train_detector(domain.train, config)
+    save_detector(path, result.model, domain.train.bands, domain.train.normalisation, budget.tile)
+    return result.model
+
+
+def student_set(domain: Domain, seed: int = 0):
+    """The students' training pairs: all training tiles, or a fixed random subset."""
+    n = domain.protocol.student_tiles
+    if n is None or n >= len(domain.train):
+        return domain.train
+    idx = np.random.default_rng(seed).choice(len(domain.train), n, replace=False)
+    return torch.utils.data.Subset(domain.train, sorted(idx.tolist()))
+
+
+def iou(model: SiameseDeepLabV3Plus, data) -> float:
+    return 100.0 * detector_change_iou(model, data, torch.device("cpu"))
+
+
+def student_config(
+    domain: Domain, budget: Budget, method: str, preset: str, loss: HiCDLossConfig, feat: float
+) -> HiCDConfig:
+    p = domain.protocol
+    return HiCDConfig(
+        method=method,
+        preset=preset,
+        init=p.student_init,
+        epochs=p.student_epochs,
+        batch_size=budget.batch_size,
+        lr=p.student_lr,
+        lambda_feat=feat,
+        loss=loss,
+        seed=0,
+        degrade_seed=0,
+        device="cpu",
+    )
+
+
+def run_domain(
+    domain: Domain,
+    budget: Budget,
+    presets: list[str],
+    ablation_presets: list[str],
+    work: Path,
+    loss: HiCDLossConfig,
+    lambda_feat: float,
+) -> dict:
+    """Scores {row: {preset: cIoU %}} and timings (s) of one domain."""
+    t0 = time.perf_counter()
+    teacher = teacher_for(domain, budget, work)
+    timings = {"teacher": time.perf_counter() - t0}
+    clean = iou(teacher, domain.test)
+    rows: dict[str, dict[str, float]] = {TEACHER_ROW: {}, "teacher, degraded after image": {}}
+    print(f"\n## {domain.name}: {domain.description}", flush=True)
+    print(f"teacher on clean test pairs: cIoU {clean:.2f}", flush=True)
+    students = student_set(domain)
+    for preset in presets:
+        test = DegradedPairDataset(domain.test, preset, TEST_DEGRADE_SEED)
+        rows[TEACHER_ROW][preset] = clean
+        rows["teacher, degraded after image"][preset] = iou(teacher, test)
+        runs = {DIRECT_ROW: ("direct", loss), FEAT_ROW: ("feature-mse", loss)}
+        runs[HICD_ROW] = ("hicd", loss)
+        if preset in ablation_presets:
+            for name, change in ABLATIONS.items():
+                runs[name] = ("hicd", replace(loss, **change))
+        for name, (method, loss_config) in runs.items():
+            config = student_config(domain, budget, method, preset, loss_config, lambda_feat)
+            start = time.perf_counter()
+            result = train_hicd(teacher, students, config)
+            timings[f"{preset}/{name}"] = time.perf_counter() - start
+            rows.setdefault(name, {})[preset] = iou(result.model, test)
+            print(
+                f"{preset:>10} {name:<32} cIoU {rows[name][preset]:6.2f} "
+                f"({timings[f'{preset}/{name}']:.0f} s)",
+                flush=True,
+            )
+    timings["total"] = time.perf_counter() - t0
+    return {"rows": rows, "timings": timings, "description": domain.description}
+
+
+TUNE_FEAT = (1.0, 3.0, 10.0)
+# x1 of the default HiCD weights (15 / 1.5 / 3) is x0.3 of weights whose gradients match the
+# cross-entropy's at the start; the search covers x0.1, x0.3 and x1 of those.
+TUNE_HICD = (1 / 3, 1.0, 10 / 3)
+
+
+def tune(budget: Budget, work: Path, loss: HiCDLossConfig, preset: str) -> None:
+    """Print validation cIoU of feature-MSE (lambda_feat in TUNE_FEAT) and HiCD (the three
+    lambdas of `loss` times TUNE_HICD) on validation scenes (seeds 201..), never the test set."""
+    domain = synthetic_domain(work, budget, validation=True)
+    teacher = teacher_for(domain, budget, work)
+    val = DegradedPairDataset(domain.test, preset, TEST_DEGRADE_SEED)
+    print(f"tuning on {domain.description} Preset {preset}.", flush=True)
+    print(f"teacher clean {iou(teacher, domain.test):.2f}, degraded {iou(teacher, val):.2f}")
+    runs = [("direct", loss, 1.0)]
+    runs += [("feature-mse", loss, f) for f in TUNE_FEAT]
+    for m in TUNE_HICD:
+        runs.append(
+            (
+                "hicd",
+                replace(
+                    loss,
+                    lambda_sfd=loss.lambda_sfd * m,
+                    lambda_cfd=loss.lambda_cfd * m,
+                    lambda_global=loss.lambda_global * m,
+                ),
+                1.0,
+            )
+        )
+    for method, loss_config, feat in runs:
+        config = student_config(domain, budget, method, preset, loss_config, feat)
+        score = iou(train_hicd(teacher, domain.train, config).model, val)
+        weights = {
+            "direct": "",
+            "feature-mse": f" lambda_feat {feat:g}",
+            "hicd": f" lambdas sfd {loss_config.lambda_sfd:g} / cfd {loss_config.lambda_cfd:g}"
+            f" / global {loss_config.lambda_global:g}",
+        }[method]
+        print(f"{method}{weights}: val cIoU {score:.2f}", flush=True)
+
+
+def gap_share(rows: dict, preset: str) -> Optional[float]:
+    """(HiCD - direct) / (teacher clean - direct), or None when the gap is not positive."""
+    base = rows[DIRECT_ROW][preset]
+    gap = rows[TEACHER_ROW][preset] - base
+    return (rows[HICD_ROW][preset] - base) / gap if gap > 0 else None
+
+
+def markdown(results: dict, presets: list[str], header: str) -> str:
+    lines = [header, ""]
+    for domain, res in results.items():
+        rows = res["rows"]
+        lines += [f"### {domain}", "", res["description"], ""]
+        lines.append("| method | " + " | ".join(presets) + " |")
+        lines.append("|---|" + "---:|" * len(presets))
+        for name, values in rows.items():
+            cells = [f"{values[p]:.2f}" if p in values else "" for p in presets]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        shares = [gap_share(rows, p) for p in presets]
+        lines.append(
+            "| HiCD: share of the clean-to-degraded gap closed | "
+            + " | ".join("n/a" if s is None else f"{100 * s:.0f} %" for s in shares)
+            + " |"
+        )
+        wins = [
+            p
+            for p in presets
+            if rows[HICD_ROW][p] > rows[DIRECT_ROW][p] and rows[HICD_ROW][p] > rows[FEAT_ROW][p]
+        ]
+        lines += [
+            "",
+            f"HiCD beats both the direct baseline and feature-MSE in: {', '.join(wins) or 'none'}"
+            f" (of {', '.join(presets)}).",
+            "",
+            "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res["timings"].items()),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--domains", default="synthetic,real")
+    parser.add_argument("--presets", default=",".join(PRESETS))
+    parser.add_argument("--ablation-presets", default="multi")
+    parser.add_argument("--workdir", help="keep datasets and teachers here (default: temporary)")
+    parser.add_argument("--out", default=str(RESULTS), help="markdown results file")
+    parser.add_argument("--quick", action="store_true", help="tiny smoke-test budget")
+    parser.add_argument("--tune", action="store_true", help="only the weight search (validation)")
+    parser.add_argument("--distance", choices=("mse", "kl"), default=HiCDLossConfig.distance)
+    parser.add_argument("--lambda-sfd", type=float, default=HiCDLossConfig.lambda_sfd)
+    parser.add_argument("--lambda-cfd", type=float, default=HiCDLossConfig.lambda_cfd)
+    parser.add_argument("--lambda-global", type=float, default=HiCDLossConfig.lambda_global)
+    parser.add_argument("--lambda-feat", type=float, default=HiCDConfig.lambda_feat)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    budget = QUICK if args.quick else Budget()
+    presets = [p for p in args.presets.split(",") if p]
+    ablation_presets = [p for p in args.ablation_presets.split(",") if p]
+    loss = HiCDLossConfig(
+        distance=args.distance,
+        lambda_sfd=args.lambda_sfd,
+        lambda_cfd=args.lambda_cfd,
+        lambda_global=args.lambda_global,
+    )
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="hicd-bench-") as tmp:
+        work = Path(args.workdir) if args.workdir else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        if args.tune:
+            tune(budget, work, loss, (ablation_presets or ["multi"])[0])
+            print(f"tuning took {time.perf_counter() - start:.0f} s")
+            return 0
+        domains = []
+        for name in args.domains.split(","):
+            if name == "synthetic":
+                domains.append(synthetic_domain(work, budget))
+            elif name == "real":
+                domain = real_domain(budget)
+                if domain is not None:
+                    domains.append(domain)
+        results = {
+            d.name: run_domain(d, budget, presets, ablation_presets, work, loss, args.lambda_feat)
+            for d in domains
+        }
+    total = time.perf_counter() - start
+    header = (
+        f"## HiCD bench (`bench/hicd.py`{' --quick' if args.quick else ''}): change IoU (%) "
+        "on held-out pairs, after image degraded per preset\n\n"
+        f"CPU ({torch.get_num_threads()} thread(s)), ResNet-18 Siamese DeepLabV3+ from random "
+        f"weights, {budget.tile} px tiles, batch {budget.batch_size}, one seed. HiCD loss: "
+        f"{json.dumps(loss.to_dict())}; feature-MSE lambda_feat {args.lambda_feat}. "
+        f"Total {total:.0f} s."
+    )
+    text = markdown(results, presets, header)
+    print("\n" + text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out, overwrite=True) as tmp_path:
+        tmp_path.write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

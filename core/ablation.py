@@ -1,0 +1,179 @@
+"""The paper's ablation on any dataset with pixel masks: teacher CAM, student, student + MI,
+student + MSI, pseudo labels and the final detector, scored by IoU, F1 and OA.
+
+All maps come from one pass over the data (MI and MSI share nothing, but the pseudo-label row
+reuses the MSI maps). The pseudo-label row is what `kdmsi pseudo-labels` would write for these
+tiles: MSI above the pseudo-label threshold on tiles labelled changed, all background on tiles
+labelled unchanged (the image labels are the weak labels the method trains on). Every other
+threshold is chosen without pixel truth as in `kdmsi evaluate`; the best IoU over thresholds
+(which needs the truth) is reported beside it to separate map quality from threshold choice.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from .atomic import atomic_output, check_output_target
+from .data import PairDataset
+from .evaluation import (
+    MapStatistics,
+    collect_map_statistics,
+    map_function,
+    metrics_from_statistics,
+)
+from .inference import DEFAULT_SCALES, multiscale_maps
+from .progress import CancelCheck, ProgressCallback
+from .thresholds import ThresholdChoice, choose_threshold
+
+ABLATION_ROWS = ("teacher-cam", "student", "mi", "msi", "pseudo-labels", "detector")
+ROW_TITLES = {
+    "teacher-cam": "teacher CAM",
+    "student": "student",
+    "mi": "student + MI",
+    "msi": "student + MSI",
+    "pseudo-labels": "pseudo labels",
+    "detector": "final detector",
+}
+BEST_THRESHOLD_STEP = 0.01
+
+
+def ablation_statistics(
+    dataset: PairDataset,
+    teacher: torch.nn.Module,
+    student: torch.nn.Module,
+    detector: Optional[torch.nn.Module] = None,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    flip: bool = True,
+    device: Union[str, torch.device] = "cpu",
+    batch_size: int = 4,
+    progress: Optional[ProgressCallback] = None,
+    cancelled: Optional[CancelCheck] = None,
+) -> dict[str, MapStatistics]:
+    """`MapStatistics` of every ablation row over `dataset` (which needs pixel masks).
+
+    The ``pseudo-labels`` statistics are those of the MSI map times the tile's image label
+    (tiles without a label keep their MSI map).
+    """
+    shared = _SharedMultiscale(student, scales, flip)
+    functions = {
+        "teacher-cam": map_function("teacher-cam", teacher),
+        "student": map_function("student", student),
+        "mi": lambda pre, post: shared(pre, post)[1],
+        "msi": lambda pre, post: shared(pre, post)[0],
+    }
+    if detector is not None:
+        functions["detector"] = map_function("detector", detector)
+    pseudo = MapStatistics()
+
+    def add_pseudo(batch: dict, maps: dict) -> None:
+        masks = batch["mask"].numpy()
+        for i, value in enumerate(batch["label"].tolist()):
+            label = None if value < 0 else int(value)
+            prob = maps["msi"][i, 0].numpy()
+            pseudo.add(prob * (0.0 if label == 0 else 1.0), masks[i], label)
+
+    stats = collect_map_statistics(
+        dataset, functions, torch.device(device), batch_size, progress, cancelled, add_pseudo
+    )
+    stats["pseudo-labels"] = pseudo
+    return {k: stats[k] for k in ABLATION_ROWS if k in stats}
+
+
+class _SharedMultiscale:
+    """MSI and MI of the last batch seen, so the two rows cost one set of forward passes."""
+
+    def __init__(self, model: torch.nn.Module, scales: Sequence[float], flip: bool):
+        self.model, self.scales, self.flip = model, scales, flip
+        self._inputs: Optional[tuple] = None
+        self._maps: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+
+    def __call__(self, pre: torch.Tensor, post: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._inputs is None or self._inputs[0] is not pre or self._inputs[1] is not post:
+            self._maps = multiscale_maps(self.model, pre, post, self.scales, self.flip)
+            self._inputs = (pre, post)
+        return self._maps
+
+
+def ablation_rows(
+    stats: dict[str, MapStatistics],
+    pseudo_threshold: Optional[ThresholdChoice] = None,
+    threshold: Union[str, float] = "auto",
+) -> dict[str, dict]:
+    """Metrics per ablation row (keys of `ABLATION_ROWS` present in `stats`).
+
+    Maps are cut at a threshold chosen without pixel truth (`threshold`, as `kdmsi evaluate`),
+    the detector at its argmax, the pseudo labels at `pseudo_threshold` (default: chosen
+    from this data's MSI maps like `kdmsi pseudo-labels --threshold auto`). Each row adds
+    ``best_cIoU`` / ``best_threshold``: the best IoU over thresholds 0.01..0.99 (uses truth).
+    """
+    maps = {k: v for k, v in stats.items() if k != "pseudo-labels"}
+    rows = metrics_from_statistics(maps, threshold)
+    if "pseudo-labels" in stats:
+        choice = pseudo_threshold
+        if choice is None:
+            choice = choose_threshold(stats["msi"].by_image_label, "auto")
+            choice = ThresholdChoice(choice.value, f"{choice.method}, chosen on this data")
+        values = stats["pseudo-labels"].counts_at(choice.value).metrics()
+        rows["pseudo-labels"] = {
+            **values,
+            "threshold": choice.value,
+            "threshold_method": choice.method,
+        }
+    for kind, st in stats.items():
+        best, best_t = -1.0, None
+        for t in np.arange(BEST_THRESHOLD_STEP, 1.0, BEST_THRESHOLD_STEP):
+            value = st.counts_at(float(t)).metrics()["cIoU"]
+            if value > best:
+                best, best_t = value, round(float(t), 2)
+        rows[kind]["best_cIoU"], rows[kind]["best_threshold"] = best, best_t
+    return {k: rows[k] for k in ABLATION_ROWS if k in rows}
+
+
+def format_ablation(rows: dict[str, dict], markdown: bool = False) -> str:
+    """The table as fixed-width text or Markdown: IoU, F1, OA, FP, FN in %, the threshold and
+    how it was chosen, and the best IoU over thresholds."""
+    head = ["method", "IoU", "F1", "OA", "FP", "FN", "threshold", "best IoU (at)"]
+    lines = []
+    for kind, row in rows.items():
+        lines.append(
+            [
+                ROW_TITLES.get(kind, kind),
+                *(f"{100 * row[m]:.2f}" for m in ("cIoU", "F1", "OA", "FP", "FN")),
+                f"{row['threshold']:.3f} ({row['threshold_method']})",
+                f"{100 * row['best_cIoU']:.2f} ({row['best_threshold']:.2f})",
+            ]
+        )
+    if markdown:
+        out = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * 5 + "---|---:|"]
+        out += ["| " + " | ".join(line) + " |" for line in lines]
+        return "\n".join(out)
+    widths = [max(len(str(r[i])) for r in [head, *lines]) for i in range(len(head))]
+    fmt = [f"{{:<{w}}}" if i in (0, 6) else f"{{:>{w}}}" for i, w in enumerate(widths)]
+    out = ["  ".join(f.format(c) for f, c in zip(fmt, head))]
+    out.append("-" * len(out[0]))
+    out += ["  ".join(f.format(c) for f, c in zip(fmt, line)) for line in lines]
+    return "\n".join(out)
+
+
+def save_ablation(
+    folder: Union[str, Path], rows: dict[str, dict], info: dict, overwrite: bool = False
+) -> tuple[Path, Path]:
+    """Write `folder/ablation.md` (the table and `info` as notes) and `folder/ablation.json`
+    ({"rows", "info"}), each atomically; the folder is created when missing."""
+    folder = Path(folder)
+    folder.mkdir(exist_ok=True)
+    md, js = folder / "ablation.md", folder / "ablation.json"
+    for path in (md, js):
+        check_output_target(path, overwrite)
+    notes = "\n".join(f"- {k}: {v}" for k, v in info.items())
+    text = f"# KD-MSI ablation\n\n{format_ablation(rows, markdown=True)}\n\n{notes}\n"
+    with atomic_output(md, overwrite) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    with atomic_output(js, overwrite) as tmp:
+        tmp.write_text(json.dumps({"rows": rows, "info": info}, indent=2), encoding="utf-8")
+    return md, js

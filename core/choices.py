@@ -1,0 +1,25 @@
+"""Names of the networks' options, importable without torch (CLI choices, the QGIS dialog).
+
+`kdmsi.models` uses these same tuples, so they are the one list of what exists.
+"""
+
+from __future__ import annotations
+
+RESNET_BACKBONES = ("resnet18", "resnet34", "resnet50")
+MOBILENET_BACKBONES = ("mobilenet_v3_large",)
+
+BACKBONES = RESNET_BACKBONES
+"""Backbones of every network: the KD teacher/student and the detector."""
+DETECTOR_BACKBONES = (*RESNET_BACKBONES, *MOBILENET_BACKBONES)
+"""Backbones of the detector: the ResNets (resnet50 most accurate) and MobileNetV3-Large
+(fastest)."""
+FUSIONS = ("abs", "diff", "concat")
+"""How the KD networks fuse the two dates' features."""
+
+__all__ = [
+    "BACKBONES",
+    "DETECTOR_BACKBONES",
+    "FUSIONS",
+    "MOBILENET_BACKBONES",
+    "RESNET_BACKBONES",
+]

@@ -1,0 +1,158 @@
+"""Expected detect speed of a detector backbone on this machine (for choosing a backbone).
+
+`measure_tile_speed` times a random-initialised detector (the weights do not change the cost)
+on random tiles: seconds per tile pair of the model's forward, with torch or ONNX Runtime.
+`expected_detect_seconds` turns that into a job estimate for a raster size, and
+`REFERENCE_SECONDS_PER_TILE` holds figures measured on a 2-core laptop-class CPU (see
+README, "Detect speed") to show before anything was measured.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .tiling import tile_starts
+
+BatchRunner = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+OUTSIDE_MODEL_S_PER_TILE = 0.002
+"""Measured cost of the detect path outside the model's forward, per tile (reads, stitching,
+probability GeoTIFF); polygonizing comes on top and depends on the amount of change."""
+
+REFERENCE_SECONDS_PER_TILE: dict[tuple[str, str], float] = {
+    ("mobilenet_v3_large", "torch"): 0.20,
+    ("mobilenet_v3_large", "onnx"): 0.12,
+    ("resnet18", "torch"): 0.38,
+    ("resnet18", "onnx"): 0.30,
+    ("resnet34", "torch"): 0.52,
+    ("resnet34", "onnx"): 0.42,
+    ("resnet50", "torch"): 0.95,
+    ("resnet50", "onnx"): 0.80,
+}
+"""(backbone, runtime) -> seconds per 256 px tile pair of the detector's forward, batch 4,
+measured on 2 CPU cores (Intel Xeon class, 2 torch / ONNX Runtime threads); a GPU is tens of
+times faster."""
+
+
+def time_batch_runner(
+    run_batch: BatchRunner,
+    batch_size: int,
+    channels: int,
+    tile_size: int,
+    repeats: int = 2,
+    warmup: int = 1,
+    seed: int = 0,
+) -> float:
+    """Seconds per tile pair of ``run_batch`` on random float32 [batch, C, T, T] pairs.
+
+    ``warmup`` untimed batches first (kernel selection, memory arenas), then the fastest of
+    ``repeats`` timed batches (the least disturbed by other processes), divided by the batch.
+    """
+    rng = np.random.default_rng(seed)
+    shape = (batch_size, channels, tile_size, tile_size)
+    pre = rng.standard_normal(shape, dtype=np.float32)
+    post = rng.standard_normal(shape, dtype=np.float32)
+    for _ in range(max(0, warmup)):
+        run_batch(pre, post)
+    best = float("inf")
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        run_batch(pre, post)
+        best = min(best, time.perf_counter() - start)
+    return best / batch_size
+
+
+def measure_tile_speed(
+    backbone: str,
+    device: str = "cpu",
+    tile_size: int = 256,
+    runtime: str = "torch",
+    batch_size: int = 4,
+    in_channels: int = 3,
+    repeats: int = 2,
+) -> float:
+    """Seconds per tile pair of a ``backbone`` detector's forward here (a short timed probe).
+
+    Builds a random-initialised `SiameseDeepLabV3Plus` (no download, no weights file), then
+    times one warm-up and ``repeats`` batches of ``batch_size`` random tiles (the fastest
+    batch counts). A probe takes a few seconds (resnet50 on 2 CPU cores: about 15 s with
+    torch; ``onnx`` adds an export of 5 to 20 s).
+
+    Args:
+        backbone: one of `kdmsi.models.DETECTOR_BACKBONES`.
+        device: ``cpu``, ``cuda``, ``mps`` or ``auto`` (torch; ONNX Runtime runs on the CPU).
+        tile_size: tile edge in pixels.
+        runtime: ``torch`` or ``onnx`` (needs onnxruntime and onnx).
+        batch_size, in_channels: batch and bands per date of the probe.
+        repeats: timed batches.
+
+    Raises:
+        BackboneError: unknown backbone. RuntimeUnavailable: ``onnx`` without onnxruntime.
+        ValueError: unknown runtime.
+    """
+    import torch
+
+    from .detect_model import model_predictor, onnx_batch_runner, torch_batch_runner
+    from .inference import pick_device
+    from .models import SiameseDeepLabV3Plus
+
+    if runtime not in ("torch", "onnx"):
+        raise ValueError(f"runtime must be 'torch' or 'onnx', got {runtime!r}")
+    torch.manual_seed(0)
+    net = SiameseDeepLabV3Plus(backbone, in_channels=in_channels).eval()
+    if runtime == "torch":
+        torch_device = pick_device(device)
+        predict = model_predictor(net.to(torch_device), "detector")
+        run = torch_batch_runner(predict, torch_device)
+        return time_batch_runner(run, batch_size, in_channels, tile_size, repeats)
+    from .checkpoint import save_detector
+    from .normalisation import Normalisation
+    from .onnx_export import export_onnx
+    from .runtime import OnnxPredictor, require_onnxruntime
+
+    require_onnxruntime()
+    with tempfile.TemporaryDirectory(prefix="kdmsi-speed-") as folder:
+        checkpoint = save_detector(
+            Path(folder) / "probe.kdmsi",
+            net,
+            list(range(1, in_channels + 1)),
+            Normalisation.default(in_channels),
+            tile_size,
+        )
+        onnx_path = export_onnx(
+            checkpoint, Path(folder) / "probe.onnx", batch_size=batch_size, verify=False
+        )
+        run = onnx_batch_runner(OnnxPredictor(onnx_path))
+        return time_batch_runner(run, batch_size, in_channels, tile_size, repeats)
+
+
+def expected_detect_seconds(
+    width: int,
+    height: int,
+    seconds_per_tile: float,
+    tile_size: int = 256,
+    overlap_px: int = 64,
+) -> float:
+    """Expected wall seconds of `kdmsi detect` on a ``width`` x ``height`` px pair.
+
+    Tiles of the grid x (``seconds_per_tile`` + `OUTSIDE_MODEL_S_PER_TILE`); polygonizing
+    and overviews are not included (seconds per million changed pixels, usually small).
+    """
+    tiles = len(tile_starts(width, tile_size, overlap_px)) * len(
+        tile_starts(height, tile_size, overlap_px)
+    )
+    return tiles * (seconds_per_tile + OUTSIDE_MODEL_S_PER_TILE)
+
+
+__all__ = [
+    "OUTSIDE_MODEL_S_PER_TILE",
+    "REFERENCE_SECONDS_PER_TILE",
+    "expected_detect_seconds",
+    "measure_tile_speed",
+    "time_batch_runner",
+]

@@ -1,0 +1,212 @@
+"""ONNX export (`kdmsi export-onnx`) and the ONNX Runtime detect path (`--runtime onnx`).
+
+One random-init ResNet-18 detector for 64 px tiles is exported once per module; the detect
+runs use a 160 x 192 px pair (a 4 x 4 tile grid), so the whole file takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from osgeo import gdal, osr
+
+from kdmsi.checkpoint import save_detector
+from kdmsi.cli import main
+from kdmsi.models import SiameseDeepLabV3Plus
+from kdmsi.normalisation import Normalisation
+from kdmsi.onnx_export import export_onnx, max_difference
+from kdmsi.pipeline import choose_runtime, detect_changes
+from kdmsi.runtime import (
+    ONNX_TOLERANCE,
+    OnnxModelError,
+    OnnxPredictor,
+    RuntimeUnavailable,
+    read_onnx_info,
+    require_onnxruntime,
+)
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+TILE, BATCH, OVERLAP = 64, 2, 16
+GT = (500000.0, 2.0, 0.0, 5000000.0, 0.0, -2.0)
+
+
+def _write(path: Path, data: np.ndarray) -> Path:
+    c, h, w = data.shape
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), w, h, c, gdal.GDT_Byte)
+    ds.SetGeoTransform(GT)
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32633)
+    ds.SetProjection(srs.ExportToWkt())
+    for i in range(c):
+        ds.GetRasterBand(i + 1).WriteArray(data[i])
+    ds = None
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("onnx")
+    torch.manual_seed(0)
+    net = SiameseDeepLabV3Plus("resnet18", in_channels=3)
+    ckpt = save_detector(folder / "det.kdmsi", net, [1, 2, 3], Normalisation.default(3), TILE)
+    onnx_path = export_onnx(ckpt, folder / "det.onnx", batch_size=BATCH)
+    return {"kdmsi": ckpt, "onnx": onnx_path}
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("pair")
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:160, 0:192]
+    pre = np.stack([40 + x // 3, 90 - y // 4, 60 + (x + y) % 50]).astype(np.uint8)
+    post = pre.copy()
+    post[:, 50:110, 70:150] += 110
+    post = (post + rng.integers(0, 6, post.shape)).astype(np.uint8)
+    return _write(folder / "before.tif", pre), _write(folder / "after.tif", post)
+
+
+def test_export_has_concrete_shapes_and_metadata(models):
+    proto = onnx.load(str(models["onnx"]))
+    shapes = {
+        v.name: [d.dim_value if d.HasField("dim_value") else d.dim_param for d in _dims(v)]
+        for v in [*proto.graph.input, *proto.graph.output]
+    }
+    assert shapes == {
+        "pre": [BATCH, 3, TILE, TILE],
+        "post": [BATCH, 3, TILE, TILE],
+        "probability": [BATCH, 1, TILE, TILE],
+    }
+    meta = {p.key: json.loads(p.value) for p in proto.metadata_props}
+    assert meta["kdmsi_format"] == "kdmsi-onnx" and meta["kind"] == "detector"
+    assert meta["tile_size"] == TILE and meta["batch_size"] == BATCH
+    assert meta["overlap_px"] == OVERLAP  # a quarter of a 64 px tile
+    assert meta["bands"] == [1, 2, 3] and meta["backbone"] == "resnet18"
+    assert meta["normalisation"] == Normalisation.default(3).to_dict()
+    assert meta["threshold"] == 0.5 and meta["class_names"] == ["no change", "change"]
+    info = read_onnx_info(models["onnx"])
+    assert (info.tile_size, info.batch_size, info.channels) == (TILE, BATCH, 3)
+
+
+def _dims(value):
+    return value.type.tensor_type.shape.dim
+
+
+def test_onnx_matches_torch_within_tolerance(models):
+    from kdmsi.checkpoint import load_checkpoint
+    from kdmsi.onnx_export import ProbabilityModule
+
+    net, _ = load_checkpoint(models["kdmsi"])
+    difference = max_difference(ProbabilityModule(net, "detector"), models["onnx"], seed=3)
+    assert difference <= ONNX_TOLERANCE
+    predictor = OnnxPredictor(models["onnx"])
+    one = np.random.default_rng(1).standard_normal((1, 3, TILE, TILE), dtype=np.float32)
+    assert predictor(one, one).shape == (1, 1, TILE, TILE)  # a short batch is padded
+
+
+def _probability(path: Path) -> np.ndarray:
+    ds = gdal.Open(str(path))  # kept alive while its band is read (GDAL < 3.8)
+    return ds.GetRasterBand(1).ReadAsArray()
+
+
+def test_detect_with_onnx_equals_torch(models, pair, tmp_path):
+    before, after = pair
+    common = dict(overlap_px=OVERLAP, batch_size=BATCH, device="cpu", threshold=0.5)
+    results = {}
+    for name, model, runtime in (
+        ("torch", models["kdmsi"], "torch"),
+        ("exported", models["kdmsi"], "onnx"),
+        ("file", models["onnx"], "auto"),
+    ):
+        out, prob = tmp_path / f"{name}.gpkg", tmp_path / f"{name}.tif"
+        result = detect_changes(before, after, model, out, prob, runtime=runtime, **common)
+        results[name] = (result, _probability(prob))
+    reference = results["torch"][1]
+    assert results["torch"][0].runtime == "torch"
+    for name in ("exported", "file"):
+        result, prob = results[name]
+        assert result.runtime == "onnx" and result.device == "cpu"
+        assert np.abs(prob - reference).max() <= ONNX_TOLERANCE
+        near = np.abs(reference - 0.5) <= ONNX_TOLERANCE  # a threshold tie may flip
+        assert ((prob >= 0.5) == (reference >= 0.5))[~near].all()
+        if not near.any():
+            assert result.polygon_count == results["torch"][0].polygon_count
+
+
+def test_onnx_detect_never_imports_torch(models, pair, tmp_path):
+    before, after = pair
+    code = (
+        "import sys; from kdmsi.cli import main; "
+        f"code = main(['-q', 'detect', '--before', {str(before)!r}, '--after', {str(after)!r}, "
+        f"'--model', {str(models['onnx'])!r}, '--out', {str(tmp_path / 'c.gpkg')!r}, "
+        f"'--overlap', '{OVERLAP}']); "
+        "assert code == 0, code; assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "c.gpkg").is_file()
+
+
+def test_mismatched_tile_size_and_torch_runtime_are_refused(models, pair, tmp_path, capsys):
+    before, after = pair
+    with pytest.raises(OnnxModelError, match="exported for 64 px tiles.*--tile-size 128"):
+        detect_changes(before, after, models["onnx"], tmp_path / "a.gpkg", tile_size=128)
+    with pytest.raises(RuntimeUnavailable, match="--runtime onnx"):
+        detect_changes(before, after, models["onnx"], tmp_path / "a.gpkg", runtime="torch")
+    argv = ["detect", "--before", str(before), "--after", str(after), "--model"]
+    assert main([*argv, str(models["onnx"]), "--out", str(tmp_path / "b.gpkg")]) == 0
+    code = main(
+        [*argv, str(models["onnx"]), "--out", str(tmp_path / "c.gpkg"), "--tile-size", "32"]
+    )
+    assert code == 2 and "exported for 64 px tiles" in capsys.readouterr().err
+    assert not (tmp_path / "a.gpkg").exists() and not (tmp_path / "c.gpkg").exists()
+
+
+def test_missing_onnxruntime_gives_the_pip_command(models, pair, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
+    with pytest.raises(RuntimeUnavailable, match="pip install onnxruntime"):
+        require_onnxruntime()
+    before, after = pair
+    argv = ["detect", "--before", str(before), "--after", str(after), "--out"]
+    out = tmp_path / "x.gpkg"
+    assert main([*argv, str(out), "--model", str(models["kdmsi"]), "--runtime", "onnx"]) == 2
+    assert "pip install onnxruntime" in capsys.readouterr().err
+    # auto falls back to torch without a word of error
+    assert main([*argv, str(out), "--model", str(models["kdmsi"]), "--overlap", "16"]) == 0
+    assert out.is_file()
+
+
+def test_export_onnx_cli_and_refusals(models, tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["export-onnx", str(models["kdmsi"]), str(out), "--batch-size", "1"]) == 0
+    assert read_onnx_info(out).batch_size == 1
+    assert main(["export-onnx", str(models["kdmsi"]), str(out)]) == 2  # exists
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["export-onnx", str(models["kdmsi"]), str(tmp_path / "m.txt")]) == 2
+    assert ".onnx extension" in capsys.readouterr().err
+    foreign = tmp_path / "foreign.onnx"
+    proto = onnx.load(str(out))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(foreign))
+    with pytest.raises(OnnxModelError, match="not exported by kdmsi"):
+        OnnxPredictor(foreign)
+
+
+def test_auto_runtime_picks_the_faster_runner():
+    def slow(pre, post):
+        time.sleep(0.02)
+        return np.zeros((pre.shape[0], *pre.shape[2:]), np.float32)
+
+    def fast(pre, post):
+        return np.zeros((pre.shape[0], *pre.shape[2:]), np.float32)
+
+    assert choose_runtime({"torch": slow, "onnx": fast}, 2, 3, 16) == "onnx"
+    assert choose_runtime({"torch": fast, "onnx": slow}, 2, 3, 16) == "torch"
