@@ -578,7 +578,7 @@ def predict_probability_raster(
                     stats.predict_s += time.perf_counter() - start
                     stats.tiles_computed += len(batch.windows)
                     for window, prob, valid in zip(batch.windows, probs, batch.valid):
-                        _write_strips(writer, stitch.pop_finished(window.y))
+                        _write_strips(writer, stitch.pop_finished(window.y, copy=False))
                         tile_weight = crop_tile(weight, window)
                         if not valid.all():
                             tile_weight = tile_weight * valid
@@ -586,7 +586,7 @@ def predict_probability_raster(
                 report(
                     progress, batch.scanned / len(windows), f"tile {batch.scanned}/{len(windows)}"
                 )
-        _write_strips(writer, stitch.flush())
+        _write_strips(writer, stitch.pop_finished(pair.height, copy=False))
     except BaseException:
         writer.dataset = None  # close without flushing: the caller removes the file
         raise

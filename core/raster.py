@@ -736,8 +736,9 @@ def _metadata_strings(metadata: Optional[dict[str, Any]]) -> dict[str, str]:
 _OUTPUT_COMPRESSION = ("COMPRESS=DEFLATE", "PREDICTOR=3", "ZLEVEL=1")
 
 
-def _scratch_compression() -> tuple[str, ...]:
-    """ZSTD level 1 when this GDAL's GeoTIFF driver has it, else DEFLATE level 1."""
+def scratch_compression() -> tuple[str, ...]:
+    """GeoTIFF creation options for temporary files only kdmsi reads back: ZSTD level 1 when
+    this GDAL's GeoTIFF driver has it (several times cheaper than DEFLATE), else DEFLATE 1."""
     options = gdal.GetDriverByName("GTiff").GetMetadataItem("DMD_CREATIONOPTIONLIST") or ""
     if "<Value>ZSTD</Value>" in options:
         return ("COMPRESS=ZSTD", "ZSTD_LEVEL=1")
@@ -848,7 +849,7 @@ def create_probability_raster(
         "TILED=YES",
         f"BLOCKXSIZE={block_size}",
         f"BLOCKYSIZE={block_size}",
-        *(_scratch_compression() if scratch else _OUTPUT_COMPRESSION),
+        *(scratch_compression() if scratch else _OUTPUT_COMPRESSION),
         "BIGTIFF=IF_SAFER",
     ]
     with gdal_exceptions():

@@ -3,8 +3,8 @@
 `measure_tile_speed` times a random-initialised detector (the weights do not change the cost)
 on random tiles: seconds per tile pair of the model's forward, with torch or ONNX Runtime.
 `expected_detect_seconds` turns that into a job estimate for a raster size, and
-`REFERENCE_SECONDS_PER_TILE` holds figures measured on a 2-core laptop-class CPU (see
-README, "Detect speed") to show before anything was measured.
+`REFERENCE_SECONDS_PER_TILE` holds figures measured on 2 CPU cores (README, "Detect speed
+and memory") to show before anything was measured here.
 """
 
 from __future__ import annotations
@@ -20,23 +20,26 @@ from .tiling import tile_starts
 
 BatchRunner = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
-OUTSIDE_MODEL_S_PER_TILE = 0.002
-"""Measured cost of the detect path outside the model's forward, per tile (reads, stitching,
-probability GeoTIFF); polygonizing comes on top and depends on the amount of change."""
+OUTSIDE_MODEL_S_PER_TILE = 0.006
+"""Wall seconds per tile that `kdmsi detect` spends outside the model's forward (reads,
+stitching, probability GeoTIFF, polygons), measured with resnet18 detectors on 2 busy cores
+(`bench/detect_speed.py`: 5.8 to 9 ms; the tile loop alone 1.9 to 3.6 ms). Polygons cost
+more where the change map is ragged."""
 
 REFERENCE_SECONDS_PER_TILE: dict[tuple[str, str], float] = {
-    ("mobilenet_v3_large", "torch"): 0.20,
-    ("mobilenet_v3_large", "onnx"): 0.12,
-    ("resnet18", "torch"): 0.38,
-    ("resnet18", "onnx"): 0.30,
-    ("resnet34", "torch"): 0.52,
-    ("resnet34", "onnx"): 0.42,
-    ("resnet50", "torch"): 0.95,
-    ("resnet50", "onnx"): 0.80,
+    ("mobilenet_v3_large", "torch"): 1.00,
+    ("mobilenet_v3_large", "onnx"): 0.27,
+    ("resnet18", "torch"): 1.01,
+    ("resnet18", "onnx"): 0.53,
+    ("resnet34", "torch"): 1.36,
+    ("resnet34", "onnx"): 0.74,
+    ("resnet50", "torch"): 1.99,
+    ("resnet50", "onnx"): 0.81,
 }
-"""(backbone, runtime) -> seconds per 256 px tile pair of the detector's forward, batch 4,
-measured on 2 CPU cores (Intel Xeon class, 2 torch / ONNX Runtime threads); a GPU is tens of
-times faster."""
+"""(backbone, runtime) -> seconds per 256 px tile pair of the detector's forward (batch 4,
+random init), measured with `measure_tile_speed` on 2 CPU cores of a shared virtual machine
+(Intel Xeon class; other jobs kept the load near 4, so a quiet laptop of that class is
+faster). A GPU is tens of times faster."""
 
 
 def time_batch_runner(
@@ -140,8 +143,8 @@ def expected_detect_seconds(
 ) -> float:
     """Expected wall seconds of `kdmsi detect` on a ``width`` x ``height`` px pair.
 
-    Tiles of the grid x (``seconds_per_tile`` + `OUTSIDE_MODEL_S_PER_TILE`); polygonizing
-    and overviews are not included (seconds per million changed pixels, usually small).
+    Tiles of the grid x (``seconds_per_tile`` + `OUTSIDE_MODEL_S_PER_TILE`, which includes
+    typical polygonizing); the overviews of a requested probability GeoTIFF are not included.
     """
     tiles = len(tile_starts(width, tile_size, overlap_px)) * len(
         tile_starts(height, tile_size, overlap_px)

@@ -185,23 +185,25 @@ class StitchAccumulator:
         self._num[rows, cols] += w * prob.astype(np.float32, copy=False)
         self._den[rows, cols] += w
 
-    def pop_finished(self, up_to_y: int) -> Iterator[tuple[int, np.ndarray]]:
+    def pop_finished(self, up_to_y: int, copy: bool = True) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(y0, strip)`` for the finished rows ``[next_row, up_to_y)``.
 
         ``strip`` is float32 [n, width] with n <= `capacity` (longer spans come as several
         strips). Call with the first row of the next tile row (or the raster height at the
-        end); rows at or below it stay buffered.
+        end); rows at or below it stay buffered. With ``copy=False`` the strip is computed in
+        place in the accumulator's own buffer and is only valid until the generator resumes
+        (no allocation of the size of a strip: what the detect path uses).
         """
         up_to_y = min(up_to_y, self.height)
         while self._y0 < up_to_y:
             n = min(up_to_y - self._y0, self.capacity)
             num, den = self._num[:n], self._den[:n]
-            strip = np.full(num.shape, np.nan, dtype=np.float32)
-            np.divide(num, den, out=strip, where=den > 0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                np.divide(num, den, out=num)  # zero weight: num is 0 too, 0 / 0 = NaN
             y0 = self._y0
+            yield y0, (num.copy() if copy else num)
             self._shift(n)
             self._y0 += n
-            yield y0, strip
 
     def _shift(self, n: int) -> None:
         """Drop the first ``n`` buffer rows and zero ``n`` fresh rows at the bottom."""

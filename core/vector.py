@@ -34,7 +34,7 @@ from osgeo import gdal, ogr, osr
 
 from .atomic import atomic_output
 from .progress import CancelCheck, Cancelled, ProgressCallback, check_cancel, report
-from .raster import gdal_exceptions, open_raster, raster_extent, srs_from_wkt
+from .raster import gdal_exceptions, open_raster, raster_extent, scratch_compression, srs_from_wkt
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def _scratch_dataset(
             like.RasterYSize,
             1,
             dtype,
-            options=["TILED=YES", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER", "SPARSE_OK=TRUE"],
+            options=["TILED=YES", *scratch_compression(), "BIGTIFF=IF_SAFER", "SPARSE_OK=TRUE"],
         )
     ds.SetGeoTransform(like.GetGeoTransform())
     ds.SetProjection(like.GetProjection())
