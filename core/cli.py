@@ -950,7 +950,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         force=True,
     )
     from .progress import Cancelled
+    from .runtime import keep_triton_out
 
+    keep_triton_out()  # kdmsi never compiles kernels; see its docstring
     try:
         return args.func(args)
     except (Cancelled, KeyboardInterrupt):

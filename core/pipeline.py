@@ -78,7 +78,7 @@ from .raster import (
     open_raster,
     pair_stretches,
 )
-from .runtime import RUNTIMES, is_onnx_path
+from .runtime import RUNTIMES, is_onnx_path, keep_triton_out
 from .tiling import StitchAccumulator, Window, blend_window, crop_tile, pad_tile, tile_grid
 from .vector import vector_driver, write_change_polygons
 
@@ -159,6 +159,7 @@ def tune_process_for_detect(gdal_cache_mb: int = DETECT_GDAL_CACHE_MB) -> None:
       OpenMP threads then sleep between operations instead of spinning, which starved the
       tile reader and other programs (measured on a busy 2-core machine: a resnet18
       forward 1.15 -> 0.61 s per tile). ONNX Runtime gets the same by session option.
+    * `kdmsi.runtime.keep_triton_out`, when torch is not imported yet: ~70 MB less RSS.
 
     A host application (QGIS) may keep its own settings and skip this.
     """
@@ -169,6 +170,7 @@ def tune_process_for_detect(gdal_cache_mb: int = DETECT_GDAL_CACHE_MB) -> None:
     release_freed_memory()
     if "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        keep_triton_out()
 
 
 limit_gdal_cache = tune_process_for_detect  # the name an earlier kdmsi used

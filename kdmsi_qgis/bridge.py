@@ -31,7 +31,7 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
-from .deps import install_hint, keep_triton_out, missing_dependencies
+from .deps import install_hint, missing_dependencies
 
 LOG_TAG = "KD-MSI"
 
@@ -48,10 +48,12 @@ def require_dependencies() -> None:
     """Raise QgsProcessingException with the install command when torch/kdmsi are missing.
 
     Called before any torch import of the plugin, so it also keeps triton out (see
-    `kdmsi_qgis.deps.keep_triton_out`).
+    `kdmsi.runtime.keep_triton_out`).
     """
     if missing_dependencies():
         raise QgsProcessingException(install_hint())
+    from kdmsi.runtime import keep_triton_out  # importable now; torch-free
+
     keep_triton_out()
 
 

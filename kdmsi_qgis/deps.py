@@ -34,21 +34,6 @@ def add_bundled_libs() -> Optional[Path]:
 add_bundled_libs()
 
 
-def keep_triton_out() -> None:
-    """Make `import triton` fail in QGIS's Python before torch is first imported.
-
-    PyPI's torch wheels ship triton, and importing torchvision pulls in `torch._dynamo`, which
-    loads `triton/_C/libtriton.so` with its own statically linked LLVM. Seen in the QGIS 3.22
-    desktop (gdb backtrace): QGIS had already loaded Mesa's libLLVM for OpenGL rendering, and
-    libtriton's LLVM static initialisers crashed QGIS with SIGSEGV at that import. kdmsi never
-    compiles kernels (no torch.compile), so torch is told triton is absent; torch checks for
-    it with `try: import triton` and carries on without. Does nothing if triton is already
-    imported (by another plugin) or torch was imported without it.
-    """
-    if "triton" not in sys.modules and "torch._dynamo" not in sys.modules:
-        sys.modules["triton"] = None  # type: ignore[assignment]  # import -> ImportError
-
-
 def _numpy_major() -> Optional[int]:
     try:
         import numpy

@@ -42,6 +42,30 @@ def test_detector_round_trip_gives_identical_outputs(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
 
 
+def test_loading_holds_the_weights_once_and_they_still_train(tmp_path):
+    """The loaded network uses the file's tensors themselves (no random-init copy to
+    overwrite), keeps trainable parameters, and a fine-tuning step changes them."""
+    net = SiameseDeepLabV3Plus("resnet18").eval()
+    path = save_checkpoint(
+        tmp_path / "m.kdmsi", _meta("detector", net), state_dict=net.state_dict()
+    )
+    loaded, _ = load_checkpoint(path)
+    tensors = [*loaded.parameters(), *loaded.buffers()]
+    assert tensors and not any(t.is_meta for t in tensors)
+    assert all(p.requires_grad for p in loaded.parameters())
+    loaded.train()
+    optimiser = torch.optim.SGD(loaded.parameters(), lr=0.1)
+    x = torch.randn(2, 3, 64, 64)
+    loaded(x, x.flip(-1)).mean().backward()
+    optimiser.step()
+    changed = [
+        name
+        for name, p in loaded.named_parameters()
+        if not torch.equal(p.detach(), net.state_dict()[name])
+    ]
+    assert changed
+
+
 def test_kd_round_trip_keeps_teacher_and_student(tmp_path):
     teacher, student = SiameseCAMNet("resnet18").eval(), SiameseCAMNet("resnet18").eval()
     path = save_checkpoint(
