@@ -5,7 +5,10 @@ in a fresh subprocess (so peak RSS is that run's alone) and prints one table row
 
 * tile pairs/s: tiles run / wall seconds of the whole detect call (align, stretch, tile loop,
   probability GeoTIFF, polygons);
-* forward share: seconds inside the model's forward (`run_batch`) / wall seconds;
+* forward share: seconds inside the model's forward (`run_batch`) / wall seconds, and in
+  brackets / seconds of the tile loop alone (without polygonizing, whose cost follows how
+  ragged the change map is: a random-init network's map is noise-like, so it costs more
+  there than with a trained model's compact changes);
 * outside ms/tile: (wall - forward) / tiles, i.e. everything the detect path adds per tile in
   wall time; ``reader CPU`` is the background reader thread's CPU time per tile, which runs
   while the model does (on 2 cores it competes with the model's threads);
@@ -29,13 +32,14 @@ hours on 2 cores.
 Pairs: 3-band uint8 GeoTIFFs (tiled 256, EPSG:32633, 0.5 m), written block by block from one
 2048^2 `kdmsi.synthetic.make_scene` rotated/flipped per block (`detect_bench.write_pair`).
 Each run first calls `kdmsi.pipeline.tune_process_for_detect`, as `kdmsi detect` does (GDAL
-cache 64 MB, OMP_WAIT_POLICY=PASSIVE, freed arrays returned to the system).
+cache 32 MB, OMP_WAIT_POLICY=PASSIVE, freed arrays returned to the system).
 
 Usage::
 
     nice -n 5 .venv/bin/python bench/detect_speed.py --workdir /tmp/kdmsi-speed \\
         [--sizes 2048,8192,16384] [--backbones resnet18,resnet50] [--runtimes torch,onnx] \\
         [--max-tiles 96] [--markdown bench/results/detect_speed.md]
+    .venv/bin/python bench/detect_speed.py --from-runs /tmp/kdmsi-speed/runs.jsonl  # reprint
 
 Figures depend on the machine and on what else runs on it; compare within one run.
 """
@@ -188,6 +192,7 @@ def figures(run: dict[str, Any]) -> dict[str, Any]:
     return {
         "pairs_per_s": tiles / wall,
         "forward_share": forward / wall,
+        "loop_forward_share": forward / max(t["tiles"], 1e-9),
         "outside_ms": 1000 * (wall - forward) / tiles,
         "loop_outside_ms": 1000 * (t["tiles"] - forward) / tiles,
         "reader_cpu_ms": 1000 * t.get("reader_cpu", 0.0) / tiles,
@@ -198,7 +203,8 @@ def figures(run: dict[str, Any]) -> dict[str, Any]:
 
 
 HEADER = (
-    "| raster | model | runtime | tiles run | tile pairs/s | forward share | outside ms/tile "
+    "| raster | model | runtime | tiles run | tile pairs/s | forward share (loop only) | "
+    "outside ms/tile "
     "(loop only) | reader CPU ms/tile | peak RSS MiB (before detect) | wall s (est. full) |"
 )
 RULE = "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
@@ -211,7 +217,11 @@ def table_row(run: dict[str, Any]) -> str:
     if run["bounds"] is not None:
         wall += f" ({full_tiles / f['pairs_per_s']:,.0f})"
     model = run["backbone"] if run["runtime"] != "numpy" else "numpy stand-in"
-    share = f"{f['forward_share']:.3f}" if run["runtime"] != "numpy" else "-"
+    share = (
+        f"{f['forward_share']:.3f} ({f['loop_forward_share']:.3f})"
+        if run["runtime"] != "numpy"
+        else "-"
+    )
     return (
         f"| {run['size']}² | {model} | {run['runtime_used']} | {run['tiles']:,}"
         f"{'' if run['bounds'] is None else f' of {full_tiles:,}'} | {f['pairs_per_s']:.2f} | "
@@ -229,6 +239,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--no-numpy", action="store_true", help="skip the numpy stand-in rows")
     parser.add_argument("--workdir", help="pairs and models are kept there (default: temp)")
     parser.add_argument("--markdown", help="also write the table to this file")
+    parser.add_argument(
+        "--from-runs", help="only print (and --markdown) the table of a runs.jsonl of a workdir"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--export", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -238,6 +251,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.export:
         folder, backbones, runtimes = args.export
         print(json.dumps(export_models(Path(folder), backbones.split(","), runtimes.split(","))))
+        return 0
+    if args.from_runs:
+        lines = Path(args.from_runs).read_text().splitlines()
+        table = [HEADER, RULE, *(table_row(json.loads(line)) for line in lines if line.strip())]
+        print("\n".join(table))
+        if args.markdown:
+            Path(args.markdown).write_text("\n".join(table) + "\n")
         return 0
 
     sys.path.insert(0, str(Path(__file__).parent))

@@ -22,24 +22,26 @@ BatchRunner = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 OUTSIDE_MODEL_S_PER_TILE = 0.006
 """Wall seconds per tile that `kdmsi detect` spends outside the model's forward (reads,
-stitching, probability GeoTIFF, polygons), measured with resnet18 detectors on 2 busy cores
-(`bench/detect_speed.py`: 5.8 to 9 ms; the tile loop alone 1.9 to 3.6 ms). Polygons cost
-more where the change map is ragged."""
+stitching, probability GeoTIFF, polygons). Measured on 2 quiet cores (`bench/detect_speed.py`,
+README "Detect speed and memory"): the tile loop alone 0.9 to 1.5 ms; the whole run 3 to 4 ms
+with resnet18 detectors, 4 to 7 ms with the stand-in model's dense synthetic changes (113,088
+polygons on 16k^2). Polygons cost more where the change map is ragged (a random-init resnet50's
+noise-like map: 12 to 24 ms)."""
 
 REFERENCE_SECONDS_PER_TILE: dict[tuple[str, str], float] = {
-    ("mobilenet_v3_large", "torch"): 1.00,
-    ("mobilenet_v3_large", "onnx"): 0.27,
-    ("resnet18", "torch"): 1.01,
-    ("resnet18", "onnx"): 0.53,
-    ("resnet34", "torch"): 1.36,
-    ("resnet34", "onnx"): 0.74,
-    ("resnet50", "torch"): 1.99,
-    ("resnet50", "onnx"): 0.81,
+    ("mobilenet_v3_large", "torch"): 0.29,
+    ("mobilenet_v3_large", "onnx"): 0.16,
+    ("resnet18", "torch"): 0.29,
+    ("resnet18", "onnx"): 0.16,
+    ("resnet34", "torch"): 0.40,
+    ("resnet34", "onnx"): 0.23,
+    ("resnet50", "torch"): 0.64,
+    ("resnet50", "onnx"): 0.28,
 }
 """(backbone, runtime) -> seconds per 256 px tile pair of the detector's forward (batch 4,
-random init), measured with `measure_tile_speed` on 2 CPU cores of a shared virtual machine
-(Intel Xeon class; other jobs kept the load near 4, so a quiet laptop of that class is
-faster). A GPU is tens of times faster."""
+random init), measured with `measure_tile_speed` (best of 3 batches) on 2 otherwise idle CPU
+cores of a virtual machine (x86_64, torch 2.13 with 2 threads, onnxruntime 1.32). A GPU is
+tens of times faster."""
 
 
 def time_batch_runner(

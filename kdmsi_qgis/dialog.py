@@ -220,7 +220,7 @@ class KdmsiDialog(QDialog):
         self.detector_backbone = _combo(DETECTOR_BACKBONES, DETECTOR_BACKBONES.index("resnet50"))
         self.speed_button = QPushButton("Measure speed here")
         self.speed_button.clicked.connect(self.measure_speed)
-        self.speed_label = QLabel("Expected speed on this machine: not measured yet")
+        self.speed_label = QLabel(reference_speed_text())
         self.speed_label.setWordWrap(True)
         self.speeds: Dict[str, tuple] = {}
         self.detector_backbone.currentIndexChanged.connect(self.show_speed)
@@ -456,3 +456,23 @@ class KdmsiDialog(QDialog):
         if self.iface is not None:
             bar = self.iface.messageBar()
             bar.pushMessage(TITLE, message, level, 0 if level == Qgis.Critical else 8)
+
+
+def reference_speed_text() -> str:
+    """The speed label before anything was measured here: the reference figures of 2 CPU
+    cores (`kdmsi.speed.REFERENCE_SECONDS_PER_TILE`), so the choice of backbone is informed."""
+    try:
+        from kdmsi.speed import REFERENCE_SECONDS_PER_TILE
+    except ImportError:  # kdmsi missing: the dialog says what to install elsewhere
+        return "Expected speed on this machine: not measured yet"
+    reference = REFERENCE_SECONDS_PER_TILE
+    parts = [
+        f"{name} {reference[(name, 'torch')]:.2f} s ({reference[(name, 'onnx')]:.2f} s ONNX)"
+        for name in DETECTOR_BACKBONES
+        if {(name, "torch"), (name, "onnx")} <= set(reference)
+    ]
+    return (
+        "Not measured here yet. Per tile pair on 2 CPU cores: "
+        + ", ".join(parts)
+        + ". A GPU is tens of times faster."
+    )

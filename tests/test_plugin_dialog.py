@@ -203,6 +203,7 @@ def test_dialog_training_parameters_and_speed_label(project, scene_pair, tmp_pat
     grid = _grid_layer(project, scene_pair, tmp_path)
     dialog.tags.setLayer(grid)
     dialog.model_output.setFilePath(str(tmp_path / "mine"))
+    assert "resnet50" in dialog.speed_label.text() and "ONNX" in dialog.speed_label.text()
     dialog.detector_backbone.setCurrentText("mobilenet_v3_large")
     dialog.quality.setChecked(True)
     params = dialog.training_parameters()
