@@ -104,7 +104,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     tune_process_for_detect()  # as `kdmsi detect` does
     bounds = spec["bounds"]
     out = Path(spec["out"])
-    if spec["runtime"] == "torch":
+    if spec["runtime"] in ("torch", "auto"):
         import torch  # noqa: F401 - counted in the baseline, as in `kdmsi detect`
 
         import kdmsi.models  # noqa: F401
@@ -234,7 +234,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="2048,8192,16384")
     parser.add_argument("--backbones", default="resnet18,resnet50")
-    parser.add_argument("--runtimes", default="torch,onnx", help="torch, onnx (and/or numpy)")
+    parser.add_argument("--runtimes", default="torch,onnx", help="torch, onnx, auto (and/or numpy)")
     parser.add_argument("--max-tiles", type=int, default=96, help="0: always the full raster")
     parser.add_argument("--no-numpy", action="store_true", help="skip the numpy stand-in rows")
     parser.add_argument("--workdir", help="pairs and models are kept there (default: temp)")
@@ -292,7 +292,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 "size": size,
                 "backbone": backbone,
                 "runtime": runtime,
-                "model": models.get(f"{backbone}/{runtime}"),
+                # auto runs the .kdmsi file as `kdmsi detect` does (torch, or an ONNX export)
+                "model": models.get(f"{backbone}/{'torch' if runtime == 'auto' else runtime}"),
                 "before": str(before),
                 "after": str(after),
                 "bounds": bounds,
