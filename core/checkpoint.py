@@ -195,8 +195,8 @@ def _build_with_weights(kind: str, config: dict, state: Any) -> torch.nn.Module:
 
     Built on the meta device (no memory, no random init) and given the loaded tensors with
     ``assign=True``, so the weights are in memory once, not twice while a random-init copy is
-    overwritten (measured: peak RSS after loading a resnet50 detector 903 -> 748 MiB). Falls back to
-    the plain build + copy if some tensor of the network is not in `state`."""
+    overwritten (measured: peak RSS after loading a resnet50 detector 903 -> 748 MiB). Falls
+    back to the plain build + copy if some tensor of the network is not in `state`."""
     if not isinstance(state, dict):
         raise TypeError(f"weights are a {type(state).__name__}, not a state dict")
     with torch.device("meta"):
