@@ -149,17 +149,34 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def export_models(folder: Path, backbones: list[str], runtimes: list[str]) -> dict[str, Path]:
-    """Random-init detector checkpoints (and ONNX exports) per backbone; name -> path."""
+def export_models(
+    folder: Path, backbones: list[str], runtimes: list[str], trained: Optional[str] = None
+) -> dict[str, Path]:
+    """Random-init detector checkpoints (and ONNX exports) per backbone; name -> path. A
+    ``trained`` detector file replaces the random one of its backbone."""
     import torch
 
-    from kdmsi.checkpoint import save_detector
+    from kdmsi.checkpoint import read_checkpoint, save_detector
     from kdmsi.models import SiameseDeepLabV3Plus
     from kdmsi.normalisation import Normalisation
     from kdmsi.onnx_export import export_onnx
 
     paths: dict[str, Path] = {}
+    trained_backbone = (
+        read_checkpoint(trained)["metadata"]["model"]["backbone"] if trained else None
+    )
     for backbone in backbones:
+        if backbone == trained_backbone:
+            paths[f"{backbone}/torch"] = Path(trained)
+            if "onnx" in runtimes:
+                paths[f"{backbone}/onnx"] = export_onnx(
+                    trained,
+                    folder / f"{backbone}_trained.onnx",
+                    tile_size=TILE,
+                    batch_size=BATCH,
+                    overwrite=True,
+                )
+            continue
         torch.manual_seed(0)
         net = SiameseDeepLabV3Plus(backbone, in_channels=3)
         ckpt = save_detector(
@@ -217,6 +234,8 @@ def table_row(run: dict[str, Any]) -> str:
     if run["bounds"] is not None:
         wall += f" ({full_tiles / f['pairs_per_s']:,.0f})"
     model = run["backbone"] if run["runtime"] != "numpy" else "numpy stand-in"
+    if run.get("trained"):
+        model += " (trained)"
     share = (
         f"{f['forward_share']:.3f} ({f['loop_forward_share']:.3f})"
         if run["runtime"] != "numpy"
@@ -242,15 +261,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument(
         "--from-runs", help="only print (and --markdown) the table of a runs.jsonl of a workdir"
     )
+    parser.add_argument(
+        "--trained",
+        help="a trained detector (.kdmsi) to run instead of the random one of its backbone "
+        "(its change map, hence the polygons' cost, is realistic)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--export", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--export", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
     if args.export:
-        folder, backbones, runtimes = args.export
-        print(json.dumps(export_models(Path(folder), backbones.split(","), runtimes.split(","))))
+        folder, backbones, runtimes, trained = args.export
+        models = export_models(
+            Path(folder), backbones.split(","), runtimes.split(","), trained or None
+        )
+        print(json.dumps(models))
         return 0
     if args.from_runs:
         lines = Path(args.from_runs).read_text().splitlines()
@@ -269,7 +296,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     root = Path(args.workdir or tempfile.mkdtemp(prefix="kdmsi-speed-"))
     root.mkdir(parents=True, exist_ok=True)
     print(f"kdmsi detect speed: {os.cpu_count()} CPUs, tile {TILE} overlap {OVERLAP} batch {BATCH}")
-    models = run_subprocess(["--export", str(root), ",".join(backbones), ",".join(runtimes)])
+    models = run_subprocess(
+        ["--export", str(root), ",".join(backbones), ",".join(runtimes), args.trained or ""]
+    )
     rows: list[str] = []
     print(HEADER)
     print(RULE)
@@ -291,6 +320,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             spec = {
                 "size": size,
                 "backbone": backbone,
+                "trained": bool(args.trained) and models.get(f"{backbone}/torch") == args.trained,
                 "runtime": runtime,
                 # auto runs the .kdmsi file as `kdmsi detect` does (torch, or an ONNX export)
                 "model": models.get(f"{backbone}/{'torch' if runtime == 'auto' else runtime}"),

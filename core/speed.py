@@ -23,7 +23,7 @@ BatchRunner = Callable[[np.ndarray, np.ndarray], np.ndarray]
 OUTSIDE_MODEL_S_PER_TILE = 0.006
 """Wall seconds per tile that `kdmsi detect` spends outside the model's forward (reads,
 stitching, probability GeoTIFF, polygons). Measured on 2 quiet cores (`bench/detect_speed.py`,
-README "Detect speed and memory"): the tile loop alone 0.9 to 1.5 ms; the whole run 3 to 4 ms
+README "Detect speed and memory"): the tile loop alone 0.9 to 1.7 ms; the whole run 3 to 4 ms
 with resnet18 detectors, 4 to 7 ms with the stand-in model's dense synthetic changes (113,088
 polygons on 16k^2). Polygons cost more where the change map is ragged (a random-init resnet50's
 noise-like map: 12 to 24 ms)."""
