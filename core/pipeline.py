@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import os
 import queue
@@ -65,6 +64,7 @@ from .detect_model import (
     onnx_batch_runner,
     torch_batch_runner,
 )
+from .metadata import metadata_strings
 from .normalisation import Normalisation
 from .progress import CancelCheck, ProgressCallback, check_cancel, report, sub_progress
 from .raster import (
@@ -1015,10 +1015,8 @@ def _quiet(logger_name: str) -> Iterator[None]:
 
 
 def _metadata_strings(metadata: dict[str, Any]) -> dict[str, str]:
-    return {
-        f"kdmsi_{k}": v if isinstance(v, str) else json.dumps(v, sort_keys=True)
-        for k, v in metadata.items()
-    }
+    """The vector layer's metadata: `metadata_strings` under ``kdmsi_`` keys."""
+    return {f"kdmsi_{k}": v for k, v in metadata_strings(metadata).items()}
 
 
 # ------------------------------------------------------------------------------- tile grid

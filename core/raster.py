@@ -12,7 +12,6 @@ afterwards, so the module behaves the same inside QGIS, whose global setting it 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 from osgeo import gdal, ogr, osr
 
+from .metadata import decode_metadata, metadata_strings
 from .progress import CancelCheck, Cancelled, ProgressCallback, check_cancel
 
 log = logging.getLogger(__name__)
@@ -726,13 +726,6 @@ def pair_stretches(
 # ------------------------------------------------------------------------ probability output
 
 
-def _metadata_strings(metadata: Optional[dict[str, Any]]) -> dict[str, str]:
-    out = {}
-    for key, value in (metadata or {}).items():
-        out[str(key)] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    return out
-
-
 _OUTPUT_COMPRESSION = ("COMPRESS=DEFLATE", "PREDICTOR=3", "ZLEVEL=1")
 
 
@@ -861,7 +854,7 @@ def create_probability_raster(
         band = ds.GetRasterBand(1)
         band.SetNoDataValue(PROB_NODATA)
         band.SetDescription("change probability")
-        items = _metadata_strings(metadata)
+        items = metadata_strings(metadata)
         if items:
             ds.SetMetadata(items)
     return ProbabilityRasterWriter(ds, str(path))
@@ -872,13 +865,7 @@ def read_metadata(path: PathLike) -> dict[str, Any]:
     with gdal_exceptions():
         ds = gdal.Open(str(path))
         items = ds.GetMetadata() or {}
-    out: dict[str, Any] = {}
-    for key, value in items.items():
-        try:
-            out[key] = json.loads(value)
-        except ValueError:
-            out[key] = value
-    return out
+    return decode_metadata(items)
 
 
 def overview_levels(width: int, height: int, smallest: int = 256) -> list[int]:

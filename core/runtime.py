@@ -12,7 +12,6 @@ when it is missing. Importing this module never imports torch or onnxruntime.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from .metadata import decode_metadata
 from .normalisation import Normalisation
 
 log = logging.getLogger(__name__)
@@ -129,23 +129,13 @@ class OnnxModelInfo:
     metadata: dict[str, Any]
 
 
-def _decode(items: dict[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in items.items():
-        try:
-            out[key] = json.loads(value)
-        except ValueError:
-            out[key] = value
-    return out
-
-
 def info_from_metadata(items: dict[str, str], source: str = "ONNX model") -> OnnxModelInfo:
     """`OnnxModelInfo` from an ONNX file's ``metadata_props`` (string values).
 
     Raises:
         OnnxModelError: not a kdmsi export, a newer format, or a missing item.
     """
-    meta = _decode(items)
+    meta = decode_metadata(items)
     if meta.get("kdmsi_format") != ONNX_FORMAT:
         raise OnnxModelError(
             f"{source} was not exported by kdmsi (no '{ONNX_FORMAT}' metadata): export one "
