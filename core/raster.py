@@ -818,6 +818,10 @@ class ProbabilityRasterWriter:
         self.close()
 
 
+SCRATCH_BLOCK_ROWS = 64
+"""Block height of a scratch probability raster (a multiple of 16, as TIFF tiles must be)."""
+
+
 def create_probability_raster(
     path: PathLike,
     width: int,
@@ -830,18 +834,20 @@ def create_probability_raster(
 ) -> ProbabilityRasterWriter:
     """Create the change-probability GeoTIFF and return a writer for its rows.
 
-    Float32 in [0, 1], nodata `PROB_NODATA` (-1), tiled ``block_size`` x ``block_size``,
-    BigTIFF when needed. Compression: DEFLATE level 1 with the floating-point predictor (read
-    everywhere; level 1 costs about 60 % of the default level's time for 2 % more bytes), or
-    with ``scratch`` (a temporary file only kdmsi reads back) ZSTD level 1 without predictor,
-    several times cheaper again. ``metadata`` items are stored as GDAL metadata (non-string
-    values as JSON strings). Usually ``path`` is the temporary path from
+    Float32 in [0, 1], nodata `PROB_NODATA` (-1), tiled ``block_size`` x ``block_size`` (a
+    ``scratch`` file: ``block_size`` x `SCRATCH_BLOCK_ROWS`, as the writer holds one block row
+    of the raster's width: 4 instead of 16 MiB at 16k px), BigTIFF when needed. Compression:
+    DEFLATE level 1 with the floating-point predictor (read everywhere; level 1 costs about
+    60 % of the default level's time for 2 % more bytes), or with ``scratch`` (a temporary
+    file only kdmsi reads back) ZSTD level 1 without predictor, several times cheaper again.
+    ``metadata`` items are stored as GDAL metadata (non-string values as JSON strings).
+    Usually ``path`` is the temporary path from
     `kdmsi.atomic.atomic_output`.
     """
     options = [
         "TILED=YES",
         f"BLOCKXSIZE={block_size}",
-        f"BLOCKYSIZE={block_size}",
+        f"BLOCKYSIZE={min(block_size, SCRATCH_BLOCK_ROWS) if scratch else block_size}",
         *(scratch_compression() if scratch else _OUTPUT_COMPRESSION),
         "BIGTIFF=IF_SAFER",
     ]

@@ -141,3 +141,29 @@ def test_mobilenet_takes_other_band_counts_and_is_detector_only():
         SiameseCAMNet("mobilenet_v3_large")
     with pytest.raises(BackboneError, match="unknown backbone"):
         SiameseDeepLabV3Plus("vgg16")
+
+
+@pytest.mark.parametrize("backbone", DETECTOR_BACKBONES)
+def test_detector_eval_forward_equals_forward_features(backbone):
+    # eval mode runs the dates through the encoder one at a time (less memory): same logits
+    torch.manual_seed(0)
+    net = SiameseDeepLabV3Plus(backbone).eval()
+    pre, post = torch.randn(3, 3, 64, 96), torch.randn(3, 3, 64, 96)
+    with torch.no_grad():
+        lean = net(pre, post)
+        full = net.forward_features(pre, post).logits
+    assert lean.shape == full.shape == (3, 2, 64, 96)
+    assert torch.allclose(lean, full, atol=1e-4, rtol=1e-4)
+
+
+def test_detector_training_forward_normalises_both_dates_together():
+    # training keeps one encoder pass over both dates: batch norm statistics over 2B images
+    torch.manual_seed(0)
+    net = SiameseDeepLabV3Plus("resnet18").train()
+    pre, post = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64) + 2.0
+    torch.manual_seed(1)
+    logits = net(pre, post)
+    torch.manual_seed(1)
+    expected = net.forward_features(pre, post).logits
+    assert torch.allclose(logits, expected)
+    assert logits.requires_grad

@@ -11,6 +11,7 @@ from osgeo import gdal, osr
 
 from kdmsi.raster import (
     PROB_NODATA,
+    SCRATCH_BLOCK_ROWS,
     BandStretch,
     RasterInputError,
     RasterNotFoundError,
@@ -309,6 +310,24 @@ def test_pair_stretches_16bit(tmp_path):
         s_before, s_after = pair_stretches(pair, max_samples=2000)
     np.testing.assert_allclose(s_after.low, s_before.low, rtol=0.05)
     np.testing.assert_allclose(s_after.high, s_before.high, rtol=0.05)
+
+
+def test_scratch_probability_raster_holds_short_block_rows(tmp_path):
+    # the writer buffers one block row of the raster's width: short blocks keep that small
+    path = tmp_path / "scratch.tif"
+    width, height = 700, 150
+    gt = (500000.0, 10.0, 0.0, 5000000.0, 0.0, -10.0)
+    truth = np.random.default_rng(2).random((height, width)).astype(np.float32)
+    with create_probability_raster(path, width, height, gt, wkt(32633), scratch=True) as writer:
+        assert writer.block_height == SCRATCH_BLOCK_ROWS == 64
+        y = 0
+        for n in (100, 13, 37):
+            writer.write_rows(y, truth[y : y + n])
+            y += n
+    ds = gdal.Open(str(path))  # kept: a band outlives no dataset
+    band = ds.GetRasterBand(1)
+    assert band.GetBlockSize() == [256, SCRATCH_BLOCK_ROWS]
+    np.testing.assert_array_equal(band.ReadAsArray(), truth)
 
 
 def test_probability_raster_roundtrip(tmp_path):
