@@ -429,13 +429,11 @@ def cmd_synth(args) -> int:
 def _warn_quality(before: str, after: str, model: str) -> None:
     """Log a warning when the rasters differ in pixel size and the model is not robust to it;
     unreadable inputs are left to `detect_changes`, which names the problem."""
-    from .checkpoint import CheckpointError
     from .quality import quality_warning
-    from .raster import RasterInputError
 
     try:
         message = quality_warning(before, after, model)
-    except (CheckpointError, RasterInputError, OSError):
+    except (ValueError, OSError):  # CheckpointError, RasterInputError (no torch import here)
         return
     if message:
         log.warning("warning: %s", message)
@@ -820,8 +818,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--runtime",
         choices=RUNTIMES,
         default="auto",
-        help="auto: ONNX Runtime when installed and faster on this CPU (timed on big rasters), "
-        "torch on a GPU; onnx needs onnxruntime",
+        help="auto: ONNX Runtime when installed and faster on this CPU (timed on big rasters; "
+        "the export and the choice are kept in ~/.cache/kdmsi/onnx, or $KDMSI_CACHE_DIR, for "
+        "the next run), torch on a GPU; onnx needs onnxruntime",
     )
     common(p, tile=False)
     p.set_defaults(func=cmd_detect)

@@ -1,9 +1,10 @@
 """Models for the detect path: a model file -> a `BatchRunner` with torch or ONNX Runtime.
 
 `load_checkpoint_model` loads a ``.kdmsi`` file with torch and, when asked (or when
-``runtime="auto"`` finds it faster, `choose_runtime`), exports it to a temporary ONNX file run
-by ONNX Runtime; `load_onnx_model` runs an exported ``.onnx`` file without importing torch.
-Torch is imported lazily, inside the functions that need it.
+``runtime="auto"`` finds it faster, `choose_runtime`), exports it to ONNX run by ONNX Runtime,
+keeping the export and the choice for later runs (`kdmsi.onnx_cache`); `load_onnx_model` runs
+an exported ``.onnx`` file without importing torch. Torch is imported lazily, inside the
+functions that need it.
 """
 
 from __future__ import annotations
@@ -206,14 +207,50 @@ def load_checkpoint_model(
     count_tiles: Callable[[int], int],
     stack: contextlib.ExitStack,
 ) -> LoadedModel:
-    """A ``.kdmsi`` model with torch, or exported to a temporary ONNX file (see
-    `choose_runtime`); the temporary folder lives as long as ``stack``."""
-    from .checkpoint import load_checkpoint
-    from .inference import DEFAULT_SCALES, pick_device
+    """A ``.kdmsi`` model with torch, or exported to ONNX (see `choose_runtime`).
+
+    On the CPU, ``runtime`` ``auto`` and ``onnx`` keep the export and the choice in
+    `kdmsi.onnx_cache`: a later run with the same model file and settings loads the cached
+    ONNX model without importing torch (or, if ``auto`` chose torch, skips export and timing).
+    A fresh export goes to a temporary folder that lives as long as ``stack``.
+    """
+    from . import onnx_cache
 
     if runtime == "onnx":
         _check_onnx_device(device)
+    key: Optional[str] = None
+    cached: Optional[onnx_cache.CachedExport] = None
+
+    def kept_onnx_model() -> Optional[LoadedModel]:
+        """Look up the kept export; the ONNX model when it is what this run should use."""
+        nonlocal key, cached
+        if runtime == "torch" or not onnxruntime_available():
+            return None
+        key = onnx_cache.export_key(path, tile_size, batch_size, scales, flip)
+        cached = onnx_cache.lookup(key)
+        if cached is None or (runtime == "auto" and cached.choice != "onnx"):
+            return None
+        log.info("runtime %s: the ONNX export of %s kept in %s", runtime, path, cached.onnx_path)
+        return load_onnx_model(cached.onnx_path, "onnx", "cpu", tile_size)
+
+    # certainly the CPU: look before importing torch, which the kept ONNX model runs without
+    if (
+        runtime == "onnx"
+        or device == "cpu"
+        or (device == "auto" and not onnx_cache.accelerator_possible())
+    ):
+        kept = kept_onnx_model()
+        if kept is not None:
+            return kept
+
+    from .checkpoint import load_checkpoint
+    from .inference import DEFAULT_SCALES, pick_device
+
     torch_device = pick_device("cpu" if runtime == "onnx" else device)
+    if key is None and torch_device.type == "cpu":  # a GPU driver but no GPU torch can use
+        kept = kept_onnx_model()
+        if kept is not None:
+            return kept
     model, meta = load_checkpoint(path, role="auto", device=torch_device)
     kind = meta["kind"]
     scales = DEFAULT_SCALES if scales is None else tuple(float(s) for s in scales)
@@ -241,43 +278,73 @@ def load_checkpoint_model(
     if runtime == "torch" or (runtime == "auto" and torch_device.type != "cpu"):
         return loaded
     if runtime == "auto":
+        if cached is not None and cached.choice == "torch":
+            log.info("runtime auto: torch, as timed on an earlier run with this model")
+            return loaded
         if not onnxruntime_available():
             log.info("runtime auto: onnxruntime is not installed, running with torch")
             return loaded
-        tiles = count_tiles(tile)
-        if tiles < AUTO_PROBE_MIN_TILES:
-            log.info("runtime auto: %d tiles (< %d), torch", tiles, AUTO_PROBE_MIN_TILES)
-            return loaded
-    from .onnx_export import export_onnx
+        if cached is None:
+            tiles = count_tiles(tile)
+            if tiles < AUTO_PROBE_MIN_TILES:
+                log.info("runtime auto: %d tiles (< %d), torch", tiles, AUTO_PROBE_MIN_TILES)
+                return loaded
+    from .onnx_export import ExportError, ProbabilityModule, export_loaded, max_difference
+    from .runtime import ONNX_TOLERANCE
 
-    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kdmsi-onnx-")))
-    onnx_path = export_onnx(
-        path,
-        folder / "model.onnx",
-        tile_size=tile,
-        batch_size=batch_size,
-        scales=scales,
-        flip=flip,
-        verify=True,  # refused beyond ONNX_TOLERANCE of torch
-    )
-    predictor = OnnxPredictor(onnx_path)
+    if cached is not None:
+        onnx_path = cached.onnx_path  # exported by `--runtime onnx`, not timed yet
+    else:
+        # the loaded network: its weights are not read a second time. (Not folding constants
+        # would lower the exporter's peak by ~150 MiB for a resnet50, but ONNX Runtime then
+        # folds them itself and holds ~90 MiB more for the whole run, and every later run
+        # with the kept export would too.)
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kdmsi-onnx-")))
+        onnx_path = export_loaded(
+            model,
+            meta,
+            folder / "model.onnx",
+            source=Path(path).name,
+            tile_size=tile,
+            batch_size=batch_size,
+            scales=scales,
+            flip=flip,
+            verify=False,
+        )
+    predictor = OnnxPredictor(onnx_path)  # checked here, and then used
+    module = ProbabilityModule(model, kind, scales, flip).eval()
+    difference = max_difference(module, predictor, seed=1)
+    if not difference <= ONNX_TOLERANCE:
+        message = (
+            f"the ONNX export of {path} differs from torch by {difference:.2e} (more than "
+            f"{ONNX_TOLERANCE:g})"
+        )
+        if runtime == "onnx":
+            raise ExportError(f"{message}; use --runtime torch for this model")
+        log.warning("runtime auto: %s, running with torch", message)
+        return loaded
     run_onnx = onnx_batch_runner(predictor)
     if runtime == "auto":
-        choice = choose_runtime(
+        choice, seconds = choose_runtime(
             {"torch": run_torch, "onnx": run_onnx}, batch_size, len(meta["bands"]), tile
         )
+        if key is not None:
+            onnx_cache.store(key, onnx_path, choice, seconds)
         if choice == "torch":
             return loaded
+    elif key is not None and cached is None:
+        onnx_cache.store(key, onnx_path)
     loaded.run_batch, loaded.runtime, loaded.device = run_onnx, "onnx", "cpu"
     loaded.info = {**info, "runtime": "onnx", "onnx_batch_size": batch_size}
-    del model, run_torch  # the ONNX session holds its own weights
+    del model, module, run_torch  # the ONNX session holds its own weights
     return loaded
 
 
 def choose_runtime(
     runners: dict[str, BatchRunner], batch_size: int, channels: int, tile_size: int
-) -> str:
-    """``runtime="auto"`` on a CPU: the fastest of ``runners`` on a random batch.
+) -> tuple[str, dict[str, float]]:
+    """``runtime="auto"`` on a CPU: the fastest of ``runners`` on a random batch, and the
+    seconds per tile pair of each.
 
     Each runner gets one warm-up batch and one timed batch of ``batch_size`` random
     [channels, tile_size, tile_size] pairs; the choice and both timings are logged. (``auto``
@@ -296,7 +363,7 @@ def choose_runtime(
         choice,
         ", ".join(f"{name} {1000 * s:.0f} ms" for name, s in seconds.items()),
     )
-    return choice
+    return choice, seconds
 
 
 def model_threshold(value: Any) -> float:

@@ -170,8 +170,45 @@ def export_onnx(
     if target.suffix.lower() != ".onnx":
         raise ExportError(f"the ONNX output {target} must have the .onnx extension")
     check_output_target(target, overwrite)
-    onnx = _require_onnx()
+    _require_onnx()
     model, meta = load_checkpoint(model_path, role="student", device="cpu")
+    return export_loaded(
+        model,
+        meta,
+        target,
+        source=Path(model_path).name,
+        tile_size=tile_size,
+        batch_size=batch_size,
+        overlap_px=overlap_px,
+        scales=scales,
+        flip=flip,
+        opset=opset,
+        verify=verify,
+        overwrite=overwrite,
+    )
+
+
+def export_loaded(
+    model: torch.nn.Module,
+    meta: dict[str, Any],
+    out_path: PathLike,
+    *,
+    source: str,
+    tile_size: Optional[int] = None,
+    batch_size: int = DEFAULT_ONNX_BATCH,
+    overlap_px: Optional[int] = None,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    flip: bool = True,
+    opset: int = ONNX_OPSET,
+    verify: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """`export_onnx` of a network already loaded on the CPU (``model``, ``meta`` as
+    `kdmsi.checkpoint.load_checkpoint` returns them; ``source``: the checkpoint's name), as
+    `kdmsi detect --runtime auto` does without loading the weights twice.
+    """
+    onnx = _require_onnx()
+    target = Path(out_path)
     tile = int(tile_size or meta["tile_size"])
     overlap_px = min(DEFAULT_OVERLAP, tile // 4) if overlap_px is None else int(overlap_px)
     if tile < 16 or batch_size < 1 or not 0 <= overlap_px < tile:
@@ -189,16 +226,22 @@ def export_onnx(
         overlap_px=overlap_px,
         scales=scales,
         flip=flip,
-        source=Path(model_path).name,
+        source=source,
     )
     with atomic_output(target, overwrite) as temp:
         _trace_to_onnx(module, example, temp, opset)
-        proto = onnx.load(str(temp))
-        proto.producer_name, proto.producer_version = "kdmsi", __version__
-        proto.doc_string = f"kdmsi {meta['kind']} ({props['backbone']}) change probability"
+        description = onnx.ModelProto(
+            producer_name="kdmsi",
+            producer_version=__version__,
+            doc_string=f"kdmsi {meta['kind']} ({json.loads(props['backbone'])}) change probability",
+        )
         for key, value in props.items():
-            proto.metadata_props.add(key=key, value=value)
-        onnx.save(proto, str(temp))
+            description.metadata_props.add(key=key, value=value)
+        # A protobuf message followed by another is read as the two merged (singular fields
+        # from the second, repeated ones appended): appending these fields sets them without
+        # loading and re-serialising the weights, which would hold them twice more.
+        with open(temp, "ab") as fh:
+            fh.write(description.SerializeToString())
         if verify and onnxruntime_available():
             difference = max_difference(module, temp, seed=1)
             log.info("ONNX Runtime vs torch on a random batch: max |diff| %.2e", difference)
@@ -209,7 +252,7 @@ def export_onnx(
                 )
     log.info(
         "exported %s to %s: [%d, %d, %d, %d] -> [%d, 1, %d, %d], opset %d",
-        model_path,
+        source,
         target,
         batch_size,
         channels,
@@ -260,9 +303,15 @@ def _trace_to_onnx(
         )
 
 
-def max_difference(module: torch.nn.Module, onnx_path: PathLike, seed: int = 1) -> float:
-    """Max |p_onnx - p_torch| over one random batch of the ONNX model's input shape."""
-    predictor = OnnxPredictor(onnx_path)
+def max_difference(
+    module: torch.nn.Module, onnx_model: Union[PathLike, OnnxPredictor], seed: int = 1
+) -> float:
+    """Max |p_onnx - p_torch| over one random batch of the ONNX model's input shape
+    (``onnx_model``: an ``.onnx`` file or a loaded `OnnxPredictor`)."""
+    if isinstance(onnx_model, OnnxPredictor):
+        predictor = onnx_model
+    else:
+        predictor = OnnxPredictor(onnx_model)
     info = predictor.info
     pre, post = _random_pair(info.batch_size, info.channels, info.tile_size, seed)
     with torch.no_grad():
@@ -275,6 +324,7 @@ __all__ = [
     "DEFAULT_ONNX_BATCH",
     "ExportError",
     "ProbabilityModule",
+    "export_loaded",
     "export_onnx",
     "max_difference",
     "onnx_metadata",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from typing import Any, Optional, Union
 
-from .checkpoint import is_quality_robust, read_checkpoint
 from .raster import pixel_size_ratio
 
 PIXEL_SIZE_RATIO_LIMIT = 2.0
@@ -27,12 +26,15 @@ def quality_warning(
 ) -> Optional[str]:
     """A warning when the rasters' pixel sizes differ by more than `limit` times and `model`
     (a checkpoint path or its metadata) is not quality-robust; None otherwise."""
-    meta = model if isinstance(model, dict) else read_checkpoint(model)["metadata"]
-    if is_quality_robust(meta):
-        return None
     ratio = pixel_size_ratio(before, after)
     factor = max(ratio, 1.0 / ratio)
     if factor <= limit:
+        return None
+    # the checkpoint only now: reading it imports torch, which an ONNX run does without
+    from .checkpoint import is_quality_robust, read_checkpoint
+
+    meta = model if isinstance(model, dict) else read_checkpoint(model)["metadata"]
+    if is_quality_robust(meta):
         return None
     coarser = "after" if ratio > 1 else "before"
     return (

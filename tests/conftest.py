@@ -21,6 +21,13 @@ REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "data" / "real"
 
 
+@pytest.fixture(autouse=True)
+def _own_onnx_cache(tmp_path_factory, monkeypatch):
+    """Every test gets an empty `kdmsi.onnx_cache` folder (subprocesses inherit it), never
+    the user's ~/.cache."""
+    monkeypatch.setenv("KDMSI_CACHE_DIR", str(tmp_path_factory.mktemp("onnx-cache")))
+
+
 @pytest.fixture(scope="session")
 def real_data() -> Path:
     """../shared/data/real, or skip when this checkout has no such folder."""

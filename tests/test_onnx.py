@@ -7,6 +7,7 @@ runs use a 160 x 192 px pair (a 4 x 4 tile grid), so the whole file takes second
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from kdmsi.checkpoint import save_detector
 from kdmsi.cli import main
 from kdmsi.models import SiameseDeepLabV3Plus
 from kdmsi.normalisation import Normalisation
-from kdmsi.onnx_export import export_onnx, max_difference
+from kdmsi.onnx_export import ExportError, export_onnx, max_difference
 from kdmsi.pipeline import choose_runtime, detect_changes
 from kdmsi.runtime import (
     ONNX_TOLERANCE,
@@ -94,6 +95,13 @@ def test_export_has_concrete_shapes_and_metadata(models):
     assert meta["threshold"] == 0.5 and meta["class_names"] == ["no change", "change"]
     info = read_onnx_info(models["onnx"])
     assert (info.tile_size, info.batch_size, info.channels) == (TILE, BATCH, 3)
+    # written by appending to torch's file: the appended fields win, nothing is duplicated
+    assert (proto.producer_name, proto.doc_string) == (
+        "kdmsi",
+        "kdmsi detector (resnet18) change probability",
+    )
+    assert len(proto.metadata_props) == len(meta)
+    onnx.checker.check_model(proto)
 
 
 def _dims(value):
@@ -208,5 +216,168 @@ def test_auto_runtime_picks_the_faster_runner():
     def fast(pre, post):
         return np.zeros((pre.shape[0], *pre.shape[2:]), np.float32)
 
-    assert choose_runtime({"torch": slow, "onnx": fast}, 2, 3, 16) == "onnx"
-    assert choose_runtime({"torch": fast, "onnx": slow}, 2, 3, 16) == "torch"
+    choice, seconds = choose_runtime({"torch": slow, "onnx": fast}, 2, 3, 16)
+    assert choice == "onnx" and seconds["torch"] >= 0.01 > seconds["onnx"]
+    assert choose_runtime({"torch": fast, "onnx": slow}, 2, 3, 16)[0] == "torch"
+
+
+def test_auto_runtime_exports_the_loaded_model_and_checks_it(models, pair, tmp_path, monkeypatch):
+    # grids of AUTO_PROBE_MIN_TILES and more: export, check against torch, time both
+    import kdmsi.detect_model as detect_model
+
+    monkeypatch.setattr(detect_model, "AUTO_PROBE_MIN_TILES", 1)
+    before, after = pair
+    common = dict(overlap_px=OVERLAP, batch_size=BATCH, device="cpu", threshold=0.5)
+    reference = detect_changes(
+        before,
+        after,
+        models["kdmsi"],
+        tmp_path / "t.gpkg",
+        tmp_path / "t.tif",
+        runtime="torch",
+        **common,
+    )
+    auto = detect_changes(
+        before,
+        after,
+        models["kdmsi"],
+        tmp_path / "a.gpkg",
+        tmp_path / "a.tif",
+        runtime="auto",
+        **common,
+    )
+    assert reference.runtime == "torch" and auto.runtime in ("torch", "onnx")
+    got, expected = _probability(tmp_path / "a.tif"), _probability(tmp_path / "t.tif")
+    assert np.abs(got - expected).max() <= ONNX_TOLERANCE
+
+    # an export that does not match torch: auto runs torch, --runtime onnx refuses
+    import kdmsi.onnx_export as onnx_export
+
+    monkeypatch.setenv("KDMSI_CACHE_DIR", str(tmp_path / "fresh-cache"))  # export again
+
+    monkeypatch.setattr(onnx_export, "max_difference", lambda *a, **k: 1.0)
+    fallback = detect_changes(
+        before, after, models["kdmsi"], tmp_path / "f.gpkg", runtime="auto", **common
+    )
+    assert fallback.runtime == "torch"
+    with pytest.raises(ExportError, match="differs from torch.*--runtime torch"):
+        detect_changes(
+            before, after, models["kdmsi"], tmp_path / "o.gpkg", runtime="onnx", **common
+        )
+    assert not (tmp_path / "o.gpkg").exists()
+
+
+def test_auto_runtime_keeps_its_export_and_choice(models, pair, tmp_path, monkeypatch):
+    import kdmsi.checkpoint
+    import kdmsi.detect_model as detect_model
+    from kdmsi import onnx_cache
+
+    monkeypatch.setattr(detect_model, "AUTO_PROBE_MIN_TILES", 1)
+    monkeypatch.setattr(
+        detect_model, "choose_runtime", lambda *a: ("onnx", {"torch": 0.2, "onnx": 0.1})
+    )
+    before, after = pair
+    common = dict(overlap_px=OVERLAP, batch_size=BATCH, device="cpu", threshold=0.5)
+    first = detect_changes(
+        before,
+        after,
+        models["kdmsi"],
+        tmp_path / "1.gpkg",
+        tmp_path / "1.tif",
+        runtime="auto",
+        **common,
+    )
+    key = onnx_cache.export_key(models["kdmsi"], None, BATCH, None, True)
+    kept = onnx_cache.lookup(key)
+    assert first.runtime == "onnx" and kept is not None and kept.choice == "onnx"
+    assert kept.seconds_per_tile == {"torch": 0.2, "onnx": 0.1}
+    assert read_onnx_info(kept.onnx_path).batch_size == BATCH
+
+    # the second run loads the kept export: no checkpoint read, no export, same result
+    def no_checkpoint(*args, **kwargs):
+        raise AssertionError("the checkpoint was loaded again")
+
+    monkeypatch.setattr(kdmsi.checkpoint, "load_checkpoint", no_checkpoint)
+    second = detect_changes(
+        before,
+        after,
+        models["kdmsi"],
+        tmp_path / "2.gpkg",
+        tmp_path / "2.tif",
+        runtime="auto",
+        **common,
+    )
+    assert second.runtime == "onnx"
+    np.testing.assert_array_equal(
+        _probability(tmp_path / "2.tif"), _probability(tmp_path / "1.tif")
+    )
+
+    # ... and in a fresh process torch is never imported (the grid is small: the kept
+    # export is used whatever the grid)
+    code = (
+        "import sys; from kdmsi.cli import main; "
+        f"code = main(['-q', 'detect', '--before', {str(before)!r}, '--after', {str(after)!r}, "
+        f"'--model', {str(models['kdmsi'])!r}, '--out', {str(tmp_path / '3.gpkg')!r}, "
+        f"'--overlap', '{OVERLAP}', '--batch-size', '{BATCH}', '--device', 'cpu']); "
+        "assert code == 0, code; assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    # another batch size is another export
+    assert onnx_cache.lookup(onnx_cache.export_key(models["kdmsi"], None, 1, None, True)) is None
+
+
+def test_onnx_cache_keeps_the_most_recent_entries(tmp_path, monkeypatch):
+    from kdmsi import onnx_cache
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"not really onnx")
+    keys = [f"key{i}" for i in range(onnx_cache.MAX_ENTRIES + 1)]
+    for i, key in enumerate(keys):
+        assert onnx_cache.store(key, model, "torch" if i else "bogus") is not None
+        os.utime(onnx_cache.cache_dir() / key, (i, i))  # older first, whatever the clock
+    onnx_cache.store("key-last", model)
+    kept = sorted(p.name for p in onnx_cache.cache_dir().iterdir())
+    assert kept == sorted(keys[-(onnx_cache.MAX_ENTRIES - 1) :] + ["key-last"])
+    hit = onnx_cache.lookup(keys[-1])
+    assert hit.choice == "torch" and hit.onnx_path.read_bytes() == b"not really onnx"
+    assert onnx_cache.lookup("key-last").choice is None
+
+    monkeypatch.setenv("KDMSI_CACHE_DIR", "")  # empty: no cache at all
+    assert onnx_cache.cache_dir() is None and onnx_cache.store("x", model) is None
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    monkeypatch.setenv("KDMSI_CACHE_DIR", str(blocked / "cache"))  # cannot be created
+    assert onnx_cache.store("x", model) is None and onnx_cache.lookup("x") is None
+
+
+def test_auto_runtime_remembers_choosing_torch(models, pair, tmp_path, monkeypatch):
+    import kdmsi.detect_model as detect_model
+    import kdmsi.onnx_export as onnx_export
+
+    monkeypatch.setattr(detect_model, "AUTO_PROBE_MIN_TILES", 1)
+    monkeypatch.setattr(
+        detect_model, "choose_runtime", lambda *a: ("torch", {"torch": 0.1, "onnx": 0.2})
+    )
+    before, after = pair
+    common = dict(overlap_px=OVERLAP, batch_size=BATCH, device="cpu", threshold=0.5)
+    first = detect_changes(
+        before, after, models["kdmsi"], tmp_path / "1.gpkg", runtime="auto", **common
+    )
+    assert first.runtime == "torch"
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(onnx_export, "export_loaded", no_export)
+    monkeypatch.setattr(detect_model, "choose_runtime", no_export)
+    second = detect_changes(
+        before, after, models["kdmsi"], tmp_path / "2.gpkg", runtime="auto", **common
+    )
+    assert second.runtime == "torch"
+    # --runtime onnx uses the kept export as it is
+    third = detect_changes(
+        before, after, models["kdmsi"], tmp_path / "3.gpkg", runtime="onnx", **common
+    )
+    assert third.runtime == "onnx"
