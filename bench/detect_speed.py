@@ -18,7 +18,11 @@ Models: random-initialised Siamese DeepLabV3+ detectors saved with
 `kdmsi.checkpoint.save_detector` (weights do not change the cost). Runtime ``torch`` runs the
 ``.kdmsi`` file (``--runtime torch``); ``onnx`` runs the ``.onnx`` file written beforehand by
 `kdmsi.onnx_export.export_onnx` (as `kdmsi export-onnx` does), so that process never imports
-torch. A ``numpy`` row per size runs the same path at full size with a cheap stand-in model
+torch; ``auto`` runs the ``.kdmsi`` file as `kdmsi detect` does by default: on grids of 256
+tiles or more (``--max-tiles 300``) it exports the model, times both runtimes and keeps the
+export and the choice (`kdmsi.onnx_cache`, here in the workdir's ``onnx-cache``, emptied at
+the start), so ``--runtimes auto,auto`` shows a first run and a run that finds the export kept.
+A ``numpy`` row per size runs the same path at full size with a cheap stand-in model
 (sigmoid of the mean |post - pre|, numpy): the detect path's own cost and memory.
 
 ``--max-tiles N`` (default 96): a raster whose grid has more tiles is run on a full-width strip
@@ -50,6 +54,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -104,10 +109,16 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     tune_process_for_detect()  # as `kdmsi detect` does
     bounds = spec["bounds"]
     out = Path(spec["out"])
-    if spec["runtime"] in ("torch", "auto"):
-        import torch  # noqa: F401 - counted in the baseline, as in `kdmsi detect`
+    kept_export = False
+    if spec["runtime"] == "torch":
+        import torch  # noqa: F401 - counted in the baseline
 
         import kdmsi.models  # noqa: F401
+    if spec["runtime"] == "auto":  # imports torch itself, unless the export is kept
+        from kdmsi import onnx_cache
+
+        key = onnx_cache.export_key(spec["model"], TILE, BATCH, None, True)
+        kept_export = onnx_cache.lookup(key) is not None
     rss_before = _status_kb("VmRSS")
     kwargs = dict(tile_size=TILE, overlap_px=OVERLAP, batch_size=BATCH, overwrite=True)
     if spec["runtime"] == "numpy":
@@ -146,6 +157,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         "rss_before_kb": rss_before,
         "peak_kb": _status_kb("VmHWM"),
         "torch_imported": "torch" in sys.modules,
+        "kept_export": kept_export,
     }
 
 
@@ -241,8 +253,11 @@ def table_row(run: dict[str, Any]) -> str:
         if run["runtime"] != "numpy"
         else "-"
     )
+    runtime = run["runtime_used"]
+    if run["runtime"] == "auto":
+        runtime = f"auto: {runtime}" + (" (kept export)" if run.get("kept_export") else "")
     return (
-        f"| {run['size']}² | {model} | {run['runtime_used']} | {run['tiles']:,}"
+        f"| {run['size']}² | {model} | {runtime} | {run['tiles']:,}"
         f"{'' if run['bounds'] is None else f' of {full_tiles:,}'} | {f['pairs_per_s']:.2f} | "
         f"{share} | {f['outside_ms']:.2f} ({f['loop_outside_ms']:.2f}) | "
         f"{f['reader_cpu_ms']:.2f} | {f['peak_mib']:,.0f} ({f['base_mib']:,.0f}) | {wall} |"
@@ -295,6 +310,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     runtimes = [r for r in args.runtimes.split(",") if r]
     root = Path(args.workdir or tempfile.mkdtemp(prefix="kdmsi-speed-"))
     root.mkdir(parents=True, exist_ok=True)
+    # auto's kept exports (kdmsi.onnx_cache) in a folder of this run, empty at the start: the
+    # first auto row of a model exports, a repeated one (--runtimes auto,auto) finds it kept
+    cache = root / "onnx-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    os.environ["KDMSI_CACHE_DIR"] = str(cache)
     print(f"kdmsi detect speed: {os.cpu_count()} CPUs, tile {TILE} overlap {OVERLAP} batch {BATCH}")
     models = run_subprocess(
         ["--export", str(root), ",".join(backbones), ",".join(runtimes), args.trained or ""]
