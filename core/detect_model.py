@@ -231,7 +231,13 @@ def load_checkpoint_model(
         if cached is None or (runtime == "auto" and cached.choice != "onnx"):
             return None
         log.info("runtime %s: the ONNX export of %s kept in %s", runtime, path, cached.onnx_path)
-        return load_onnx_model(cached.onnx_path, "onnx", "cpu", tile_size)
+        try:
+            return load_onnx_model(cached.onnx_path, "onnx", "cpu", tile_size)
+        except OnnxModelError as exc:  # damaged on disk: export again
+            log.warning("the kept ONNX export cannot be used (%s); exporting again", exc)
+            onnx_cache.discard(key)
+            cached = None
+            return None
 
     # certainly the CPU: look before importing torch, which the kept ONNX model runs without
     if (

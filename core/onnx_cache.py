@@ -165,6 +165,13 @@ def store(
     return entry
 
 
+def discard(key: str) -> None:
+    """Remove the entry of ``key`` (e.g. a damaged file), if any."""
+    root = cache_dir()
+    if root is not None:
+        shutil.rmtree(root / key, ignore_errors=True)
+
+
 def _write_record(folder: Path, record: dict[str, Any]) -> None:
     temp = folder / f".{_RECORD}.tmp"
     temp.write_text(json.dumps(record, indent=1, sort_keys=True))
@@ -190,6 +197,7 @@ __all__ = [
     "CachedExport",
     "accelerator_possible",
     "cache_dir",
+    "discard",
     "export_key",
     "lookup",
     "store",

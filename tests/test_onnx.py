@@ -297,6 +297,7 @@ def test_auto_runtime_keeps_its_export_and_choice(models, pair, tmp_path, monkey
     def no_checkpoint(*args, **kwargs):
         raise AssertionError("the checkpoint was loaded again")
 
+    load_checkpoint = kdmsi.checkpoint.load_checkpoint
     monkeypatch.setattr(kdmsi.checkpoint, "load_checkpoint", no_checkpoint)
     second = detect_changes(
         before,
@@ -323,6 +324,14 @@ def test_auto_runtime_keeps_its_export_and_choice(models, pair, tmp_path, monkey
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+    # a damaged kept export is dropped and made again
+    monkeypatch.setattr(kdmsi.checkpoint, "load_checkpoint", load_checkpoint)
+    kept.onnx_path.write_bytes(b"truncated")
+    again = detect_changes(
+        before, after, models["kdmsi"], tmp_path / "4.gpkg", runtime="auto", **common
+    )
+    assert again.runtime == "onnx" and read_onnx_info(kept.onnx_path).batch_size == BATCH
 
     # another batch size is another export
     assert onnx_cache.lookup(onnx_cache.export_key(models["kdmsi"], None, 1, None, True)) is None
