@@ -92,7 +92,7 @@ class SiameseDeepLabV3Plus(nn.Module):
         del trunk
         x = self.aspp(high)
         del high
-        return self._decode(x, low, pre.shape[-2:])
+        return self._classify(self._change_features(x, low), pre.shape[-2:])
 
     def forward_features(self, pre: torch.Tensor, post: torch.Tensor) -> DetectorFeatures:
         """pre, post: [B, C, H, W] -> `DetectorFeatures` (encoder, change features and logits)."""
@@ -100,16 +100,15 @@ class SiameseDeepLabV3Plus(nn.Module):
         low_pre, low_post = feats.low.chunk(2, dim=0)
         high_pre, high_post = feats.high.chunk(2, dim=0)
         x = self.aspp(high_pre - high_post)
-        low = self.low_proj(low_pre - low_post)
-        x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=False)
-        change = torch.cat([x, low], dim=1)
+        change = self._change_features(x, self.low_proj(low_pre - low_post))
         logits = self._classify(change, pre.shape[-2:])
         return DetectorFeatures(low_pre, low_post, high_pre, high_post, change, logits)
 
-    def _decode(self, x: torch.Tensor, low: torch.Tensor, size: torch.Size) -> torch.Tensor:
-        """ASPP output x [B, 256, H/16, W/16] and projected low [B, 48, H/4, W/4] -> logits."""
+    def _change_features(self, x: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+        """ASPP output x [B, 256, H/16, W/16] upsampled beside the projected low-level
+        difference [B, 48, H/4, W/4] -> change features [B, 304, H/4, W/4]."""
         x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=False)
-        return self._classify(torch.cat([x, low], dim=1), size)
+        return torch.cat([x, low], dim=1)
 
     def _classify(self, change: torch.Tensor, size: torch.Size) -> torch.Tensor:
         """Change features [B, 304, H/4, W/4] -> class logits [B, 2, *size]."""
