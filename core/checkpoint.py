@@ -103,6 +103,37 @@ def save_detector(
     return save_checkpoint(path, meta, state_dict=model.state_dict())
 
 
+def save_kd(
+    path: PathLike,
+    result,
+    bands: list[int],
+    normalisation: Normalisation,
+    tile_size: int,
+    training: Optional[dict[str, Any]] = None,
+) -> Path:
+    """Save the teacher and student of a `KDResult` (kind ``kd``) with its training record
+    (config, history, selection, thinned steps) plus the entries of ``training``."""
+    from .report_tiles import thin_steps
+
+    meta = {
+        "kind": "kd",
+        "model": result.student.config(),
+        "bands": list(bands),
+        "normalisation": normalisation.to_dict(),
+        "tile_size": int(tile_size),
+        "threshold": None,
+        "training": {
+            "config": result.config,
+            "history": result.history,
+            "selection": result.selection,
+            "steps": thin_steps(result.steps),
+            **(training or {}),
+        },
+    }
+    states = {"teacher": result.teacher.state_dict(), "student": result.student.state_dict()}
+    return save_checkpoint(path, meta, state_dicts=states)
+
+
 def is_quality_robust(model: Union[PathLike, dict[str, Any]]) -> bool:
     """True when a checkpoint (path, or its metadata dict) was trained to be quality-robust,
     i.e. for pairs whose two images differ in resolution, blur or noise (`kdmsi train-hicd`)."""

@@ -21,19 +21,26 @@ EXIT_CANCELLED = 130
 
 
 class ProgressBar:
-    """A tqdm bar over [0, 1] for the library's progress(fraction, message) callback."""
+    """A tqdm bar over [0, 1] for the library's progress(fraction, message) callback: the
+    stage's own count (e.g. "KD epoch 3/12, tile 40/100"), the elapsed time and the time
+    left, estimated from the pace so far."""
+
+    FORMAT = "{percentage:3.0f}%|{bar:20}| {elapsed}, {remaining} left · {desc}"
 
     def __init__(self, description: str):
         from tqdm import tqdm
 
-        self._bar = tqdm(total=1000, desc=description, unit="‰", leave=True, dynamic_ncols=True)
+        self._description = description
+        self._bar = tqdm(
+            total=1000, desc=description, leave=True, dynamic_ncols=True, bar_format=self.FORMAT
+        )
         self._last_message = ""
 
     def __call__(self, fraction: float, message: str) -> None:
-        self._bar.update(max(0, int(round(fraction * 1000)) - self._bar.n))
         if message != self._last_message:
-            self._bar.set_postfix_str(message, refresh=False)
+            self._bar.set_description_str(f"{self._description}: {message}", refresh=False)
             self._last_message = message
+        self._bar.update(max(0, int(round(fraction * 1000)) - self._bar.n))
 
     def close(self) -> None:
         self._bar.close()
@@ -113,9 +120,8 @@ def _dataset(args, root, label_dir=None, augment=False, bands=None, normalisatio
 
 
 def cmd_train_kd(args) -> int:
-    from .checkpoint import save_checkpoint
+    from .checkpoint import save_kd
     from .inference import pick_device
-    from .report_tiles import thin_steps
     from .run_reports import kd_report
     from .training import KDConfig, train_kd
 
@@ -128,9 +134,12 @@ def cmd_train_kd(args) -> int:
         backbone=args.backbone,
         fusion=args.fusion,
         weights=args.weights,
+        head=args.cam_head,
         epochs=args.epochs,
         batch_size=args.batch_size,
+        optimizer=args.optimizer,
         lr=args.lr,
+        frozen_stages=args.frozen_stages,
         kd_weight=args.kd_weight,
         holdout_fraction=args.holdout,
         seed=args.seed,
@@ -143,29 +152,13 @@ def cmd_train_kd(args) -> int:
         train.labels.count(0),
     )
     result = _run_with_bar("train-kd", train_kd, train, config, val)
-    meta = {
-        "kind": "kd",
-        "model": result.student.config(),
-        "bands": train.bands,
-        "normalisation": train.normalisation.to_dict(),
-        "tile_size": args.tile_size,
-        "threshold": None,
-        "training": {
-            "config": result.config,
-            "history": result.history,
-            "selection": result.selection,
-            "steps": thin_steps(result.steps),
-            "tiles": len(train),
-            "dataset": str(Path(args.data).resolve()),
-        },
-    }
-    save_checkpoint(
+    save_kd(
         out,
-        meta,
-        state_dicts={
-            "teacher": result.teacher.state_dict(),
-            "student": result.student.state_dict(),
-        },
+        result,
+        train.bands,
+        train.normalisation,
+        args.tile_size,
+        {"tiles": len(train), "dataset": str(Path(args.data).resolve())},
     )
     sel = result.selection
     log.info(
@@ -238,7 +231,9 @@ def cmd_train_cd(args) -> int:
         weights=args.weights,
         epochs=args.epochs,
         batch_size=args.batch_size,
+        optimizer=args.optimizer,
         lr=args.lr,
+        frozen_stages=args.frozen_stages,
         seed=args.seed,
         device=args.device,
     )
@@ -460,6 +455,7 @@ def cmd_detect(args) -> int:
         batch_size=args.batch_size,
         device=args.device,
         runtime=args.runtime,
+        precision=args.precision,
         threshold=args.threshold,
         min_area_m2=args.min_area,
         simplify_m=args.simplify,
@@ -545,10 +541,19 @@ def cmd_tile_grid(args) -> int:
     return 0
 
 
+def detector_weights(weights: Optional[str], backbone: str, detector_backbone: str):
+    """The detector's --weights: a weight file is made for --backbone only, so a different
+    detector backbone starts from its ImageNet weights instead; names apply to both."""
+    if detector_backbone != backbone and weights and Path(weights).is_file():
+        return "imagenet"
+    return weights
+
+
 def cmd_train(args) -> int:
     from .tagged import TagTrainingConfig, train_from_tags
     from .training import CDConfig, KDConfig
 
+    detector_backbone = args.detector_backbone or args.backbone
     config = TagTrainingConfig(
         tile_size=args.tile_size,
         bands=args.bands,
@@ -558,19 +563,23 @@ def cmd_train(args) -> int:
             backbone=args.backbone,
             fusion=args.fusion,
             weights=args.weights,
+            head=args.cam_head,
             epochs=args.kd_epochs,
             batch_size=args.batch_size,
+            optimizer=args.optimizer,
             lr=args.kd_lr,
+            frozen_stages=args.frozen_stages,
             seed=args.seed,
             device=args.device,
         ),
         cd=CDConfig(
-            backbone=args.detector_backbone or args.backbone,
-            # --weights are ResNet weights: a different detector backbone starts from scratch
-            weights=args.weights if args.detector_backbone in (None, args.backbone) else None,
+            backbone=detector_backbone,
+            weights=detector_weights(args.weights, args.backbone, detector_backbone),
             epochs=args.cd_epochs,
             batch_size=args.batch_size,
+            optimizer=args.optimizer,
             lr=args.cd_lr,
+            frozen_stages=args.frozen_stages,
             seed=args.seed,
             device=args.device,
         ),
@@ -586,14 +595,18 @@ def cmd_train(args) -> int:
         config,
         overwrite=args.overwrite,
         report_dir=report_dir,
+        kd_out=args.kd_model,
     )
     log.info(
-        "saved %s: %d changed / %d unchanged tiles, pseudo-label threshold %.3f (%s)",
+        "saved %s: %d changed / %d unchanged tiles, pseudo-label threshold %.3f (%s); trunk "
+        "weights: teacher and student %s, detector %s",
         args.out,
         summary["tags"]["changed"],
         summary["tags"]["not_changed"],
         summary["pseudo_labels"]["threshold"]["value"],
         summary["pseudo_labels"]["threshold"]["method"],
+        summary["weights"]["kd"],
+        summary["weights"]["detector"],
     )
     return 0
 
@@ -684,9 +697,26 @@ def cmd_train_hicd(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-    from .choices import BACKBONES, DETECTOR_BACKBONES, FUSIONS
+    from . import __version__, recipe
+    from .choices import BACKBONES, DEFAULT_BACKBONE, DETECTOR_BACKBONES, FUSIONS
     from .runtime import RUNTIMES
+
+    weights_help = (
+        "trunk weights: imagenet (default; EfficientNet-Lite0's install with kdmsi, ResNets' "
+        "are downloaded once by torchvision), none (random), or a local .pth file"
+    )
+
+    def recipe_options(p):
+        p.add_argument(
+            "--optimizer", choices=("adamw", "sgd"), default=recipe.OPTIMIZER, help="optimiser"
+        )
+        p.add_argument(
+            "--frozen-stages",
+            type=int,
+            default=None,
+            help="trunk parts (stem, stages) kept at their pretrained weights; default: up to "
+            "output stride 8",
+        )
 
     parser = argparse.ArgumentParser(
         prog="kdmsi", description="Weakly supervised change detection (KD-MSI)"
@@ -712,12 +742,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset folder with A/, B/, label/ or labels.csv")
     p.add_argument("--val", help="validation dataset with pixel masks (model selection by IoU)")
     p.add_argument("--out", required=True, help="model file to write (.kdmsi)")
-    p.add_argument("--backbone", choices=BACKBONES, default="resnet50")
+    p.add_argument("--backbone", choices=BACKBONES, default=DEFAULT_BACKBONE)
     p.add_argument("--fusion", choices=FUSIONS, default="abs")
-    p.add_argument("--weights", help="backbone weights: a local .pth file or a torchvision name")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--cam-head", choices=("pyramid", "single"), default=recipe.CAM_HEAD)
+    p.add_argument("--weights", default=recipe.WEIGHTS, help=weights_help)
+    p.add_argument("--epochs", type=int, default=recipe.KD_EPOCHS)
+    p.add_argument("--batch-size", type=int, default=recipe.BATCH_SIZE)
+    p.add_argument("--lr", type=float, default=recipe.KD_LR)
+    recipe_options(p)
     p.add_argument("--kd-weight", type=float, default=10.0, help="lambda of L_cls + lambda L_kd")
     p.add_argument("--holdout", type=float, default=0.1, help="held-out share without --val")
     p.add_argument("--seed", type=int, default=0)
@@ -744,14 +776,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--backbone",
         choices=DETECTOR_BACKBONES,
-        default="resnet50",
-        help="resnet50 (most accurate), resnet34, resnet18, mobilenet_v3_large (smallest; "
-        "about as fast as resnet18 on a CPU)",
+        default=DEFAULT_BACKBONE,
+        help="efficientnet_lite0 (default: pretrained, offline), resnet50/34/18, "
+        "mobilenet_v3_large",
     )
-    p.add_argument("--weights")
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=0.007)
+    p.add_argument("--weights", default=recipe.WEIGHTS, help=weights_help)
+    p.add_argument("--epochs", type=int, default=recipe.CD_EPOCHS)
+    p.add_argument("--batch-size", type=int, default=recipe.BATCH_SIZE)
+    p.add_argument("--lr", type=float, default=recipe.CD_LR)
+    recipe_options(p)
     p.add_argument("--seed", type=int, default=0)
     common(p)
     report_options(p)
@@ -822,6 +855,12 @@ def build_parser() -> argparse.ArgumentParser:
         "the export and the choice are kept in ~/.cache/kdmsi/onnx, or $KDMSI_CACHE_DIR, for "
         "the next run), torch on a GPU; onnx needs onnxruntime",
     )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="bf16/fp16: mixed precision with torch (for GPUs; fp16 on CUDA only)",
+    )
     common(p, tile=False)
     p.set_defaults(func=cmd_detect)
 
@@ -874,20 +913,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--after", required=True, help="after raster")
     p.add_argument("--tiles", required=True, help="tile layer with field changed (1/0/empty)")
     p.add_argument("--out", required=True, help="model file to write (.kdmsi)")
-    p.add_argument("--backbone", choices=BACKBONES, default="resnet50")
+    p.add_argument("--kd-model", help="also keep the teacher and student (a KD model file, .kdmsi)")
+    p.add_argument("--backbone", choices=BACKBONES, default=DEFAULT_BACKBONE)
     p.add_argument(
         "--detector-backbone",
         choices=DETECTOR_BACKBONES,
         default=None,
-        help="the detector's backbone (default: --backbone; the KD networks are ResNets)",
+        help="the detector's backbone (default: --backbone)",
     )
     p.add_argument("--fusion", choices=FUSIONS, default="abs")
-    p.add_argument("--weights", help="backbone weights: a local .pth file or a torchvision name")
-    p.add_argument("--kd-epochs", type=int, default=20)
-    p.add_argument("--cd-epochs", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--kd-lr", type=float, default=1e-3)
-    p.add_argument("--cd-lr", type=float, default=0.007)
+    p.add_argument("--cam-head", choices=("pyramid", "single"), default=recipe.CAM_HEAD)
+    p.add_argument("--weights", default=recipe.WEIGHTS, help=weights_help)
+    p.add_argument("--kd-epochs", type=int, default=recipe.KD_EPOCHS)
+    p.add_argument("--cd-epochs", type=int, default=recipe.CD_EPOCHS)
+    p.add_argument("--batch-size", type=int, default=recipe.BATCH_SIZE)
+    p.add_argument("--kd-lr", type=float, default=recipe.KD_LR)
+    p.add_argument("--cd-lr", type=float, default=recipe.CD_LR)
+    recipe_options(p)
     p.add_argument("--threshold", default="auto", help="pseudo-label threshold: auto or 0..1")
     p.add_argument(
         "--quality-robust",
@@ -896,6 +938,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     common(p)
+    p.set_defaults(tile_size=None)  # the tagged tiles' own size (`read_tagged_windows`)
     report_options(p)
     p.set_defaults(func=cmd_train)
 

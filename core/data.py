@@ -131,9 +131,10 @@ class PairDataset(Dataset):
     """Tiles of before/after image pairs with image-level labels and, when present, masks.
 
     Each item is a dict: ``pre``, ``post`` float32 [C, T, T] (normalised), ``mask`` int64
-    [T, T] (0 / 1, `IGNORE_INDEX` where unknown or padded), ``label`` float32 scalar (1 =
-    changed), ``has_mask`` bool, ``key`` str. With ``augment``, one random flip/rot90 is
-    applied identically to both dates and the mask.
+    [T, T] (0 / 1, `IGNORE_INDEX` where unknown or padded), ``valid`` bool [T, T] (image
+    pixels, False on padding: an unknown pixel of a tile labelled changed is valid),
+    ``label`` float32 scalar (1 = changed), ``has_mask`` bool, ``key`` str. With ``augment``,
+    one random flip/rot90 is applied identically to both dates, the mask and ``valid``.
 
     Args:
         root: folder with `A/`, `B/` and optionally `label/` and `labels.csv`.
@@ -261,13 +262,17 @@ class PairDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         pre, post, mask = self.read_tile(index)
+        ref = self.tiles[index]
+        valid = np.zeros(mask.shape, bool)
+        valid[: ref.height, : ref.width] = True
         if self.augment:
-            pre, post, mask = paired_augment(pre, post, mask, self._rng)
+            pre, post, mask, valid = paired_augment(pre, post, mask, self._rng, valid)
         label = self.labels[index]
         return {
             "pre": self.normalisation(pre),
             "post": self.normalisation(post),
             "mask": torch.from_numpy(mask.astype(np.int64)),
+            "valid": torch.from_numpy(np.ascontiguousarray(valid)),
             "label": torch.tensor(float(label if label is not None else -1)),
             "has_mask": self.masks[self.tiles[index].name] is not None,
             "key": self.tiles[index].key,
@@ -284,11 +289,16 @@ def _pad(arr: np.ndarray, tile: int, value: int = 0) -> np.ndarray:
 
 
 def paired_augment(
-    pre: np.ndarray, post: np.ndarray, mask: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One random horizontal flip and rot90 (k in 0..3), the same for both dates and the mask.
+    pre: np.ndarray,
+    post: np.ndarray,
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    *extra: np.ndarray,
+) -> tuple[np.ndarray, ...]:
+    """One random horizontal flip and rot90 (k in 0..3), the same for both dates, the mask and
+    any ``extra`` [H, W] arrays.
 
-    pre, post: [C, H, W]; mask: [H, W]. Returns contiguous copies.
+    pre, post: [C, H, W]; mask: [H, W]. Returns contiguous copies (pre, post, mask, *extra).
     """
     k = int(rng.integers(4))
     flip = bool(rng.integers(2))
@@ -298,7 +308,7 @@ def paired_augment(
             x = x[..., ::-1]
         return np.ascontiguousarray(np.rot90(x, k, axes=(-2, -1)))
 
-    return apply(pre), apply(post), apply(mask)
+    return (apply(pre), apply(post), apply(mask), *(apply(x) for x in extra))
 
 
 def write_image(path: PathLike, image: np.ndarray) -> None:

@@ -7,9 +7,9 @@ scenes in `<out>/ablation/`, plus the pseudo labels against the training truth; 
 report (loss curves, threshold, sample tiles) is `<out>/report/index.html`, the KD step's own
 report `<out>/kd_report/index.html`, and the timings `<out>/demo_metrics.json`.
 
-The networks start from random weights (no download is possible here) and train for a few
-epochs on small tiles, so the figures show the chain working, not the paper's accuracy; pass
-``--weights`` with a local ImageNet ResNet file, more ``--epochs`` and bigger data for that.
+The networks are the default recipe's (`kdmsi.recipe`): EfficientNet-Lite0 trunks that start
+from the ImageNet weights installed with kdmsi (offline), trained on a CPU in minutes.
+``--weights none`` shows what the same chain learns from random weights.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from . import recipe
+from .choices import DEFAULT_BACKBONE
 from .cli import main as kdmsi
 
 
@@ -39,12 +41,10 @@ def run_demo(
     scenes: int = 6,
     scene_size: int = 512,
     tile_size: int = 128,
-    kd_epochs: int = 8,
-    cd_epochs: int = 6,
-    backbone: str = "resnet18",
-    lr_kd: float = 0.02,
-    lr_cd: float = 0.01,
-    weights: Optional[str] = None,
+    kd_epochs: int = recipe.KD_EPOCHS,
+    cd_epochs: int = recipe.CD_EPOCHS,
+    backbone: str = DEFAULT_BACKBONE,
+    weights: str = recipe.WEIGHTS,
 ) -> dict:
     """Run the chain into `out` (replaced) and return {'metrics', 'pseudo_labels', 'timings_s'}."""
     if out.exists():
@@ -53,7 +53,7 @@ def run_demo(
     train, test = out / "train", out / "test"
     kd, cd, pseudo = out / "kd.kdmsi", out / "detector.kdmsi", out / "pseudo"
     size, tile = ["--size", str(scene_size)], ["--tile-size", str(tile_size)]
-    extra = ["--weights", weights] if weights else []
+    extra = ["--weights", weights]
     timings: dict[str, float] = {}
     start = time.perf_counter()
     _step(
@@ -78,8 +78,6 @@ def run_demo(
             backbone,
             "--epochs",
             str(kd_epochs),
-            "--lr",
-            str(lr_kd),
             *tile,
             *extra,
         ],
@@ -104,10 +102,6 @@ def run_demo(
             backbone,
             "--epochs",
             str(cd_epochs),
-            "--batch-size",
-            "8",
-            "--lr",
-            str(lr_cd),
             "--report",
             str(out / "report"),
             *tile,
@@ -152,6 +146,7 @@ def run_demo(
             "kd_epochs": kd_epochs,
             "cd_epochs": cd_epochs,
             "backbone": backbone,
+            "weights": weights,
         },
     }
     (out / "demo_metrics.json").write_text(json.dumps(summary, indent=2))
@@ -168,10 +163,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--scenes", type=int, default=6)
     parser.add_argument("--scene-size", type=int, default=512)
     parser.add_argument("--tile-size", type=int, default=128)
-    parser.add_argument("--kd-epochs", type=int, default=8)
-    parser.add_argument("--cd-epochs", type=int, default=6)
-    parser.add_argument("--backbone", default="resnet18")
-    parser.add_argument("--weights", help="local ImageNet ResNet weights (.pth) for both networks")
+    parser.add_argument("--kd-epochs", type=int, default=recipe.KD_EPOCHS)
+    parser.add_argument("--cd-epochs", type=int, default=recipe.CD_EPOCHS)
+    parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    parser.add_argument(
+        "--weights", default=recipe.WEIGHTS, help="imagenet (default), none, or a local .pth"
+    )
     args = parser.parse_args(argv)
     run_demo(
         args.out,

@@ -74,10 +74,35 @@ def model_predictor(
     raise ValueError(f"unknown model kind {kind!r}; expected 'detector' or 'kd'")
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype of ``precision`` on ``device`` (None: full float32).
+
+    Raises:
+        ValueError: an unknown precision, or fp16 off a CUDA GPU (CPU kernels lack it).
+    """
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"--precision fp16 needs a CUDA GPU, not {device}: use bf16 or fp32")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
 def forward_batch(
-    predict: Predict, pre: np.ndarray, post: np.ndarray, device: torch.device
+    predict: Predict,
+    pre: np.ndarray,
+    post: np.ndarray,
+    device: torch.device,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Run ``predict`` on one batch: float32 [B, C, T, T] pairs -> float32 [B, T, T] on the CPU.
+
+    ``precision`` ``bf16`` / ``fp16`` runs the model under `torch.autocast` (mixed precision:
+    convolutions in half width, reductions and the output in float32).
 
     Raises:
         ValueError: ``predict`` returned something other than [B, 1, T, T].
@@ -86,8 +111,12 @@ def forward_batch(
     import torch
 
     batch, _, height, width = pre.shape
+    dtype = autocast_dtype(precision, device)
     try:
-        with torch.inference_mode():
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, dtype=dtype, enabled=dtype is not None),
+        ):
             x = torch.from_numpy(pre).to(device, non_blocking=True)
             y = torch.from_numpy(post).to(device, non_blocking=True)
             prob = predict(x, y)
@@ -104,9 +133,12 @@ def forward_batch(
         ) from exc
 
 
-def torch_batch_runner(predict: Predict, device: torch.device) -> BatchRunner:
+def torch_batch_runner(
+    predict: Predict, device: torch.device, precision: str = "fp32"
+) -> BatchRunner:
     """The `BatchRunner` of a torch `Predict` callable on ``device`` (see `forward_batch`)."""
-    return functools.partial(forward_batch, predict, device=device)
+    autocast_dtype(precision, device)  # refuse a bad precision before any tile is read
+    return functools.partial(forward_batch, predict, device=device, precision=precision)
 
 
 def onnx_batch_runner(predictor: OnnxPredictor) -> BatchRunner:
@@ -206,8 +238,12 @@ def load_checkpoint_model(
     flip: bool,
     count_tiles: Callable[[int], int],
     stack: contextlib.ExitStack,
+    precision: str = "fp32",
 ) -> LoadedModel:
     """A ``.kdmsi`` model with torch, or exported to ONNX (see `choose_runtime`).
+
+    ``precision`` other than ``fp32`` (mixed precision, see `forward_batch`) runs torch:
+    ``auto`` then never exports, ``onnx`` is refused.
 
     On the CPU, ``runtime`` ``auto`` and ``onnx`` keep the export and the choice in
     `kdmsi.onnx_cache`: a later run with the same model file and settings loads the cached
@@ -216,6 +252,12 @@ def load_checkpoint_model(
     """
     from . import onnx_cache
 
+    if precision != "fp32":
+        if runtime == "onnx":
+            raise ValueError(
+                f"--precision {precision} runs with torch: use --runtime torch (or auto)"
+            )
+        runtime = "torch"
     if runtime == "onnx":
         _check_onnx_device(device)
     key: Optional[str] = None
@@ -251,6 +293,7 @@ def load_checkpoint_model(
 
     from .checkpoint import load_checkpoint
     from .inference import DEFAULT_SCALES, pick_device
+    from .models.fold import for_inference
 
     torch_device = pick_device("cpu" if runtime == "onnx" else device)
     if key is None and torch_device.type == "cpu":  # a GPU driver but no GPU torch can use
@@ -258,6 +301,7 @@ def load_checkpoint_model(
         if kept is not None:
             return kept
     model, meta = load_checkpoint(path, role="auto", device=torch_device)
+    model = for_inference(model)
     kind = meta["kind"]
     scales = DEFAULT_SCALES if scales is None else tuple(float(s) for s in scales)
     tile = int(tile_size or meta["tile_size"])
@@ -268,7 +312,9 @@ def load_checkpoint_model(
     }
     if kind == "kd":
         info.update(scales=[float(s) for s in scales], flip=flip)
-    run_torch = torch_batch_runner(model_predictor(model, kind, scales, flip), torch_device)
+    predict = model_predictor(model, kind, scales, flip)
+    run_torch = torch_batch_runner(predict, torch_device, precision)
+    info["precision"] = precision
     loaded = LoadedModel(
         run_batch=run_torch,
         kind=kind,
@@ -391,6 +437,8 @@ __all__ = [
     "LoadedModel",
     "Predict",
     "choose_runtime",
+    "PRECISIONS",
+    "autocast_dtype",
     "forward_batch",
     "load_checkpoint_model",
     "load_onnx_model",

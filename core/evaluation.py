@@ -55,9 +55,19 @@ class MapStatistics:
     negative: np.ndarray = field(default_factory=lambda: np.zeros(HIST_BINS, np.int64))
     by_image_label: ProbabilityHistograms = field(default_factory=ProbabilityHistograms)
 
-    def add(self, prob: np.ndarray, mask: np.ndarray, label: Optional[int]) -> None:
-        """prob: [H, W] in [0, 1]; mask: [H, W] 0/1/255 (255 = not scored)."""
-        valid = mask != IGNORE_INDEX
+    def add(
+        self,
+        prob: np.ndarray,
+        mask: np.ndarray,
+        label: Optional[int],
+        valid: Optional[np.ndarray] = None,
+    ) -> None:
+        """prob: [H, W] in [0, 1]; mask: [H, W] 0/1/255 (255 = not scored); valid: [H, W]
+        pixels that hold data (default: the scored ones). The label-split histograms (for
+        thresholds) take every valid pixel: a tile labelled changed whose pixels are unknown
+        (255 in the mask) counts all its valid pixels."""
+        if valid is None:
+            valid = mask != IGNORE_INDEX
         self.by_image_label.add(prob, label, valid)
         self.positive += np.histogram(prob[mask == 1], HIST_BINS, (0.0, 1.0))[0]
         self.negative += np.histogram(prob[mask == 0], HIST_BINS, (0.0, 1.0))[0]
@@ -95,10 +105,11 @@ def collect_map_statistics(
         pre, post = batch["pre"].to(device), batch["post"].to(device)
         maps = {kind: fn(pre, post).float().cpu() for kind, fn in functions.items()}
         masks = batch["mask"].numpy()
+        valid = batch["valid"].numpy() if "valid" in batch else [None] * len(masks)
         labels = [None if v < 0 else int(v) for v in batch["label"].tolist()]
         for kind, prob in maps.items():
             for i in range(prob.shape[0]):
-                stats[kind].add(prob[i, 0].numpy(), masks[i], labels[i])
+                stats[kind].add(prob[i, 0].numpy(), masks[i], labels[i], valid[i])
         if on_batch is not None:
             on_batch(batch, maps)
         done += pre.shape[0]

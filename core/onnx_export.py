@@ -38,6 +38,7 @@ from .runtime import (
     OnnxPredictor,
     onnxruntime_available,
 )
+from .tiling import default_overlap
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,6 @@ PathLike = Union[str, Path]
 
 DEFAULT_ONNX_BATCH = 4
 """Tiles per forward pass of an exported model (`kdmsi detect`'s default batch)."""
-DEFAULT_OVERLAP = 64
 ONNX_OPSET = 17
 KD_CLASSES = ("change probability (MSI)",)
 
@@ -210,7 +210,7 @@ def export_loaded(
     onnx = _require_onnx()
     target = Path(out_path)
     tile = int(tile_size or meta["tile_size"])
-    overlap_px = min(DEFAULT_OVERLAP, tile // 4) if overlap_px is None else int(overlap_px)
+    overlap_px = default_overlap(tile) if overlap_px is None else int(overlap_px)
     if tile < 16 or batch_size < 1 or not 0 <= overlap_px < tile:
         raise ExportError(
             f"need tile size >= 16, batch size >= 1 and 0 <= overlap < tile size; got {tile}, "

@@ -79,7 +79,16 @@ from .raster import (
     pair_stretches,
 )
 from .runtime import RUNTIMES, is_onnx_path, keep_triton_out
-from .tiling import StitchAccumulator, Window, blend_window, crop_tile, pad_tile, tile_grid
+from .tiling import (
+    MAX_OVERLAP,
+    StitchAccumulator,
+    Window,
+    blend_window,
+    crop_tile,
+    default_overlap,
+    pad_tile,
+    tile_grid,
+)
 from .vector import vector_driver, write_change_polygons
 
 if TYPE_CHECKING:
@@ -91,7 +100,7 @@ PathLike = Union[str, Path]
 
 PROBABILITY_SUFFIXES = (".tif", ".tiff")
 PREFETCH_BATCHES = 1  # batches queued ahead of the model (one more is being built)
-DEFAULT_OVERLAP = 64
+DEFAULT_OVERLAP = MAX_OVERLAP  # detect's overlap for 256 px tiles and larger
 DETECT_GDAL_CACHE_MB = 32
 """GDAL block cache for detect (`tune_process_for_detect`), MB. GDAL's default (5 % of the RAM)
 grows to gigabytes on big rasters. A tile row re-reads blocks of the previous one (overlap),
@@ -626,6 +635,7 @@ def detect_changes(
     batch_size: int = 4,
     device: str = "auto",
     runtime: str = "auto",
+    precision: str = "fp32",
     threshold: Optional[float] = None,
     min_area_m2: float = 0.0,
     simplify_m: float = 0.0,
@@ -648,12 +658,17 @@ def detect_changes(
             importing torch; its batch and tile size are fixed).
         out_vector: change polygons (``.gpkg`` recommended; ``.shp``, ``.geojson``, ``.fgb``).
         out_probability: optional float32 probability GeoTIFF on the analysed grid.
-        tile_size: tile edge in pixels (default: the model's training / export tile size).
+        tile_size: tile edge in pixels (default: the model's training / export tile size;
+            DeepLabV3+'s image-pooling branch makes a detector's probabilities depend on
+            the tile size it sees, so it runs best on tiles of the size it was trained on).
         overlap_px: overlap of neighbouring tiles, blended with a raised-cosine window
-            (default: an ONNX model's recorded overlap, else 64).
+            (default: an ONNX model's recorded overlap, else `kdmsi.tiling.default_overlap`:
+            64 px, at most a quarter of the tile).
         batch_size: tiles per forward pass (an ONNX model uses its own).
         device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:1``, ``mps``.
         runtime: ``auto``, ``torch`` or ``onnx`` (see `choose_runtime`).
+        precision: ``fp32``; ``bf16`` or ``fp16`` (CUDA only) run the torch model under
+            autocast (mixed precision; for GPUs, where it is about twice as fast).
         threshold: prob >= threshold is change (default: the model's, else 0.5).
         min_area_m2: drop smaller polygons (true area).
         simplify_m: polygon simplification tolerance in metres (0: pixel edges).
@@ -675,11 +690,12 @@ def detect_changes(
         raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     with contextlib.ExitStack() as stack:
         if is_onnx_path(model_path):
+            if precision != "fp32":
+                raise ValueError(f"--precision {precision} needs a .kdmsi model, run with torch")
             model = load_onnx_model(model_path, runtime, device, tile_size)
             if overlap_px is None:
                 overlap_px = int(model.info.get("onnx_overlap_px", DEFAULT_OVERLAP))
         else:
-            overlap_px = DEFAULT_OVERLAP if overlap_px is None else overlap_px
             model = load_checkpoint_model(
                 model_path,
                 runtime,
@@ -688,9 +704,13 @@ def detect_changes(
                 batch_size,
                 scales,
                 flip,
-                lambda tile: _grid_tiles(before, after, bands, bounds, tile, overlap_px),
+                lambda tile: _grid_tiles(
+                    before, after, bands, bounds, tile, _overlap(overlap_px, tile)
+                ),
                 stack,
+                precision,
             )
+            overlap_px = _overlap(overlap_px, model.tile_size)
         chosen = resolve_bands(before, after, model.bands, bands)
         if threshold is None:
             threshold = model_threshold(model.threshold)
@@ -719,6 +739,10 @@ def detect_changes(
         )
 
 
+def _overlap(overlap_px: Optional[int], tile_size: int) -> int:
+    return default_overlap(tile_size) if overlap_px is None else int(overlap_px)
+
+
 def _grid_tiles(
     before: PathLike,
     after: PathLike,
@@ -745,7 +769,7 @@ def detect_with_predictor(
     *,
     bands: Optional[Sequence[int]] = None,
     tile_size: int = 256,
-    overlap_px: int = 64,
+    overlap_px: Optional[int] = None,
     batch_size: int = 4,
     device: Union[str, torch.device] = "cpu",
     threshold: float = DEFAULT_THRESHOLD,
@@ -801,7 +825,7 @@ def detect_with_runner(
     *,
     bands: Optional[Sequence[int]] = None,
     tile_size: int = 256,
-    overlap_px: int = 64,
+    overlap_px: Optional[int] = None,
     batch_size: int = 4,
     threshold: float = DEFAULT_THRESHOLD,
     min_area_m2: float = 0.0,
@@ -827,6 +851,7 @@ def detect_with_runner(
     timing: dict[str, float] = {}
     start = time.perf_counter()
     vector_target, prob_target = check_outputs(out_vector, out_probability, overwrite)
+    overlap_px = _overlap(overlap_px, tile_size)
     _check_numbers(tile_size, overlap_px, batch_size, threshold)
     with contextlib.ExitStack() as stack:
         stack.enter_context(gdal_exceptions())  # on for the reader thread too (process-wide)

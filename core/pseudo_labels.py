@@ -9,6 +9,7 @@ temporary folder and renamed into place at the end: a failure or cancel leaves n
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import tempfile
@@ -21,11 +22,64 @@ import torch
 from .data import IGNORE_INDEX, PairDataset, image_size, write_image
 from .evaluation import collect_map_statistics, map_function
 from .inference import DEFAULT_SCALES
+from .models.fold import for_inference
 from .progress import CancelCheck, ProgressCallback, sub_progress
 from .thresholds import ProbabilityHistograms, ThresholdChoice, choose_threshold
 
 PROB_SCALE = 65535  # MSI maps are held as uint16 between the two passes
 SAVED_HISTOGRAM_BINS = 100  # MSI histograms in pseudo_labels.json (for the training report)
+MIN_CHANGED_FRACTION = 0.005
+"""Pseudo labels marking less than this share of the pixels of tiles labelled changed are
+"empty": a detector trained on them learns to find nothing."""
+MAX_CHANGED_FRACTION = 0.97
+"""More than this share is "all change": the labels then say no more than the tile tags."""
+
+
+class DegeneratePseudoLabels(ValueError):
+    """Pseudo labels that would train a useless detector; the message says what to do."""
+
+
+def changed_fraction(masks: Sequence[np.ndarray], labels: Sequence[Optional[int]]) -> float:
+    """Share of change (1) among the scored pixels (0 or 1) of the tiles labelled changed."""
+    changed = scored = 0
+    for mask, label in zip(masks, labels):
+        if label == 1:
+            changed += int(np.count_nonzero(mask == 1))
+            scored += int(np.count_nonzero(mask <= 1))
+    return changed / max(scored, 1)
+
+
+def check_pseudo_labels(
+    masks: Sequence[np.ndarray],
+    labels: Sequence[Optional[int]],
+    choice: ThresholdChoice,
+    teacher_note: str = "",
+) -> float:
+    """The changed share of the pseudo labels (`changed_fraction`); raises when it is
+    (nearly) empty or (nearly) all change, so that no detector is trained on them.
+
+    Raises:
+        DegeneratePseudoLabels: naming the share, the threshold and what to do.
+    """
+    fraction = changed_fraction(masks, labels)
+    tiles = sum(1 for v in labels if v == 1)
+    where = f"{100 * fraction:.1f} % of the pixels of the {tiles} tiles tagged changed"
+    note = f" ({teacher_note})" if teacher_note else ""
+    if fraction < MIN_CHANGED_FRACTION:
+        raise DegeneratePseudoLabels(
+            f"the pseudo labels are (nearly) empty: {where} are above the threshold "
+            f"{choice.value:.3f}{note}, so a detector would learn to find nothing. Tag more "
+            "tiles of both kinds (tens of each, changed tiles where the change is plain to "
+            "see), or give a lower --threshold (e.g. 0.5)"
+        )
+    if fraction > MAX_CHANGED_FRACTION:
+        raise DegeneratePseudoLabels(
+            f"the pseudo labels are (nearly) all change: {where} are above the threshold "
+            f"{choice.value:.3f}{note}, which says no more than the tags. Tag more tiles as "
+            "not changed (unchanged tiles that look like the changed ones' surroundings), or "
+            "give a higher --threshold (e.g. 0.8)"
+        )
+    return fraction
 
 
 def msi_pseudo_labels(
@@ -43,7 +97,9 @@ def msi_pseudo_labels(
     """Pseudo-label masks of every tile of `dataset`, in dataset order, and the threshold.
 
     Each mask is uint8 [T, T]: 1 = change, 0 = background (all of a tile labelled unchanged),
-    `IGNORE_INDEX` where the tile's own mask marks pixels as not scored (padding, nodata).
+    `IGNORE_INDEX` where the tile has no data (the items' ``valid``: padding, nodata; for
+    datasets without ``valid``, where their mask is `IGNORE_INDEX`). The pixels of a tile
+    labelled changed are unknown in its own mask and get the MSI decision here.
     Memory: the MSI maps are held as uint16 (2 bytes per pixel) until the threshold is known.
     When `histograms` is given, the MSI histograms the threshold was chosen from (tiles
     labelled changed / unchanged) are added to it, e.g. for the training report.
@@ -52,11 +108,14 @@ def msi_pseudo_labels(
         raise ValueError("pseudo labels need an image label (changed/unchanged) for every tile")
     maps: list[np.ndarray] = []
     ignored: list[np.ndarray] = []
+    student = for_inference(copy.deepcopy(student))  # the caller's network stays trainable
 
     def keep(batch: dict, out: dict) -> None:
-        for prob, mask in zip(out["msi"][:, 0].numpy(), batch["mask"].numpy()):
+        masks = batch["mask"].numpy()
+        valid = batch["valid"].numpy() if "valid" in batch else masks != IGNORE_INDEX
+        for prob, ok in zip(out["msi"][:, 0].numpy(), valid):
             maps.append(np.round(prob * PROB_SCALE).astype(np.uint16))
-            ignored.append(mask == IGNORE_INDEX)
+            ignored.append(~ok)
 
     stats = collect_map_statistics(
         dataset,
@@ -96,6 +155,9 @@ def generate_pseudo_labels(
 ) -> dict:
     """Write MSI pseudo labels of every image of `dataset` to `out_dir/label/<name>.png`.
 
+    Raises `DegeneratePseudoLabels` (and writes nothing) when they come out (nearly) empty or
+    all change (`check_pseudo_labels`).
+
     Returns the summary also saved as `out_dir/pseudo_labels.json`: the threshold with how it
     was chosen, the tile counts, the changed-pixel fraction and the MSI histograms of tiles
     labelled changed / unchanged (`SAVED_HISTOGRAM_BINS` bins over [0, 1]), and the entries
@@ -117,6 +179,7 @@ def generate_pseudo_labels(
         cancelled,
         hists,
     )
+    check_pseudo_labels(masks, dataset.labels, choice)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:

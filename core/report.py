@@ -101,6 +101,8 @@ class TrainingReport:
     metrics: dict[str, dict[str, dict]] = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    """Shown first, in red: a run that stopped or produced something unusable."""
 
 
 def write_training_report(
@@ -193,6 +195,7 @@ def _summary(report: TrainingReport, figures: dict, tiles: list[dict[str, str]])
         "metrics": report.metrics,
         "settings": report.settings,
         "notes": report.notes,
+        "warnings": report.warnings,
     }
 
 
@@ -208,6 +211,7 @@ table.tiles td.caption { text-align: left; font-size: 0.85em; color: #444; paddi
 img.panel { width: PANEL_WIDTHpx; image-rendering: pixelated; margin: 0; }
 img.bar { width: PANEL_WIDTHpx; margin: 0; }
 .note { color: #555; font-size: 0.92em; }
+.warning { color: #a00; font-weight: bold; border-left: 4px solid #a00; padding-left: 8px; }
 """
 
 
@@ -228,6 +232,7 @@ def _page(
         f"<title>{_e(report.title)}</title><style>{style}</style></head><body>",
         f"<h1>{_e(report.title)}</h1>",
     ]
+    parts += [f'<p class="warning">{_e(w)}</p>' for w in report.warnings]
     parts += [f'<p class="note">{_e(n)}</p>' for n in report.notes]
     parts.append("<h2>Training</h2>")
     if "losses" in figures:

@@ -136,24 +136,29 @@ def tags_report(
     overwrite: bool = False,
     settings: Optional[dict] = None,
     detector: Optional[torch.nn.Module] = None,
+    warnings: Sequence[str] = (),
 ) -> Path:
     """Report of a whole run from tagged tiles: `KDResult`, `CDResult`, the pseudo-label masks
     (dataset order), their threshold and the MSI histograms it was chosen from. `detector`
-    is the deployed model when it is not `cd.model` (e.g. a quality-robust student)."""
+    is the deployed model when it is not `cd.model` (e.g. a quality-robust student). ``cd``
+    None: the run stopped before the detector (``warnings`` say why)."""
+    if detector is None and cd is not None:
+        detector = cd.model
     report = build_report(
         dataset,
         "KD-MSI training report: detector from tagged tiles",
         kd=_record(kd),
-        cd=_record(cd),
+        cd=_record(cd) if cd is not None else None,
         teacher=kd.teacher,
         student=kd.student,
-        detector=detector if detector is not None else cd.model,
+        detector=detector,
         pseudo=lambda i: masks[i],
         threshold=choice.to_dict(),
         histograms=histograms,
         scales=scales,
         device=device,
         settings=settings or {},
+        warnings=list(warnings),
     )
     return write_training_report(folder, report, overwrite)
 

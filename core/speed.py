@@ -29,19 +29,76 @@ polygons on 16k^2). Polygons cost more where the change map is ragged (a random-
 noise-like map: 12 to 24 ms)."""
 
 REFERENCE_SECONDS_PER_TILE: dict[tuple[str, str], float] = {
-    ("mobilenet_v3_large", "torch"): 0.29,
-    ("mobilenet_v3_large", "onnx"): 0.16,
-    ("resnet18", "torch"): 0.29,
-    ("resnet18", "onnx"): 0.16,
-    ("resnet34", "torch"): 0.40,
-    ("resnet34", "onnx"): 0.23,
-    ("resnet50", "torch"): 0.64,
-    ("resnet50", "onnx"): 0.28,
+    ("efficientnet_lite0", "torch"): 0.073,
+    ("efficientnet_lite0", "onnx"): 0.053,
+    ("mobilenet_v3_large", "torch"): 0.040,
+    ("mobilenet_v3_large", "onnx"): 0.048,
+    ("resnet18", "torch"): 0.087,
+    ("resnet18", "onnx"): 0.080,
+    ("resnet34", "torch"): 0.149,
+    ("resnet34", "onnx"): 0.143,
+    ("resnet50", "torch"): 0.190,
+    ("resnet50", "onnx"): 0.144,
 }
 """(backbone, runtime) -> seconds per 256 px tile pair of the detector's forward (batch 4,
-random init), measured with `measure_tile_speed` (best of 3 batches) on 2 otherwise idle CPU
-cores of a virtual machine (x86_64, torch 2.13 with 2 threads, onnxruntime 1.32). A GPU is
-tens of times faster."""
+random init, the head `kdmsi train` gives it: ASPP and decoder 128 channels wide; batch norms
+folded and channels-last with torch), measured with `measure_tile_speed` (best of 3 batches)
+on 2 otherwise idle CPU cores of a virtual machine (x86_64, torch 2.13 with 2 threads,
+onnxruntime 1.32), 2026-11-30. A GPU is tens of times faster (README, "GPU")."""
+
+
+REFERENCE_TRAIN_SECONDS: dict[str, dict[str, float]] = {
+    "efficientnet_lite0": {"kd_step": 0.271, "msi": 0.742, "cd_step": 0.209},
+    "resnet18": {"kd_step": 0.274, "msi": 1.056, "cd_step": 0.252},
+    "resnet34": {"kd_step": 0.616, "msi": 1.667, "cd_step": 0.368},
+    "resnet50": {"kd_step": 0.800, "msi": 2.831, "cd_step": 0.489},
+    "mobilenet_v3_large": {"cd_step": 0.164},  # a detector-only trunk
+}
+"""backbone -> seconds per 256 px tile pair of the default training recipe (`kdmsi.recipe`) on
+2 otherwise idle CPU cores: ``kd_step`` (teacher + student), ``msi`` (the pseudo labels' 4
+scales x 2 flips) and ``cd_step`` (detector), measured by ``bench/train_speed.py``
+(2026-11-30, best of 3 batches of 8)."""
+TRAIN_OVERHEAD_S_PER_TILE_EPOCH = 0.01
+"""Reading and preparing a tagged tile (windowed read, stretch, augmentation), per epoch."""
+
+
+def expected_training_seconds(
+    tiles: int,
+    tile_size: int = 256,
+    kd_epochs: int = 12,
+    cd_epochs: int = 6,
+    backbone: str = "efficientnet_lite0",
+    detector_backbone: str | None = None,
+) -> float | None:
+    """Expected wall seconds of `kdmsi train` on ``tiles`` tagged tiles of ``tile_size`` px
+    on 2 CPU cores (a GPU is tens of times faster), from `REFERENCE_TRAIN_SECONDS`; None
+    for a backbone without reference figures. Cost grows with the tiles' pixel count."""
+    kd = REFERENCE_TRAIN_SECONDS.get(backbone)
+    cd = REFERENCE_TRAIN_SECONDS.get(detector_backbone or backbone)
+    if kd is None or cd is None:
+        return None
+    area = (tile_size / 256.0) ** 2
+    per_epoch = TRAIN_OVERHEAD_S_PER_TILE_EPOCH
+    return tiles * (
+        kd_epochs * (kd["kd_step"] * area + per_epoch)
+        + kd["msi"] * area
+        + cd_epochs * (cd["cd_step"] * area + per_epoch)
+    )
+
+
+def training_stage_shares(
+    kd_backbone: str, cd_backbone: str, kd_epochs: int, cd_epochs: int, end: float = 0.97
+) -> tuple[float, float]:
+    """Where the KD stage and the pseudo labels end on a training job's progress scale
+    (the detector ends at ``end``), in proportion to their expected time, so that the time
+    left shown by a progress bar holds over the whole run. Backbones without reference
+    figures count as EfficientNet-Lite0."""
+    default = REFERENCE_TRAIN_SECONDS["efficientnet_lite0"]
+    kd = REFERENCE_TRAIN_SECONDS.get(kd_backbone, default)
+    cd = REFERENCE_TRAIN_SECONDS.get(cd_backbone, default)
+    parts = [kd["kd_step"] * kd_epochs, kd["msi"], cd["cd_step"] * cd_epochs]
+    total = sum(parts)
+    return end * parts[0] / total, end * (parts[0] + parts[1]) / total
 
 
 def time_batch_runner(
@@ -80,6 +137,7 @@ def measure_tile_speed(
     batch_size: int = 4,
     in_channels: int = 3,
     repeats: int = 2,
+    precision: str = "fp32",
 ) -> float:
     """Seconds per tile pair of a ``backbone`` detector's forward here (a short timed probe).
 
@@ -95,6 +153,7 @@ def measure_tile_speed(
         runtime: ``torch`` or ``onnx`` (needs onnxruntime and onnx).
         batch_size, in_channels: batch and bands per date of the probe.
         repeats: timed batches.
+        precision: ``fp32``, or ``bf16`` / ``fp16`` autocast (torch; see `forward_batch`).
 
     Raises:
         BackboneError: unknown backbone. RuntimeUnavailable: ``onnx`` without onnxruntime.
@@ -102,18 +161,25 @@ def measure_tile_speed(
     """
     import torch
 
+    from . import recipe
     from .detect_model import model_predictor, onnx_batch_runner, torch_batch_runner
     from .inference import pick_device
     from .models import SiameseDeepLabV3Plus
+    from .models.fold import for_inference
 
     if runtime not in ("torch", "onnx"):
         raise ValueError(f"runtime must be 'torch' or 'onnx', got {runtime!r}")
     torch.manual_seed(0)
-    net = SiameseDeepLabV3Plus(backbone, in_channels=in_channels).eval()
+    net = SiameseDeepLabV3Plus(
+        backbone,
+        in_channels=in_channels,
+        head_channels=recipe.DETECTOR_HEAD_CHANNELS,
+        separable=recipe.DETECTOR_SEPARABLE,
+    ).eval()
     if runtime == "torch":
         torch_device = pick_device(device)
-        predict = model_predictor(net.to(torch_device), "detector")
-        run = torch_batch_runner(predict, torch_device)
+        predict = model_predictor(for_inference(net.to(torch_device)), "detector")
+        run = torch_batch_runner(predict, torch_device, precision)
         return time_batch_runner(run, batch_size, in_channels, tile_size, repeats)
     from .checkpoint import save_detector
     from .normalisation import Normalisation
@@ -157,7 +223,10 @@ def expected_detect_seconds(
 __all__ = [
     "OUTSIDE_MODEL_S_PER_TILE",
     "REFERENCE_SECONDS_PER_TILE",
+    "REFERENCE_TRAIN_SECONDS",
     "expected_detect_seconds",
+    "expected_training_seconds",
+    "training_stage_shares",
     "measure_tile_speed",
     "time_batch_runner",
 ]

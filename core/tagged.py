@@ -9,6 +9,7 @@ Untagged (NULL) tiles are ignored.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -18,16 +19,18 @@ import torch
 from torch.utils.data import Dataset
 
 from .atomic import check_folder_target, check_output_target
-from .checkpoint import save_detector
+from .checkpoint import save_detector, save_kd
 from .data import IGNORE_INDEX, Normalisation, paired_augment
 from .inference import DEFAULT_SCALES, pick_device
+from .models.pretrained import describe_weights
 from .pipeline import TilePreparer
 from .progress import CancelCheck, ProgressCallback, report, sub_progress
-from .pseudo_labels import msi_pseudo_labels
+from .pseudo_labels import DegeneratePseudoLabels, check_pseudo_labels, msi_pseudo_labels
 from .raster import AlignedPair, BandStretch, align_pair, pair_stretches
 from .report import require_report_dependencies
 from .report_tiles import thin_steps
 from .run_reports import tags_report
+from .speed import training_stage_shares
 from .thresholds import ProbabilityHistograms
 from .tiling import Window
 from .training import CDConfig, HiCDConfig, KDConfig, train_detector, train_hicd, train_kd
@@ -44,14 +47,44 @@ class TagError(ValueError):
 
 
 def read_tagged_windows(
-    tiles_path: PathLike, pair: AlignedPair, tile_size: int
-) -> list[tuple[Window, int]]:
-    """(window on the aligned grid, tag) for every feature whose `changed` is 0 or 1.
+    tiles_path: PathLike, pair: AlignedPair, tile_size: Optional[int] = None
+) -> tuple[list[tuple[Window, int]], int]:
+    """(window on the aligned grid, tag) for every feature whose `changed` is 0 or 1, and the
+    window size used.
 
-    Each feature's extent is transformed into the raster CRS; a `tile_size` window centred on
-    it is taken, shifted to lie inside the grid. Features outside the grid are skipped with a
-    warning; tags other than 0, 1 or NULL are an error.
+    Each feature's extent is transformed into the raster CRS; a square window centred on it is
+    taken, shifted to lie inside the grid. Its size is ``tile_size`` or, when None, that of the
+    tagged tiles themselves (the median side of their extents in pixels): a window larger
+    than the tile an analyst looked at would take pixels whose change nobody tagged into a
+    tile tagged unchanged. Features outside the grid are skipped with a warning; tags other
+    than 0, 1 or NULL are an error.
     """
+    tagged = _tagged_extents(tiles_path, pair)
+    if tile_size is None:
+        sides = [max(x1 - x0, y1 - y0) for (x0, y0, x1, y1), _ in tagged]
+        tile_size = max(MIN_TILE_SIZE, int(round(float(np.median(sides))))) if sides else 256
+    out: list[tuple[Window, int]] = []
+    skipped = 0
+    for (x0, y0, x1, y1), tag in tagged:
+        window = _centred_window((x0 + x1) / 2, (y0 + y1) / 2, tile_size, pair.width, pair.height)
+        if window is None:
+            skipped += 1
+            continue
+        out.append((window, tag))
+    if skipped:
+        log.warning(
+            "%d tagged tiles lie outside the two rasters' overlap and were skipped", skipped
+        )
+    return out, tile_size
+
+
+MIN_TILE_SIZE = 32
+
+
+def _tagged_extents(
+    tiles_path: PathLike, pair: AlignedPair
+) -> list[tuple[tuple[float, float, float, float], int]]:
+    """((x0, y0, x1, y1) in pixels of the aligned grid, tag) of every tagged feature."""
     from osgeo import ogr, osr
 
     if not Path(tiles_path).exists():
@@ -80,8 +113,7 @@ def read_tagged_windows(
         srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
     transform = osr.CoordinateTransformation(layer_srs, target)
     gt = pair.geotransform
-    out: list[tuple[Window, int]] = []
-    skipped = 0
+    out = []
     for feature in layer:
         value = feature.GetField(TAG_FIELD)
         if value is None:
@@ -97,17 +129,9 @@ def read_tagged_windows(
         geom = geom.Clone()
         geom.Transform(transform)
         min_x, max_x, min_y, max_y = geom.GetEnvelope()
-        cx = ((min_x + max_x) / 2 - gt[0]) / gt[1]
-        cy = ((min_y + max_y) / 2 - gt[3]) / gt[5]
-        window = _centred_window(cx, cy, tile_size, pair.width, pair.height)
-        if window is None:
-            skipped += 1
-            continue
-        out.append((window, int(str(value).strip())))
-    if skipped:
-        log.warning(
-            "%d tagged tiles lie outside the two rasters' overlap and were skipped", skipped
-        )
+        xs = sorted(((min_x - gt[0]) / gt[1], (max_x - gt[0]) / gt[1]))
+        ys = sorted(((min_y - gt[3]) / gt[5], (max_y - gt[3]) / gt[5]))
+        out.append(((xs[0], ys[0], xs[1], ys[1]), int(str(value).strip())))
     return out
 
 
@@ -125,7 +149,9 @@ class RasterTileDataset(Dataset):
 
     Items: ``pre``/``post`` float32 [C, T, T] (prepared as for detection), ``mask``
     int64 [T, T] (0 where the tile is tagged unchanged, `IGNORE_INDEX` where unknown, nodata or
-    padded; replaced by pseudo labels once `set_masks` is called), ``label``, ``key``.
+    padded; replaced by pseudo labels once `set_masks` is called), ``valid`` bool [T, T]
+    (pixels with data in both dates: the pixels of a tile tagged changed whose change is
+    unknown are valid), ``label``, ``key``.
     Windows are read on demand, so memory stays bounded by the batch.
     """
 
@@ -181,11 +207,12 @@ class RasterTileDataset(Dataset):
             mask = np.full(valid.shape, IGNORE_INDEX, np.uint8)
         mask[~valid] = IGNORE_INDEX
         if self.augment:
-            pre, post, mask = paired_augment(pre, post, mask, self._rng)
+            pre, post, mask, valid = paired_augment(pre, post, mask, self._rng, valid)
         return {
             "pre": torch.from_numpy(np.ascontiguousarray(pre)),
             "post": torch.from_numpy(np.ascontiguousarray(post)),
             "mask": torch.from_numpy(mask.astype(np.int64)),
+            "valid": torch.from_numpy(np.ascontiguousarray(valid)),
             "label": torch.tensor(float(self.labels[index])),
             "has_mask": self.masks is not None,
             "key": f"{self.windows[index].x}_{self.windows[index].y}",
@@ -199,10 +226,11 @@ class TagTrainingConfig:
     quality_robust: "the two images differ in quality": after the detector is trained, a HiCD
     student (`kdmsi.training.train_hicd`, options in `hicd`) is trained with it as the teacher
     on the same tiles with degraded after images, and the student is saved instead, marked
-    quality-robust (`kdmsi.checkpoint.is_quality_robust`).
+    quality-robust (`kdmsi.checkpoint.is_quality_robust`). tile_size: the training windows'
+    side in pixels; None (default) takes the tagged tiles' own size (`read_tagged_windows`).
     """
 
-    tile_size: int = 256
+    tile_size: Optional[int] = None
     bands: Optional[list[int]] = None
     threshold: Union[str, float] = "auto"
     scales: tuple[float, ...] = DEFAULT_SCALES
@@ -222,22 +250,33 @@ def train_from_tags(
     progress: Optional[ProgressCallback] = None,
     cancelled: Optional[CancelCheck] = None,
     report_dir: Optional[PathLike] = None,
+    kd_out: Optional[PathLike] = None,
 ) -> dict:
     """Train KD teacher/student, make MSI pseudo labels, train the detector, save it to `out`.
 
     Returns the training summary stored in the checkpoint metadata. Nothing is written at
     `out` unless every stage succeeds. With `report_dir`, the training report (an HTML page
     with loss curves, the pseudo-label threshold and sample tiles, see `kdmsi.report`) is
-    written to that folder after the model; `overwrite` also applies to it.
+    written to that folder after the model; `overwrite` also applies to it. With `kd_out`,
+    the teacher and student are saved there too (a KD model file, for `kdmsi evaluate` or
+    `kdmsi detect`), as soon as they are trained.
+
+    Raises:
+        DegeneratePseudoLabels: the pseudo labels came out (nearly) empty or all change; no
+            detector is trained (the report, when asked for, says so).
     """
     config = config or TagTrainingConfig()
     check_output_target(out, overwrite)
+    if kd_out is not None:
+        check_output_target(kd_out, overwrite)
+        if Path(kd_out).resolve() == Path(out).resolve():
+            raise ValueError(f"{out} is given as both the detector and the KD model file")
     if report_dir is not None:
         check_folder_target(report_dir, overwrite)
         require_report_dependencies()
     pair = align_pair(before, after, config.bands)
     try:
-        windows = read_tagged_windows(tiles, pair, config.tile_size)
+        windows, tile_size = read_tagged_windows(tiles, pair, config.tile_size)
         tags = [t for _, t in windows]
         counts = {1: tags.count(1), 0: tags.count(0)}
         for tag, name in ((1, "changed (1)"), (0, "not changed (0)")):
@@ -250,9 +289,21 @@ def train_from_tags(
         report(progress, 0.0, f"{counts[1]} changed and {counts[0]} unchanged tiles tagged")
         stretches = pair_stretches(pair)
         normalisation = Normalisation.default(len(pair.bands))
-        dataset = RasterTileDataset(pair, windows, stretches, normalisation, config.tile_size)
+        dataset = RasterTileDataset(pair, windows, stretches, normalisation, tile_size)
         device = pick_device(config.kd.device)
-        kd = train_kd(dataset, config.kd, None, sub_progress(progress, 0.0, 0.45), cancelled)
+        timing: dict[str, float] = {}
+        clock = time.perf_counter()
+        kd_end, msi_end = training_stage_shares(
+            config.kd.backbone,
+            config.cd.backbone,
+            config.kd.epochs,
+            config.cd.epochs,
+            0.8 if config.quality_robust else 0.97,
+        )
+        kd = train_kd(dataset, config.kd, None, sub_progress(progress, 0.0, kd_end), cancelled)
+        timing["kd"], clock = round(time.perf_counter() - clock, 1), time.perf_counter()
+        if kd_out is not None:
+            save_kd(kd_out, kd, pair.bands, normalisation, tile_size, {"tiles": str(tiles)})
         histograms = ProbabilityHistograms()
         masks, choice = msi_pseudo_labels(
             kd.student.to(device),
@@ -260,18 +311,40 @@ def train_from_tags(
             config.threshold,
             config.scales,
             device=device,
-            progress=sub_progress(progress, 0.45, 0.55),
+            progress=sub_progress(progress, kd_end, msi_end),
             cancelled=cancelled,
             histograms=histograms,
         )
+        timing["pseudo_labels"], clock = round(time.perf_counter() - clock, 1), time.perf_counter()
         log.info("pseudo labels: %s", choice.describe())
+        sources = {"before": str(before), "after": str(after), "tiles": str(tiles)}
+
+        def write_report(cd, **extra) -> None:
+            dataset.augment = False
+            tags_report(
+                report_dir, dataset, kd, cd, masks, choice, histograms, config.scales, device,
+                overwrite, settings=sources, **extra,
+            )  # fmt: skip
+
+        try:
+            fraction = check_pseudo_labels(masks, dataset.labels, choice, kd.teacher_note())
+        except DegeneratePseudoLabels as exc:
+            if report_dir is not None:
+                write_report(None, warnings=[f"Training stopped before the detector: {exc}"])
+                raise DegeneratePseudoLabels(
+                    f"{exc} (the training report {Path(report_dir) / 'index.html'} shows the maps)"
+                ) from None
+            raise
+        log.info("pseudo labels mark %.1f %% of the changed tiles' pixels", 100 * fraction)
         dataset.set_masks(masks)
         cd_end = 0.8 if config.quality_robust else 0.97
         cd = train_detector(
-            dataset, config.cd, None, sub_progress(progress, 0.55, cd_end), cancelled
+            dataset, config.cd, None, sub_progress(progress, msi_end, cd_end), cancelled
         )
+        timing["detector"] = round(time.perf_counter() - clock, 1)
         summary = {
-            "source": {"before": str(before), "after": str(after), "tiles": str(tiles)},
+            "timing_s": timing,
+            "source": sources,
             "tags": {"changed": counts[1], "not_changed": counts[0]},
             "stretch": {"before": stretches[0].to_dict(), "after": stretches[1].to_dict()},
             "kd": {
@@ -280,7 +353,15 @@ def train_from_tags(
                 "selection": kd.selection,
                 "steps": thin_steps(kd.steps),
             },
-            "pseudo_labels": {"threshold": choice.to_dict(), "scales": list(config.scales)},
+            "weights": {
+                "kd": describe_weights(config.kd.backbone, config.kd.weights),
+                "detector": describe_weights(config.cd.backbone, config.cd.weights),
+            },
+            "pseudo_labels": {
+                "threshold": choice.to_dict(),
+                "scales": list(config.scales),
+                "changed_fraction": fraction,
+            },
             "detector": {
                 "config": cd.config,
                 "history": cd.history,
@@ -304,28 +385,14 @@ def train_from_tags(
             deployed,
             pair.bands,
             normalisation,
-            config.tile_size,
+            tile_size,
             summary,
             quality_robust=config.quality_robust,
             method=config.hicd.method if config.quality_robust else None,
         )
         report(progress, 0.98, f"saved {out}")
         if report_dir is not None:
-            dataset.augment = False
-            tags_report(
-                report_dir,
-                dataset,
-                kd,
-                cd,
-                masks,
-                choice,
-                histograms,
-                config.scales,
-                device,
-                overwrite,
-                settings={"before": str(before), "after": str(after), "tiles": str(tiles)},
-                detector=deployed,
-            )
+            write_report(cd, detector=deployed)
             report(progress, 1.0, f"training report in {report_dir}")
         else:
             report(progress, 1.0, f"saved {out}")

@@ -14,6 +14,13 @@ from typing import Iterator
 
 import numpy as np
 
+MAX_OVERLAP = 64
+
+
+def default_overlap(tile_size: int) -> int:
+    """Default overlap of neighbouring detect tiles: 64 px, at most a quarter of the tile."""
+    return min(MAX_OVERLAP, int(tile_size) // 4)
+
 
 @dataclass(frozen=True)
 class Window:

@@ -34,9 +34,19 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from .algorithms import BACKBONES, DETECTOR_BACKBONES, DEVICES, MODEL_FILTER, RUNTIMES
+from .algorithms import (
+    BACKBONES,
+    CD_EPOCHS,
+    DEFAULT_BACKBONE,
+    DETECTOR_BACKBONES,
+    DEVICES,
+    KD_EPOCHS,
+    MODEL_FILTER,
+    RUNTIMES,
+)
 from .bridge import log_message
 from .deps import install_hint, missing_dependencies
+from .estimates import training_time_text
 from .results import add_detection_results, add_tile_grid
 from .tasks import AlgorithmRun, SpeedProbe
 
@@ -216,8 +226,10 @@ class KdmsiDialog(QDialog):
         self.tags = QgsMapLayerComboBox()
         self.tags.setFilters(POLYGON_FILTER)
         form.addRow("Tagged tiles", self.tags)
-        self.kd_backbone = _combo(BACKBONES, BACKBONES.index("resnet50"))
-        self.detector_backbone = _combo(DETECTOR_BACKBONES, DETECTOR_BACKBONES.index("resnet50"))
+        self.kd_backbone = _combo(BACKBONES, BACKBONES.index(DEFAULT_BACKBONE))
+        self.detector_backbone = _combo(
+            DETECTOR_BACKBONES, DETECTOR_BACKBONES.index(DEFAULT_BACKBONE)
+        )
         self.speed_button = QPushButton("Measure speed here")
         self.speed_button.clicked.connect(self.measure_speed)
         self.speed_label = QLabel(reference_speed_text())
@@ -230,9 +242,20 @@ class KdmsiDialog(QDialog):
         self.quality = QCheckBox("the two images differ in quality (resolution, blur, noise)")
         self.write_report = QCheckBox("write a training report (HTML) beside the model")
         self.write_report.setChecked(True)
-        self.kd_epochs = _spin(20, 1, 1000)
-        self.cd_epochs = _spin(50, 1, 1000)
+        self.kd_epochs = _spin(KD_EPOCHS, 1, 1000)
+        self.cd_epochs = _spin(CD_EPOCHS, 1, 1000)
         self.train_batch = _spin(8, 1, 256)
+        self.time_label = QLabel()
+        self.time_label.setWordWrap(True)
+        for signal in (
+            self.tags.layerChanged,
+            self.kd_epochs.valueChanged,
+            self.cd_epochs.valueChanged,
+            self.kd_backbone.currentIndexChanged,
+            self.detector_backbone.currentIndexChanged,
+            self.grid_tile_size.valueChanged,
+        ):
+            signal.connect(self.show_expected_time)
         self.train_device = _combo(DEVICES)
         self.model_output = _file_widget(True, "KD-MSI model (*.kdmsi)")
         for label, widget in (
@@ -242,6 +265,7 @@ class KdmsiDialog(QDialog):
             ("", self.quality),
             ("Teacher/student epochs", self.kd_epochs),
             ("Detector epochs", self.cd_epochs),
+            ("", self.time_label),
             ("Batch size", self.train_batch),
             ("Device", self.train_device),
             ("Model file", self.model_output),
@@ -310,11 +334,27 @@ class KdmsiDialog(QDialog):
             KD_EPOCHS=self.kd_epochs.value(),
             CD_EPOCHS=self.cd_epochs.value(),
             BATCH_SIZE=self.train_batch.value(),
-            TILE_SIZE=self.grid_tile_size.value(),
+            TILE_SIZE=0,  # the tagged tiles' own size
             DEVICE=self.train_device.currentIndex(),
             OUTPUT=output,
         )
         return params
+
+    def show_expected_time(self, *_) -> None:
+        """The expected training time of the tagged tiles with these settings (2 CPU cores)."""
+        before = self.train_pair.before.currentLayer()
+        pixel = before.rasterUnitsPerPixelX() if isinstance(before, QgsRasterLayer) else None
+        self.time_label.setText(
+            training_time_text(
+                self.tags.currentLayer(),
+                pixel,
+                self.grid_tile_size.value(),
+                self.kd_epochs.value(),
+                self.cd_epochs.value(),
+                BACKBONES[self.kd_backbone.currentIndex()],
+                DETECTOR_BACKBONES[self.detector_backbone.currentIndex()],
+            )
+        )
 
     # ------------------------------------------------------------------------ runs
     def start_detection(self) -> None:

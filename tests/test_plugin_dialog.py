@@ -208,7 +208,18 @@ def test_dialog_training_parameters_and_speed_label(project, scene_pair, tmp_pat
     dialog.quality.setChecked(True)
     params = dialog.training_parameters()
     assert params["OUTPUT"] == str(tmp_path / "mine.kdmsi") and params["TILES"] == grid.id()
-    assert params["DETECTOR_BACKBONE"] == 3 and params["KD_BACKBONE"] == 2
+    assert params["DETECTOR_BACKBONE"] == 4 and params["KD_BACKBONE"] == 0  # EfficientNet
+    assert params["TILE_SIZE"] == 0 and params["KD_EPOCHS"] == 12  # the tags' own tile size
+    text = dialog.time_label.text()  # shown before the run: the grid's 128 px tiles, untagged
+    assert text.startswith("Expected training time: tag some tiles first")
+    field = grid.fields().indexOf("changed")
+    grid.startEditing()
+    for i, feature in enumerate(grid.getFeatures()):
+        if i < 4:
+            grid.changeAttributeValue(feature.id(), field, i % 2)
+    grid.commitChanges()
+    dialog.show_expected_time()
+    assert "about 1 min for 4 tagged tiles of 128 px" in dialog.time_label.text()
     assert params["QUALITY_ROBUST"] is True and params["WRITE_REPORT"] is True
     dialog.speeds = {"resnet50": (0.5, 120.0), "mobilenet_v3_large": (0.1, 30.0)}
     dialog.show_speed()

@@ -77,8 +77,10 @@ def test_tagged_windows_in_any_crs_land_on_the_grid(tmp_path, scene_files, epsg)
     tags[(0, 0)] = None  # untagged: ignored
     layer = write_tiles(tmp_path / "t.gpkg", scene, tags, epsg)
     with align_pair(files["before"], files["after"]) as pair:
-        windows = read_tagged_windows(layer, pair, TILE)
-    assert len(windows) == 15
+        windows, size = read_tagged_windows(layer, pair, TILE)
+        inferred, inferred_size = read_tagged_windows(layer, pair)
+    assert len(windows) == 15 and size == TILE
+    assert inferred == windows and inferred_size == TILE  # the grid's own tile size
     got = {(w.y // TILE, w.x // TILE): t for w, t in windows}
     assert all(w.x % TILE == 0 and w.y % TILE == 0 and w.w == TILE for w, _ in windows)
     assert got == {k: v for k, v in tags.items() if v is not None}
@@ -91,7 +93,7 @@ def test_raster_tile_dataset_items(scene_files, tmp_path):
         from kdmsi.data import Normalisation
         from kdmsi.raster import pair_stretches
 
-        windows = read_tagged_windows(layer, pair, TILE)
+        windows, _ = read_tagged_windows(layer, pair, TILE)
         ds = RasterTileDataset(pair, windows, pair_stretches(pair), Normalisation.default(3), TILE)
         item = ds[0]
         assert item["pre"].shape == (3, TILE, TILE)
@@ -125,8 +127,8 @@ def test_train_from_tags_writes_a_loadable_detector(tmp_path, scene_files):
     config = TagTrainingConfig(
         tile_size=TILE,
         scales=(1.0, 2.0),
-        kd=KDConfig(backbone="resnet18", epochs=1, batch_size=4),
-        cd=CDConfig(backbone="resnet18", epochs=1, batch_size=4),
+        kd=KDConfig(epochs=10, batch_size=4),  # the default recipe (pretrained), shortened
+        cd=CDConfig(epochs=1, batch_size=4),
     )
     stages = []
     out = tmp_path / "model.kdmsi"
@@ -163,8 +165,8 @@ def test_quality_robust_training_saves_the_hicd_student(tmp_path, scene_files):
     config = TagTrainingConfig(
         tile_size=TILE,
         scales=(1.0,),
-        kd=KDConfig(backbone="resnet18", epochs=1, batch_size=8),
-        cd=CDConfig(backbone="resnet18", epochs=1, batch_size=8),
+        kd=KDConfig(epochs=10, batch_size=4),
+        cd=CDConfig(epochs=1, batch_size=8),
         quality_robust=True,
         hicd=HiCDConfig(epochs=1, batch_size=8, preset="resolution"),
     )
@@ -183,7 +185,9 @@ def test_quality_robust_training_saves_the_hicd_student(tmp_path, scene_files):
 def test_cancelled_training_writes_nothing(tmp_path, scene_files):
     scene, files = scene_files
     layer = write_tiles(tmp_path / "t.gpkg", scene, truth_tags(scene))
-    config = TagTrainingConfig(tile_size=TILE, kd=KDConfig(backbone="resnet18", epochs=1))
+    config = TagTrainingConfig(
+        tile_size=TILE, kd=KDConfig(backbone="resnet18", weights=None, epochs=1)
+    )
     with pytest.raises(Cancelled):
         train_from_tags(
             files["before"],
@@ -213,19 +217,23 @@ def test_cli_train_from_tags_and_its_errors(tmp_path, scene_files, capsys):
         str(layer),
         "--out",
         str(out),
-        "--backbone",
-        "resnet18",
+        "--kd-model",
+        str(tmp_path / "kd.kdmsi"),
         "--kd-epochs",
-        "1",
+        "10",
         "--cd-epochs",
         "1",
         "--batch-size",
         "4",
-        "--tile-size",
-        str(TILE),
+        "--no-report",
     ]
     assert main(argv) == 0
-    assert load_checkpoint(out)[1]["kind"] == "detector"
+    meta = load_checkpoint(out)[1]
+    assert meta["kind"] == "detector" and meta["tile_size"] == TILE  # the grid's tile size
+    assert meta["model"]["backbone"] == "efficientnet_lite0"
+    assert meta["training"]["weights"]["kd"].startswith("efficientnet_lite0: ImageNet")
+    assert set(meta["training"]["timing_s"]) == {"kd", "pseudo_labels", "detector"}
+    assert load_checkpoint(tmp_path / "kd.kdmsi")[1]["kind"] == "kd"
     capsys.readouterr()
     assert main(argv) == 2 and "--overwrite" in capsys.readouterr().err
     few = write_tiles(tmp_path / "few.gpkg", scene, {(0, 0): 1, (0, 1): 0})
@@ -234,3 +242,38 @@ def test_cli_train_from_tags_and_its_errors(tmp_path, scene_files, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "at least 2 of each class" in err and "Traceback" not in err
+
+
+def test_empty_pseudo_labels_stop_training_loudly(tmp_path, scene_files, capsys):
+    """No detector is trained on (nearly) empty pseudo labels: one line with what to do, exit
+    2, no model file, and the report says so in red."""
+    from kdmsi.cli import main
+
+    scene, files = scene_files
+    layer = write_tiles(tmp_path / "t.gpkg", scene, truth_tags(scene))
+    out, report = tmp_path / "m.kdmsi", tmp_path / "report"
+    argv = ["train", "--before", str(files["before"]), "--after", str(files["after"])]
+    argv += ["--tiles", str(layer), "--out", str(out), "--report", str(report)]
+    argv += ["--kd-epochs", "1", "--batch-size", "8", "--threshold", "0.999"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "pseudo labels are (nearly) empty" in err and "--threshold" in err
+    assert "Tag more tiles" in err and not out.exists()
+    page = (report / "index.html").read_text()
+    assert 'class="warning"' in page and "Training stopped before the detector" in page
+
+
+def test_check_pseudo_labels_limits():
+    from kdmsi.pseudo_labels import DegeneratePseudoLabels, check_pseudo_labels
+    from kdmsi.thresholds import ThresholdChoice
+
+    choice = ThresholdChoice(0.5, "auto")
+    tile = np.zeros((10, 10), np.uint8)
+    some = tile.copy()
+    some[:3] = 1
+    ignored = np.full((10, 10), 255, np.uint8)
+    assert check_pseudo_labels([some, tile, ignored], [1, 0, 1], choice) == 0.3
+    with pytest.raises(DegeneratePseudoLabels, match="nearly\\) empty"):
+        check_pseudo_labels([tile, some], [1, 0], choice)
+    with pytest.raises(DegeneratePseudoLabels, match="nearly\\) all change"):
+        check_pseudo_labels([np.ones((10, 10), np.uint8), tile], [1, 0], choice)

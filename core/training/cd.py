@@ -11,31 +11,73 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .. import recipe
+from ..choices import DEFAULT_BACKBONE
 from ..data import IGNORE_INDEX
 from ..inference import pick_device
 from ..metrics import ConfusionCounts
 from ..models import SiameseDeepLabV3Plus
 from ..progress import CancelCheck, ProgressCallback, check_cancel, no_progress
-from .common import cpu_state, eval_loader, poly_lr, seed_everything, sgd, subset, train_loader
+from .common import (
+    cpu_state,
+    eval_loader,
+    freeze_stages,
+    make_optimizer,
+    poly_lr,
+    seed_everything,
+    set_train_mode,
+    subset,
+    to_device,
+    train_loader,
+)
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class CDConfig:
-    """Hyper-parameters of the detector training (the paper's defaults)."""
+    """Hyper-parameters of the detector training.
 
-    backbone: str = "resnet50"
-    weights: Optional[str] = None
-    epochs: int = 50
-    batch_size: int = 16
-    lr: float = 0.007
-    head_lr_mult: float = 1.0
+    Defaults: the CPU recipe (`kdmsi.recipe`; README, "Training recipe"): pretrained
+    EfficientNet-Lite0 frozen up to stride 8, ASPP and decoder 128 channels wide, AdamW at
+    1e-4 (head x10), frozen batch-norm statistics in the trunk. The paper's setting is
+    ``backbone="resnet50"``, ``head_channels=256``, ``optimizer="sgd"``, ``lr=0.007``,
+    ``head_lr_mult=1``, ``freeze_bn=False``, ``frozen_stages=0``, 50 epochs of batch 16.
+    """
+
+    backbone: str = DEFAULT_BACKBONE
+    weights: Optional[str] = recipe.WEIGHTS
+    epochs: int = recipe.CD_EPOCHS
+    batch_size: int = recipe.BATCH_SIZE
+    optimizer: str = recipe.OPTIMIZER
+    lr: float = recipe.CD_LR
+    head_lr_mult: float = recipe.HEAD_LR_MULT
+    head_channels: int = recipe.DETECTOR_HEAD_CHANNELS
+    separable: bool = recipe.DETECTOR_SEPARABLE
     momentum: float = 0.9
     weight_decay: float = 1e-4
     poly_power: float = 0.9
+    freeze_bn: bool = recipe.FREEZE_BN
+    frozen_stages: Optional[int] = None
     seed: int = 0
     device: str = "auto"
+
+    @classmethod
+    def paper(cls, **overrides) -> CDConfig:
+        """The paper's setting (ResNet-50, 256-channel head, SGD at 0.007, the whole trunk
+        and its batch norms trained, 50 epochs of batch 16), with ``overrides``."""
+        setting = dict(
+            backbone="resnet50",
+            epochs=50,
+            batch_size=16,
+            optimizer="sgd",
+            lr=0.007,
+            head_lr_mult=1.0,
+            head_channels=256,
+            freeze_bn=False,
+            frozen_stages=0,
+        )
+        return cls(**{**setting, **overrides})
 
 
 @dataclass
@@ -66,9 +108,20 @@ def train_detector(
     progress = progress or no_progress
     generator = seed_everything(config.seed)
     device = pick_device(config.device)
-    model = SiameseDeepLabV3Plus(config.backbone, len(dataset.bands), config.weights).to(device)
-    optimizer = sgd(
-        model.param_groups(config.lr, config.head_lr_mult), config.momentum, config.weight_decay
+    model = SiameseDeepLabV3Plus(
+        config.backbone,
+        len(dataset.bands),
+        config.weights,
+        head_channels=config.head_channels,
+        separable=config.separable,
+    )
+    freeze_stages(model.trunk, config.frozen_stages)
+    model.to(device, memory_format=torch.channels_last)
+    optimizer = make_optimizer(
+        model.param_groups(config.lr, config.head_lr_mult),
+        config.optimizer,
+        config.momentum,
+        config.weight_decay,
     )
     loader = train_loader(
         subset(dataset, range(len(dataset)), augment=True), config.batch_size, generator
@@ -81,14 +134,14 @@ def train_detector(
     steps: list[dict] = []
     step = 0
     for epoch in range(1, config.epochs + 1):
-        model.train()
+        set_train_mode(model, config.freeze_bn)
         loss_sum, n_batches = 0.0, 0
         for i, batch in enumerate(loader, start=1):
             check_cancel(cancelled)
             if batch["pre"].shape[0] < 2:
                 continue  # BatchNorm in ASPP's pooling branch cannot train on one sample
             poly_lr(optimizer, step, total_steps, config.poly_power)
-            logits = model(batch["pre"].to(device), batch["post"].to(device))
+            logits = model(to_device(batch, "pre", device), to_device(batch, "post", device))
             loss = F.cross_entropy(logits, batch["mask"].to(device), ignore_index=IGNORE_INDEX)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -97,9 +150,11 @@ def train_detector(
             n_batches += 1
             step += 1
             steps.append({"step": step, "epoch": epoch - 1 + i / len(loader), "ce": loss.item()})
+            tiles = min(i * config.batch_size, len(dataset))
             progress(
                 step / total_steps,
-                f"detector epoch {epoch}/{config.epochs}: loss {loss.item():.4f}",
+                f"detector epoch {epoch}/{config.epochs}, tile {tiles}/{len(dataset)}: "
+                f"loss {loss.item():.4f}",
             )
         record = {"epoch": epoch, "train_ce": loss_sum / max(n_batches, 1)}
         if use_val:
@@ -115,6 +170,7 @@ def train_detector(
         progress(step / total_steps, f"detector epoch {epoch}/{config.epochs}: {msg}")
     epoch, state = best
     model.load_state_dict(state)
+    model.to(memory_format=torch.contiguous_format)
     selection = {"criterion": criterion, "epoch": epoch, "value": history[epoch - 1].get(criterion)}
     return CDResult(model.cpu().eval(), history, selection, asdict(config), steps)
 

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .. import recipe
+from ..choices import DEFAULT_BACKBONE
 from ..evaluation import collect_map_statistics, map_function
 from ..inference import pick_device
 from ..losses import DEFAULT_KD_WEIGHT, classification_loss, kd_loss
@@ -23,15 +25,19 @@ from ..progress import CancelCheck, ProgressCallback, check_cancel, no_progress
 from .common import (
     cpu_state,
     eval_loader,
+    freeze_stages,
+    make_optimizer,
     poly_lr,
     seed_everything,
-    sgd,
+    set_train_mode,
     stratified_holdout,
     subset,
+    to_device,
     train_loader,
 )
 
 MIN_TILES_PER_CLASS = 2
+CHANCE_LOSS = float(np.log(2.0))  # binary cross-entropy of a classifier that knows nothing
 
 
 log = logging.getLogger(__name__)
@@ -39,22 +45,50 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class KDConfig:
-    """Hyper-parameters of the joint teacher/student training (the paper's defaults)."""
+    """Hyper-parameters of the joint teacher/student training.
 
-    backbone: str = "resnet50"
+    The defaults are the CPU recipe measured on real pairs (`kdmsi.recipe`; README, "Training
+    recipe"): a pretrained EfficientNet-Lite0, the pyramid CAM head, AdamW at 1e-4 (head
+    x10), batch norms frozen at their ImageNet statistics, the trunk frozen up to stride 8.
+    The paper's setting is ``backbone="resnet50"``, ``head="single"``, ``optimizer="sgd"``,
+    ``lr=1e-3``, ``freeze_bn=False``, ``frozen_stages=0``, 20 epochs. ``frozen_stages``: the
+    first trunk parts (`freeze_stages`) that keep their pretrained weights; None: up to
+    output stride 8.
+    """
+
+    backbone: str = DEFAULT_BACKBONE
     fusion: str = "abs"
-    weights: Optional[str] = None
-    epochs: int = 20
-    batch_size: int = 8
-    lr: float = 1e-3
-    head_lr_mult: float = 10.0
+    weights: Optional[str] = recipe.WEIGHTS
+    head: str = recipe.CAM_HEAD
+    epochs: int = recipe.KD_EPOCHS
+    batch_size: int = recipe.BATCH_SIZE
+    optimizer: str = recipe.OPTIMIZER
+    lr: float = recipe.KD_LR
+    head_lr_mult: float = recipe.HEAD_LR_MULT
     momentum: float = 0.9
     weight_decay: float = 1e-4
     poly_power: float = 0.9
+    freeze_bn: bool = recipe.FREEZE_BN
+    frozen_stages: Optional[int] = None
     kd_weight: float = DEFAULT_KD_WEIGHT
     holdout_fraction: float = 0.1
     seed: int = 0
     device: str = "auto"
+
+    @classmethod
+    def paper(cls, **overrides) -> KDConfig:
+        """The paper's setting (ResNet-50, single CAM head, SGD at 1e-3, batch norms and the
+        whole trunk trained, 20 epochs), with ``overrides``."""
+        setting = dict(
+            backbone="resnet50",
+            head="single",
+            epochs=20,
+            optimizer="sgd",
+            lr=1e-3,
+            freeze_bn=False,
+            frozen_stages=0,
+        )
+        return cls(**{**setting, **overrides})
 
 
 @dataclass
@@ -71,6 +105,22 @@ class KDResult:
     selection: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
     steps: list[dict] = field(default_factory=list)
+
+    def teacher_note(self) -> str:
+        """What the teacher's model selection says about its learning, for messages: its
+        held-out classification loss against chance (ln 2), when it was selected on one."""
+        value = self.selection.get("value")
+        if self.selection.get("criterion") != "heldout_teacher_cls_loss" or value is None:
+            return ""
+        if value >= CHANCE_LOSS - 0.02:
+            return (
+                f"the teacher's held-out classification loss {value:.3f} is at chance "
+                f"({CHANCE_LOSS:.3f}): it did not learn to tell the changed tiles from the others"
+            )
+        return (
+            f"the teacher's held-out classification loss is {value:.3f}; "
+            f"chance is {CHANCE_LOSS:.3f}"
+        )
 
 
 def train_kd(
@@ -111,12 +161,17 @@ def train_kd(
     held_set = subset(dataset, held_idx, augment=False) if held_idx else None
 
     bands = len(dataset.bands)
-    teacher = SiameseCAMNet(config.backbone, config.fusion, bands, config.weights).to(device)
-    student = SiameseCAMNet(config.backbone, config.fusion, bands, config.weights).to(device)
+    teacher, student = (
+        SiameseCAMNet(config.backbone, config.fusion, bands, config.weights, config.head)
+        for _ in range(2)
+    )
+    shared = share_frozen_prefix(teacher, student, config.frozen_stages)
+    for net in (teacher, student):
+        net.to(device, memory_format=torch.channels_last)
     groups = teacher.param_groups(config.lr, config.head_lr_mult) + student.param_groups(
         config.lr, config.head_lr_mult
     )
-    optimizer = sgd(groups, config.momentum, config.weight_decay)
+    optimizer = make_optimizer(groups, config.optimizer, config.momentum, config.weight_decay)
     loader = train_loader(train_set, config.batch_size, generator)
     total_steps = max(1, config.epochs * len(loader))
 
@@ -131,16 +186,19 @@ def train_kd(
     steps: list[dict] = []
     step = 0
     for epoch in range(1, config.epochs + 1):
-        teacher.train()
-        student.train()
+        set_train_mode(teacher, config.freeze_bn)
+        set_train_mode(student, config.freeze_bn)
         sums = {"total": 0.0, "cls": 0.0, "kd": 0.0}
         n_batches = 0
         for batch in loader:
             check_cancel(cancelled)
             poly_lr(optimizer, step, total_steps, config.poly_power)
-            pre, post = batch["pre"].to(device), batch["post"].to(device)
+            pre, post = to_device(batch, "pre", device), to_device(batch, "post", device)
             y = batch["label"].to(device)
-            losses = kd_loss(teacher(pre, post), student(pre, post), y, config.kd_weight)
+            with torch.no_grad():  # the frozen prefix, run once for both networks
+                state = teacher.start(pre, post, shared)
+            g_teacher, g_student = teacher.forward_from(state), student.forward_from(state)
+            losses = kd_loss(g_teacher, g_student, y, config.kd_weight)
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
             optimizer.step()
@@ -150,9 +208,11 @@ def train_kd(
             n_batches += 1
             step += 1
             steps.append({"step": step, "epoch": epoch - 1 + n_batches / len(loader), **values})
+            tiles = min(n_batches * config.batch_size, len(train_set))
             progress(
                 step / total_steps,
-                f"KD epoch {epoch}/{config.epochs}: loss {losses['total'].item():.4f}",
+                f"KD epoch {epoch}/{config.epochs}, tile {tiles}/{len(train_set)}: "
+                f"loss {losses['total'].item():.4f}",
             )
         record = {"epoch": epoch, **{f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()}}
         if criterion == "val_change_iou":
@@ -174,6 +234,8 @@ def train_kd(
     epoch, t_state, s_state = best
     teacher.load_state_dict(t_state)
     student.load_state_dict(s_state)
+    for net in (teacher, student):  # back to the default memory order for callers
+        net.to(memory_format=torch.contiguous_format)
     selection = {
         "criterion": criterion,
         "epoch": epoch,
@@ -183,6 +245,20 @@ def train_kd(
     return KDResult(
         teacher.cpu().eval(), student.cpu().eval(), history, selection, asdict(config), steps
     )
+
+
+def share_frozen_prefix(
+    teacher: SiameseCAMNet, student: SiameseCAMNet, parts: Optional[int]
+) -> int:
+    """Freeze the first ``parts`` trunk parts of both networks (None: the trunk's default,
+    `freeze_stages`) and give the student the teacher's weights there, so that the KD loop
+    runs that prefix once for both (a frozen prefix is the same function in each: no
+    gradient, batch norms in eval mode). Returns the number of parts frozen."""
+    for net in (teacher, student):
+        parts = freeze_stages(net.trunk, parts)
+    for mine, theirs in zip(student.trunk.stages()[:parts], teacher.trunk.stages()[:parts]):
+        mine.load_state_dict(theirs.state_dict())
+    return parts
 
 
 def _epoch_message(record: dict, epochs: int) -> str:
