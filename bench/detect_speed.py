@@ -14,7 +14,8 @@ in a fresh subprocess (so peak RSS is that run's alone) and prints one table row
   while the model does (on 2 cores it competes with the model's threads);
 * peak RSS (VmHWM) of the subprocess, and its RSS before the detect call (imports done).
 
-Models: random-initialised Siamese DeepLabV3+ detectors saved with
+Models: random-initialised Siamese DeepLabV3+ detectors with the head `kdmsi train` gives
+them (`kdmsi.recipe`: ASPP and decoder 128 channels wide), saved with
 `kdmsi.checkpoint.save_detector` (weights do not change the cost). Runtime ``torch`` runs the
 ``.kdmsi`` file (``--runtime torch``); ``onnx`` runs the ``.onnx`` file written beforehand by
 `kdmsi.onnx_export.export_onnx` (as `kdmsi export-onnx` does), so that process never imports
@@ -43,6 +44,8 @@ Usage::
     nice -n 5 .venv/bin/python bench/detect_speed.py --workdir /tmp/kdmsi-speed \\
         [--sizes 2048,8192,16384] [--backbones resnet18,resnet50] [--runtimes torch,onnx] \\
         [--max-tiles 96] [--markdown bench/results/detect_speed.md]
+    .venv/bin/python bench/detect_speed.py --device cuda --precisions fp32,bf16,fp16 \\
+        --runtimes torch --batch-size 32 --no-numpy  # on a GPU machine
     .venv/bin/python bench/detect_speed.py --from-runs /tmp/kdmsi-speed/runs.jsonl  # reprint
 
 Figures depend on the machine and on what else runs on it; compare within one run.
@@ -120,7 +123,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         key = onnx_cache.export_key(spec["model"], TILE, BATCH, None, True)
         kept_export = onnx_cache.lookup(key) is not None
     rss_before = _status_kb("VmRSS")
-    kwargs = dict(tile_size=TILE, overlap_px=OVERLAP, batch_size=BATCH, overwrite=True)
+    batch = spec.get("batch", BATCH)
+    kwargs = dict(tile_size=TILE, overlap_px=OVERLAP, batch_size=batch, overwrite=True)
     if spec["runtime"] == "numpy":
         from kdmsi.normalisation import Normalisation
 
@@ -140,8 +144,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
             spec["after"],
             spec["model"],
             out / "changes.gpkg",
-            device="cpu",
+            device=spec.get("device", "cpu"),
             runtime=spec["runtime"],
+            precision=spec.get("precision", "fp32"),
             bounds=bounds,
             **kwargs,
         )
@@ -168,6 +173,7 @@ def export_models(
     ``trained`` detector file replaces the random one of its backbone."""
     import torch
 
+    from kdmsi import recipe
     from kdmsi.checkpoint import read_checkpoint, save_detector
     from kdmsi.models import SiameseDeepLabV3Plus
     from kdmsi.normalisation import Normalisation
@@ -190,7 +196,12 @@ def export_models(
                 )
             continue
         torch.manual_seed(0)
-        net = SiameseDeepLabV3Plus(backbone, in_channels=3)
+        net = SiameseDeepLabV3Plus(  # the head `kdmsi train` gives every backbone now
+            backbone,
+            in_channels=3,
+            head_channels=recipe.DETECTOR_HEAD_CHANNELS,
+            separable=recipe.DETECTOR_SEPARABLE,
+        )
         ckpt = save_detector(
             folder / f"{backbone}.kdmsi", net, [1, 2, 3], Normalisation.default(3), TILE
         )
@@ -254,6 +265,8 @@ def table_row(run: dict[str, Any]) -> str:
         else "-"
     )
     runtime = run["runtime_used"]
+    if run.get("device", "cpu") != "cpu" and run["runtime"] != "numpy":
+        runtime += f" {run['device']} {run.get('precision', 'fp32')} batch {run.get('batch')}"
     if run["runtime"] == "auto":
         runtime = f"auto: {runtime}" + (" (kept export)" if run.get("kept_export") else "")
     return (
@@ -267,11 +280,16 @@ def table_row(run: dict[str, Any]) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="2048,8192,16384")
-    parser.add_argument("--backbones", default="resnet18,resnet50")
+    parser.add_argument("--backbones", default="efficientnet_lite0,resnet50")
     parser.add_argument("--runtimes", default="torch,onnx", help="torch, onnx, auto (and/or numpy)")
     parser.add_argument("--max-tiles", type=int, default=96, help="0: always the full raster")
     parser.add_argument("--no-numpy", action="store_true", help="skip the numpy stand-in rows")
     parser.add_argument("--workdir", help="pairs and models are kept there (default: temp)")
+    parser.add_argument("--device", default="cpu", help="torch rows: cpu, cuda")
+    parser.add_argument(
+        "--precisions", default="fp32", help="torch rows, e.g. fp32,bf16,fp16 (autocast)"
+    )
+    parser.add_argument("--batch-size", type=int, default=BATCH, help="tiles per forward pass")
     parser.add_argument("--markdown", help="also write the table to this file")
     parser.add_argument(
         "--from-runs", help="only print (and --markdown) the table of a runs.jsonl of a workdir"
@@ -330,10 +348,17 @@ def main(argv: Optional[list[str]] = None) -> int:
             write_pair(size, folder)
             print(f"[wrote the {size}^2 pair in {time.perf_counter() - start:.0f} s]", flush=True)
         before, after = folder / "before.tif", folder / "after.tif"
-        runs = [(b, r) for b in backbones for r in runtimes if r != "numpy"]
+        precisions = args.precisions.split(",")
+        runs = [
+            (b, r, p)
+            for b in backbones
+            for r in runtimes
+            if r != "numpy"
+            for p in (precisions if r == "torch" else ["fp32"])
+        ]
         if not args.no_numpy or "numpy" in runtimes:
-            runs.append(("-", "numpy"))
-        for backbone, runtime in runs:
+            runs.append(("-", "numpy", "fp32"))
+        for backbone, runtime, precision in runs:
             max_tiles = 0 if runtime == "numpy" else args.max_tiles
             bounds, tiles = strip_bounds(before, max_tiles)
             _, full_tiles = strip_bounds(before, 0)
@@ -348,7 +373,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                 "after": str(after),
                 "bounds": bounds,
                 "full_tiles": full_tiles,
-                "out": str(root / f"out_{size}_{backbone}_{runtime}"),
+                "out": str(root / f"out_{size}_{backbone}_{runtime}_{precision}"),
+                "device": args.device if runtime == "torch" else "cpu",
+                "precision": precision,
+                "batch": args.batch_size,
             }
             Path(spec["out"]).mkdir(parents=True, exist_ok=True)
             run = run_subprocess(["--worker", json.dumps(spec)])
