@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from msi_speed import make_tiles  # noqa: E402 - this folder's bench module
 
 from kdmsi import recipe
-from kdmsi.detect_model import PRECISIONS, model_predictor, torch_batch_runner
+from kdmsi.choices import PRECISIONS
+from kdmsi.detect_model import model_predictor, torch_batch_runner
 from kdmsi.inference import pick_device
 from kdmsi.models import SiameseCAMNet, SiameseDeepLabV3Plus
 from kdmsi.models.fold import for_inference

@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from kdmsi.atomic import atomic_output
-from kdmsi.choices import BACKBONES, DEFAULT_BACKBONE
+from kdmsi.choices import BACKBONES, DEFAULT_BACKBONE, PRECISIONS
 from kdmsi.data import Normalisation
-from kdmsi.detect_model import PRECISIONS, autocast_dtype
+from kdmsi.detect_model import autocast_dtype
 from kdmsi.inference import DEFAULT_SCALES, multiscale_sigmoid_inference, pick_device
 from kdmsi.models import SiameseCAMNet
 from kdmsi.synthetic import make_scene

@@ -20,13 +20,22 @@ smallest file, 11.7 M parameters against resnet18's 16.6 M; on 2 CPU cores about
 resnet18, since the DeepLabV3+ head then dominates: `kdmsi.speed.REFERENCE_SECONDS_PER_TILE`)."""
 FUSIONS = ("abs", "diff", "concat")
 """How the KD networks fuse the two dates' features."""
+CAM_HEADS = ("single", "pyramid")
+"""The KD networks' head: the paper's over the last stage, or over four stages."""
+OPTIMIZERS = ("adamw", "sgd")
+"""Optimisers of the training loops (`kdmsi.training.common.make_optimizer`)."""
+PRECISIONS = ("fp32", "bf16", "fp16")
+"""Precisions of the torch detect path (`kdmsi.detect_model.forward_batch`)."""
 
 __all__ = [
     "BACKBONES",
+    "CAM_HEADS",
     "DEFAULT_BACKBONE",
     "DETECTOR_BACKBONES",
     "EFFICIENTNET_BACKBONES",
     "FUSIONS",
     "MOBILENET_BACKBONES",
+    "OPTIMIZERS",
+    "PRECISIONS",
     "RESNET_BACKBONES",
 ]

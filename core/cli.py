@@ -698,7 +698,15 @@ def cmd_train_hicd(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__, recipe
-    from .choices import BACKBONES, DEFAULT_BACKBONE, DETECTOR_BACKBONES, FUSIONS
+    from .choices import (
+        BACKBONES,
+        CAM_HEADS,
+        DEFAULT_BACKBONE,
+        DETECTOR_BACKBONES,
+        FUSIONS,
+        OPTIMIZERS,
+        PRECISIONS,
+    )
     from .runtime import RUNTIMES
 
     weights_help = (
@@ -708,7 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def recipe_options(p):
         p.add_argument(
-            "--optimizer", choices=("adamw", "sgd"), default=recipe.OPTIMIZER, help="optimiser"
+            "--optimizer", choices=OPTIMIZERS, default=recipe.OPTIMIZER, help="optimiser"
         )
         p.add_argument(
             "--frozen-stages",
@@ -744,7 +752,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model file to write (.kdmsi)")
     p.add_argument("--backbone", choices=BACKBONES, default=DEFAULT_BACKBONE)
     p.add_argument("--fusion", choices=FUSIONS, default="abs")
-    p.add_argument("--cam-head", choices=("pyramid", "single"), default=recipe.CAM_HEAD)
+    p.add_argument("--cam-head", choices=CAM_HEADS, default=recipe.CAM_HEAD)
     p.add_argument("--weights", default=recipe.WEIGHTS, help=weights_help)
     p.add_argument("--epochs", type=int, default=recipe.KD_EPOCHS)
     p.add_argument("--batch-size", type=int, default=recipe.BATCH_SIZE)
@@ -857,7 +865,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--precision",
-        choices=("fp32", "bf16", "fp16"),
+        choices=PRECISIONS,
         default="fp32",
         help="bf16/fp16: mixed precision with torch (for GPUs; fp16 on CUDA only)",
     )
@@ -922,7 +930,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the detector's backbone (default: --backbone)",
     )
     p.add_argument("--fusion", choices=FUSIONS, default="abs")
-    p.add_argument("--cam-head", choices=("pyramid", "single"), default=recipe.CAM_HEAD)
+    p.add_argument("--cam-head", choices=CAM_HEADS, default=recipe.CAM_HEAD)
     p.add_argument("--weights", default=recipe.WEIGHTS, help=weights_help)
     p.add_argument("--kd-epochs", type=int, default=recipe.KD_EPOCHS)
     p.add_argument("--cd-epochs", type=int, default=recipe.CD_EPOCHS)

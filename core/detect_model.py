@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from .choices import PRECISIONS
 from .normalisation import Normalisation
 from .runtime import (
     OnnxModelError,
@@ -72,9 +73,6 @@ def model_predictor(
             multiscale_sigmoid_inference, model, scales=tuple(float(s) for s in scales), flip=flip
         )
     raise ValueError(f"unknown model kind {kind!r}; expected 'detector' or 'kd'")
-
-
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:

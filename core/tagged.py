@@ -293,12 +293,9 @@ def train_from_tags(
         device = pick_device(config.kd.device)
         timing: dict[str, float] = {}
         clock = time.perf_counter()
+        cd_end = 0.8 if config.quality_robust else 0.97  # HiCD, when asked, takes the rest
         kd_end, msi_end = training_stage_shares(
-            config.kd.backbone,
-            config.cd.backbone,
-            config.kd.epochs,
-            config.cd.epochs,
-            0.8 if config.quality_robust else 0.97,
+            config.kd.backbone, config.cd.backbone, config.kd.epochs, config.cd.epochs, cd_end
         )
         kd = train_kd(dataset, config.kd, None, sub_progress(progress, 0.0, kd_end), cancelled)
         timing["kd"], clock = round(time.perf_counter() - clock, 1), time.perf_counter()
@@ -337,7 +334,6 @@ def train_from_tags(
             raise
         log.info("pseudo labels mark %.1f %% of the changed tiles' pixels", 100 * fraction)
         dataset.set_masks(masks)
-        cd_end = 0.8 if config.quality_robust else 0.97
         cd = train_detector(
             dataset, config.cd, None, sub_progress(progress, msi_end, cd_end), cancelled
         )

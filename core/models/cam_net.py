@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..choices import BACKBONES, FUSIONS
+from ..choices import BACKBONES, CAM_HEADS, FUSIONS
 from .backbones import MOBILENETS, build_trunk
 from .features import BackboneError, PyramidState, run_parts, start_state
 
@@ -24,7 +24,6 @@ def fuse(pre: torch.Tensor, post: torch.Tensor, fusion: str) -> torch.Tensor:
     raise ValueError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
 
 
-CAM_HEADS = ("single", "pyramid")
 PYRAMID_STRIDE = 8  # output stride of the pyramid head's logit map
 
 

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ..choices import OPTIMIZERS
+
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, numpy and torch; returns a generator for data loaders."""
@@ -83,9 +85,6 @@ def subset(dataset: Dataset, indices: Sequence[int], augment: Optional[bool] = N
 def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A detached CPU copy of a model's state dict (for keeping the best epoch)."""
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-
-
-OPTIMIZERS = ("adamw", "sgd")
 
 
 def make_optimizer(
