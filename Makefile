@@ -63,7 +63,7 @@ clean:
 PLUGIN_BUILD ?= build/plugin
 DIST_DIR ?= dist
 QGIS_PLUGINS ?= $(HOME)/.local/share/QGIS/QGIS3/profiles/default/python/plugins
-PLUGIN_SOURCES := $(wildcard kdmsi_qgis/*.py core/*.py core/*/*.py) metadata.txt resources/icon.svg
+PLUGIN_SOURCES := $(shell find kdmsi_qgis core -name '*.py') metadata.txt resources/icon.svg
 
 .PHONY: package deploy
 

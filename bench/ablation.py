@@ -4,9 +4,10 @@ sample pairs in ``../shared/data/real`` (skipped when absent).
 
 Per domain the whole method runs unchanged, from random weights: teacher + student (KD) on the
 training tiles' image labels, MSI pseudo labels (threshold chosen without pixel truth),
-Siamese DeepLabV3+ on the pseudo labels; then `kdmsi.ablation` scores every map on the held-out
+Siamese DeepLabV3+ on the pseudo labels; then `kdmsi.metrics.ablation` scores every map on the
+held-out
 tiles, and the pseudo labels actually generated are scored against the training tiles' truth.
-A training report (`kdmsi.report`) of each domain goes to the work folder.
+A training report (`kdmsi.reports.page`) of each domain goes to the work folder.
 
 Writes ``bench/results/ablation.md``. Usage::
 
@@ -32,16 +33,16 @@ from typing import Optional
 import numpy as np
 import torch
 
-from kdmsi.ablation import ABLATION_ROWS, ROW_TITLES, ablation_rows, ablation_statistics
-from kdmsi.atomic import atomic_output
-from kdmsi.data import IGNORE_INDEX, PairDataset
-from kdmsi.metrics import ConfusionCounts
-from kdmsi.pseudo_labels import generate_pseudo_labels, histograms_from_summary
-from kdmsi.report import write_training_report
-from kdmsi.report_tiles import build_report, dataset_truth
-from kdmsi.run_reports import label_metrics
-from kdmsi.synthetic import make_scene, write_tile_dataset
-from kdmsi.thresholds import ThresholdChoice
+from kdmsi.data.pairs import IGNORE_INDEX, PairDataset
+from kdmsi.data.synthetic import make_scene, write_tile_dataset
+from kdmsi.geo.atomic import atomic_output
+from kdmsi.inference.pseudo_labels import generate_pseudo_labels, histograms_from_summary
+from kdmsi.inference.thresholds import ThresholdChoice
+from kdmsi.metrics.ablation import ABLATION_ROWS, ROW_TITLES, ablation_rows, ablation_statistics
+from kdmsi.metrics.change import ConfusionCounts
+from kdmsi.reports.page import write_training_report
+from kdmsi.reports.runs import label_metrics
+from kdmsi.reports.tiles import build_report, dataset_truth
 from kdmsi.training import CDConfig, KDConfig, train_detector, train_kd
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Throughput and memory of the detect path (`kdmsi.pipeline`) on synthetic raster pairs.
+"""Throughput and memory of the detect path (`kdmsi.detect.pipeline`) on synthetic raster pairs.
 
 For each run (raster size, model) it prints, from one fresh subprocess per run:
 
@@ -15,7 +15,7 @@ Default runs: 1024^2 with a random-init ResNet-18 DeepLabV3+ detector (tiles 256
 1024^2 and 16384^2 with the cheap "oracle" model (|post - pre| smoothed over 5 x 5 px, a few
 element-wise torch ops), because a ResNet over 16k^2 px takes hours on a 2-core CPU. Every
 figure line names its model. The pairs are written block by block (a 2048^2
-`kdmsi.synthetic.make_scene` rotated/flipped per block), never held whole in memory.
+`kdmsi.data.synthetic.make_scene` rotated/flipped per block), never held whole in memory.
 
 Usage::
 
@@ -61,7 +61,7 @@ def write_pair(size: int, folder: Path) -> tuple[Path, Path]:
     """
     from osgeo import gdal
 
-    from kdmsi.synthetic import make_scene
+    from kdmsi.data.synthetic import make_scene
 
     gdal.UseExceptions()
     block = min(size, SCENE_BLOCK)
@@ -110,9 +110,9 @@ def _status_kb(key: str) -> int:
 def _detector_checkpoint(folder: Path) -> Path:
     import torch
 
-    from kdmsi.checkpoint import save_detector
-    from kdmsi.data import Normalisation
+    from kdmsi.data.pairs import Normalisation
     from kdmsi.models import SiameseDeepLabV3Plus
+    from kdmsi.models.checkpoint import save_detector
 
     torch.manual_seed(0)
     net = SiameseDeepLabV3Plus("resnet18", in_channels=3)
@@ -125,10 +125,10 @@ def _model_only_seconds(
     """Forward time of ``predict`` over the grid's tiles (a sample, scaled) and tiles timed."""
     import torch
 
-    from kdmsi.data import Normalisation
-    from kdmsi.pipeline import TilePreparer, forward_batch
-    from kdmsi.raster import align_pair, gdal_exceptions, pair_stretches
-    from kdmsi.tiling import tile_grid
+    from kdmsi.data.pairs import Normalisation
+    from kdmsi.detect.pipeline import TilePreparer, forward_batch
+    from kdmsi.geo.raster import align_pair, gdal_exceptions, pair_stretches
+    from kdmsi.geo.tiling import tile_grid
 
     device = torch.device("cpu")
     with gdal_exceptions(), align_pair(before, after) as pair:
@@ -154,9 +154,14 @@ def worker(before: Path, after: Path, model: str, out: Path) -> dict[str, Any]:
     """One measured run in this (fresh) process; returns the figures as a dict."""
     import torch
 
-    from kdmsi.checkpoint import load_checkpoint
-    from kdmsi.data import Normalisation
-    from kdmsi.pipeline import detect_changes, detect_with_predictor, forward_batch, model_predictor
+    from kdmsi.data.pairs import Normalisation
+    from kdmsi.detect.pipeline import (
+        detect_changes,
+        detect_with_predictor,
+        forward_batch,
+        model_predictor,
+    )
+    from kdmsi.models.checkpoint import load_checkpoint
 
     torch.manual_seed(0)
     batch = BATCH[model]

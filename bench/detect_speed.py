@@ -1,6 +1,6 @@
 """Detect speed and memory per backbone and runtime on synthetic raster pairs (`kdmsi detect`).
 
-For every raster size x detector backbone x runtime it runs `kdmsi.pipeline.detect_changes`
+For every raster size x detector backbone x runtime it runs `kdmsi.detect.pipeline.detect_changes`
 in a fresh subprocess (so peak RSS is that run's alone) and prints one table row:
 
 * tile pairs/s: tiles run / wall seconds of the whole detect call (align, stretch, tile loop,
@@ -16,12 +16,12 @@ in a fresh subprocess (so peak RSS is that run's alone) and prints one table row
 
 Models: random-initialised Siamese DeepLabV3+ detectors with the head `kdmsi train` gives
 them (`kdmsi.recipe`: ASPP and decoder 128 channels wide), saved with
-`kdmsi.checkpoint.save_detector` (weights do not change the cost). Runtime ``torch`` runs the
+`kdmsi.models.checkpoint.save_detector` (weights do not change the cost). Runtime ``torch`` runs the
 ``.kdmsi`` file (``--runtime torch``); ``onnx`` runs the ``.onnx`` file written beforehand by
-`kdmsi.onnx_export.export_onnx` (as `kdmsi export-onnx` does), so that process never imports
+`kdmsi.runtime.onnx_export.export_onnx` (as `kdmsi export-onnx` does), so that process never imports
 torch; ``auto`` runs the ``.kdmsi`` file as `kdmsi detect` does by default: on grids of 256
 tiles or more (``--max-tiles 300``) it exports the model, times both runtimes and keeps the
-export and the choice (`kdmsi.onnx_cache`, here in the workdir's ``onnx-cache``, emptied at
+export and the choice (`kdmsi.runtime.onnx_cache`, here in the workdir's ``onnx-cache``, emptied at
 the start), so ``--runtimes auto,auto`` shows a first run and a run that finds the export kept.
 A ``numpy`` row per size runs the same path at full size with a cheap stand-in model
 (sigmoid of the mean |post - pre|, numpy): the detect path's own cost and memory.
@@ -35,8 +35,8 @@ polygons streamed from disk), so the strip's peak RSS stands for the whole raste
 hours on 2 cores.
 
 Pairs: 3-band uint8 GeoTIFFs (tiled 256, EPSG:32633, 0.5 m), written block by block from one
-2048^2 `kdmsi.synthetic.make_scene` rotated/flipped per block (`detect_bench.write_pair`).
-Each run first calls `kdmsi.pipeline.tune_process_for_detect`, as `kdmsi detect` does (GDAL
+2048^2 `kdmsi.data.synthetic.make_scene` rotated/flipped per block (`detect_bench.write_pair`).
+Each run first calls `kdmsi.detect.pipeline.tune_process_for_detect`, as `kdmsi detect` does (GDAL
 cache 32 MB, OMP_WAIT_POLICY=PASSIVE, freed arrays returned to the system).
 
 Usage::
@@ -91,7 +91,7 @@ def strip_bounds(before: Path, max_tiles: int) -> tuple[Optional[list[float]], i
     whole raster), and the number of tiles that run."""
     from osgeo import gdal
 
-    from kdmsi.tiling import tile_starts
+    from kdmsi.geo.tiling import tile_starts
 
     ds = gdal.Open(str(before))
     width, height, gt = ds.RasterXSize, ds.RasterYSize, ds.GetGeoTransform()
@@ -107,7 +107,7 @@ def strip_bounds(before: Path, max_tiles: int) -> tuple[Optional[list[float]], i
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """One measured detect run in this fresh process."""
-    from kdmsi.pipeline import detect_changes, detect_with_runner, tune_process_for_detect
+    from kdmsi.detect.pipeline import detect_changes, detect_with_runner, tune_process_for_detect
 
     tune_process_for_detect()  # as `kdmsi detect` does
     bounds = spec["bounds"]
@@ -118,7 +118,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
         import kdmsi.models  # noqa: F401
     if spec["runtime"] == "auto":  # imports torch itself, unless the export is kept
-        from kdmsi import onnx_cache
+        from kdmsi.runtime import onnx_cache
 
         key = onnx_cache.export_key(spec["model"], TILE, BATCH, None, True)
         kept_export = onnx_cache.lookup(key) is not None
@@ -126,7 +126,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     batch = spec.get("batch", BATCH)
     kwargs = dict(tile_size=TILE, overlap_px=OVERLAP, batch_size=batch, overwrite=True)
     if spec["runtime"] == "numpy":
-        from kdmsi.normalisation import Normalisation
+        from kdmsi.data.normalisation import Normalisation
 
         result = detect_with_runner(
             spec["before"],
@@ -174,10 +174,10 @@ def export_models(
     import torch
 
     from kdmsi import recipe
-    from kdmsi.checkpoint import read_checkpoint, save_detector
+    from kdmsi.data.normalisation import Normalisation
     from kdmsi.models import SiameseDeepLabV3Plus
-    from kdmsi.normalisation import Normalisation
-    from kdmsi.onnx_export import export_onnx
+    from kdmsi.models.checkpoint import read_checkpoint, save_detector
+    from kdmsi.runtime.onnx_export import export_onnx
 
     paths: dict[str, Path] = {}
     trained_backbone = (
@@ -328,7 +328,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     runtimes = [r for r in args.runtimes.split(",") if r]
     root = Path(args.workdir or tempfile.mkdtemp(prefix="kdmsi-speed-"))
     root.mkdir(parents=True, exist_ok=True)
-    # auto's kept exports (kdmsi.onnx_cache) in a folder of this run, empty at the start: the
+    # auto's kept exports (kdmsi.runtime.onnx_cache) in a folder of this run, empty at the start:
+    # the
     # first auto row of a model exports, a repeated one (--runtimes auto,auto) finds it kept
     cache = root / "onnx-cache"
     shutil.rmtree(cache, ignore_errors=True)

@@ -2,9 +2,9 @@
 
 On a GPU the model is a small part of what `kdmsi detect` does per tile only if the rest (GDAL
 reads, stretch, blending, polygons: `bench/detect_speed.py`'s "outside ms/tile") keeps up, so
-this bench measures the model stage alone, as detect runs it: `kdmsi.detect_model`'s torch
+this bench measures the model stage alone, as detect runs it: `kdmsi.runtime.load`'s torch
 batch runner (host -> device copy, forward under autocast when asked, device -> host copy of
-the probabilities), on tiles of `kdmsi.synthetic` scenes (`msi_speed.make_tiles`), for
+the probabilities), on tiles of `kdmsi.data.synthetic` scenes (`msi_speed.make_tiles`), for
 
 * the deployed detector (`SiameseDeepLabV3Plus` with the head `kdmsi train` gives it), and
 * the KD student with multiscale sigmoid inference (`kdmsi detect` on a ``kd`` model, and the
@@ -42,10 +42,10 @@ from msi_speed import make_tiles  # noqa: E402 - this folder's bench module
 
 from kdmsi import recipe
 from kdmsi.choices import PRECISIONS
-from kdmsi.detect_model import model_predictor, torch_batch_runner
-from kdmsi.inference import pick_device
+from kdmsi.inference.msi import pick_device
 from kdmsi.models import SiameseCAMNet, SiameseDeepLabV3Plus
 from kdmsi.models.fold import for_inference
+from kdmsi.runtime.load import model_predictor, torch_batch_runner
 
 
 def build(
@@ -55,7 +55,7 @@ def build(
     init, or the ``trained`` model file's network (its backbone, not ``backbone``)."""
     torch.manual_seed(0)
     if trained:
-        from kdmsi.checkpoint import load_checkpoint
+        from kdmsi.models.checkpoint import load_checkpoint
 
         net, _ = load_checkpoint(trained, role="auto", device=device)
     elif kind == "detector":

@@ -1,7 +1,8 @@
 """Quality-robust change detection: HiCD against the direct baseline and feature-MSE distillation.
 
-For each domain (synthetic scenes from `kdmsi.synthetic`; the LEVIR-CD pairs of
-``../shared/data/real`` when present) and each degradation preset of `kdmsi.degrade`, it trains
+For each domain (synthetic scenes from `kdmsi.data.synthetic`; the LEVIR-CD pairs of
+``../shared/data/real`` when present) and each degradation preset of `kdmsi.training.degrade`, it
+trains
 and scores, on held-out pairs whose after image is degraded by the preset (fixed seeds):
 
 * teacher, clean pairs: a ResNet-18 Siamese DeepLabV3+ trained on the clean training pairs'
@@ -10,7 +11,7 @@ and scores, on held-out pairs whose after image is degraded by the preset (fixed
 * direct on degraded: the student trained on degraded pairs with cross-entropy only (baseline);
 * feature-MSE distillation: + position-by-position feature MSE to the teacher's clean-pair
   features (``lambda_feat``);
-* HiCD: + self / cross / change / global correlation distillation (`kdmsi.hicd`);
+* HiCD: + self / cross / change / global correlation distillation (`kdmsi.losses.hicd`);
 * HiCD ablations (``--ablation-presets``): without the self, cross or global term (the change
   feature term, CFD, is kept in all three).
 
@@ -48,15 +49,15 @@ from typing import Optional
 import numpy as np
 import torch
 
-from kdmsi.atomic import atomic_output
-from kdmsi.checkpoint import load_checkpoint, save_detector
-from kdmsi.data import PairDataset
-from kdmsi.degrade import PRESETS, DegradedPairDataset
-from kdmsi.hicd import HiCDLossConfig
+from kdmsi.data.pairs import PairDataset
+from kdmsi.data.synthetic import make_scene, write_tile_dataset
+from kdmsi.geo.atomic import atomic_output
+from kdmsi.losses.hicd import HiCDLossConfig
 from kdmsi.models import SiameseDeepLabV3Plus
-from kdmsi.synthetic import make_scene, write_tile_dataset
+from kdmsi.models.checkpoint import load_checkpoint, save_detector
 from kdmsi.training import CDConfig, HiCDConfig, train_detector, train_hicd
 from kdmsi.training.cd import detector_change_iou
+from kdmsi.training.degrade import PRESETS, DegradedPairDataset
 
 log = logging.getLogger("bench.hicd")
 

@@ -2,10 +2,10 @@
 
 Algorithm 1 (multiscale sigmoid inference) loops over tiles, scales and flips and runs the
 network once per (tile, scale, flip): one image pair per forward pass, the sigmoid of each map
-resized to the tile and averaged. `kdmsi.inference.multiscale_sigmoid_inference` runs a batch
+resized to the tile and averaged. `kdmsi.inference.msi.multiscale_sigmoid_inference` runs a batch
 of tiles per scale with the plain and flipped copies in one forward pass. Both run here in one
 process on the same model (a random-init `SiameseCAMNet` whose head is drawn at random, so the
-maps are not constant) and the same tiles (cut from `kdmsi.synthetic` scenes, fixed seeds).
+maps are not constant) and the same tiles (cut from `kdmsi.data.synthetic` scenes, fixed seeds).
 
 Printed and written to ``bench/results/msi_speed.md``: seconds and tiles per second of each,
 their ratio, the largest absolute difference between their maps, and the share of each one's
@@ -31,13 +31,13 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from kdmsi.atomic import atomic_output
 from kdmsi.choices import BACKBONES, DEFAULT_BACKBONE, PRECISIONS
-from kdmsi.data import Normalisation
-from kdmsi.detect_model import autocast_dtype
-from kdmsi.inference import DEFAULT_SCALES, multiscale_sigmoid_inference, pick_device
+from kdmsi.data.pairs import Normalisation
+from kdmsi.data.synthetic import make_scene
+from kdmsi.geo.atomic import atomic_output
+from kdmsi.inference.msi import DEFAULT_SCALES, multiscale_sigmoid_inference, pick_device
 from kdmsi.models import SiameseCAMNet
-from kdmsi.synthetic import make_scene
+from kdmsi.runtime.load import autocast_dtype
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

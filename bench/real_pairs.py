@@ -100,10 +100,14 @@ def kdmsi(*args: str) -> list[str]:
 def stage_map(kind: str, kd_model: str, before: str, after: str, out: str, bands: str) -> None:
     """Worker: a whole-region map of ``kind`` (teacher-cam, student, msi) from a KD model,
     through the detect path (tiles, blending), written as a probability GeoTIFF."""
-    from kdmsi.checkpoint import load_checkpoint
-    from kdmsi.inference import multiscale_sigmoid_inference, single_scale_probability, teacher_cam
-    from kdmsi.normalisation import Normalisation
-    from kdmsi.pipeline import detect_with_predictor
+    from kdmsi.data.normalisation import Normalisation
+    from kdmsi.detect.pipeline import detect_with_predictor
+    from kdmsi.inference.msi import (
+        multiscale_sigmoid_inference,
+        single_scale_probability,
+        teacher_cam,
+    )
+    from kdmsi.models.checkpoint import load_checkpoint
 
     role = "teacher" if kind == "teacher-cam" else "student"
     model, meta = load_checkpoint(kd_model, role=role)
@@ -134,10 +138,10 @@ def stage_pseudo(
     import torch
     from osgeo import gdal
 
-    from kdmsi.checkpoint import load_checkpoint, read_checkpoint
-    from kdmsi.evaluation import collect_map_statistics, map_function
-    from kdmsi.raster import align_pair, pair_stretches
-    from kdmsi.tagged import RasterTileDataset, read_tagged_windows
+    from kdmsi.geo.raster import align_pair, pair_stretches
+    from kdmsi.metrics.maps import collect_map_statistics, map_function
+    from kdmsi.models.checkpoint import load_checkpoint, read_checkpoint
+    from kdmsi.training.from_tags import RasterTileDataset, read_tagged_windows
 
     student, meta = load_checkpoint(kd_model)
     summary = read_checkpoint(detector)["metadata"]["training"]
@@ -164,7 +168,7 @@ def stage_pseudo(
 
 
 def _norm(meta: dict):
-    from kdmsi.normalisation import Normalisation
+    from kdmsi.data.normalisation import Normalisation
 
     return Normalisation.from_dict(meta["normalisation"])
 
@@ -192,7 +196,7 @@ def _rasterize(vector: Path, like: Path) -> np.ndarray:
 
 def _label_free_threshold(score: np.ndarray, tags, grid: int) -> float:
     """`kdmsi`'s ``auto`` threshold of a map from the tagged tiles' values (no truth)."""
-    from kdmsi.thresholds import ProbabilityHistograms, choose_threshold
+    from kdmsi.inference.thresholds import ProbabilityHistograms, choose_threshold
 
     hists = ProbabilityHistograms()
     for (row, col), tag in tags.items():
@@ -336,7 +340,7 @@ def score_region(region: Region, folder: Path) -> dict[str, Any]:
     detector = folder / "detector.kdmsi"
     if not (folder / "detector.tif").is_file():
         return result
-    from kdmsi.checkpoint import read_checkpoint
+    from kdmsi.models.checkpoint import read_checkpoint
 
     result["timing_s"] = read_checkpoint(detector)["metadata"]["training"].get("timing_s")
     polygons = _rasterize(folder / "detector.gpkg", folder / "truth.tif")

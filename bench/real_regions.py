@@ -210,8 +210,9 @@ def counts(pred: np.ndarray, truth: np.ndarray, where: Optional[np.ndarray] = No
 
 
 def metrics(c: np.ndarray) -> dict[str, float]:
-    """The paper's metrics (`kdmsi.metrics`: OA, F1, cIoU, mIoU, FP, FN) of [TP, FP, FN, TN]."""
-    from kdmsi.metrics import ConfusionCounts
+    """The paper's metrics (`kdmsi.metrics.change`: OA, F1, cIoU, mIoU, FP, FN) of [TP, FP, FN,
+    TN]."""
+    from kdmsi.metrics.change import ConfusionCounts
 
     tp, fp, fn, tn = (int(v) for v in c)
     return ConfusionCounts(tp, fp, fn, tn).metrics()

@@ -1,10 +1,11 @@
-"""Training cost per tile pair of each backbone, for `kdmsi.speed.expected_training_seconds`.
+"""Training cost per tile pair of each backbone, for
+`kdmsi.runtime.speed.expected_training_seconds`.
 
 Times, on random 256 px tiles with the default recipe (`kdmsi.recipe`: frozen early stages,
 frozen batch norms, channels-last, AdamW): one KD step (teacher + student, shared frozen
 prefix), one MSI pass (4 scales x 2 flips, as the pseudo labels run it) and one detector step,
 each per tile pair (batch 8, best of ``--repeats``). The figures of 2 quiet cores are kept in
-`kdmsi.speed.REFERENCE_TRAIN_SECONDS`; print them again with this script after a change.
+`kdmsi.runtime.speed.REFERENCE_TRAIN_SECONDS`; print them again with this script after a change.
 
 ``--tagged N`` instead times the whole `kdmsi train` at its defaults, in a child process, on
 a synthetic georeferenced pair cut into a grid of N tiles of ``--tile`` px (`kdmsi tile-grid`),
@@ -62,8 +63,8 @@ def _detector_step(backbone: str, cd, x: torch.Tensor):
 
 def measure(backbone: str, tile: int, batch: int, repeats: int) -> dict[str, float]:
     """Seconds per tile pair: {'kd_step', 'msi', 'cd_step'}."""
-    from kdmsi.inference import multiscale_sigmoid_inference
-    from kdmsi.losses import kd_loss
+    from kdmsi.inference.msi import multiscale_sigmoid_inference
+    from kdmsi.losses.kd import kd_loss
     from kdmsi.models import SiameseCAMNet
     from kdmsi.models.backbones import MOBILENETS
     from kdmsi.models.fold import for_inference
@@ -117,7 +118,7 @@ def end_to_end(tagged: int, tile: int, workdir: Path) -> float:
 
     from osgeo import gdal, ogr
 
-    from kdmsi.synthetic import make_scene
+    from kdmsi.data.synthetic import make_scene
 
     side = math.isqrt(tagged)
     rows = math.ceil(tagged / side)

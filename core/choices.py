@@ -17,7 +17,8 @@ tenth of resnet50's FLOPs."""
 DETECTOR_BACKBONES = (*BACKBONES, *MOBILENET_BACKBONES)
 """Backbones of the detector: the ResNets (resnet50 most accurate) and MobileNetV3-Large (the
 smallest file, 11.7 M parameters against resnet18's 16.6 M; on 2 CPU cores about as fast as
-resnet18, since the DeepLabV3+ head then dominates: `kdmsi.speed.REFERENCE_SECONDS_PER_TILE`)."""
+resnet18, since the DeepLabV3+ head then dominates:
+`kdmsi.runtime.speed.REFERENCE_SECONDS_PER_TILE`)."""
 FUSIONS = ("abs", "diff", "concat")
 """How the KD networks fuse the two dates' features."""
 CAM_HEADS = ("single", "pyramid")
@@ -25,7 +26,7 @@ CAM_HEADS = ("single", "pyramid")
 OPTIMIZERS = ("adamw", "sgd")
 """Optimisers of the training loops (`kdmsi.training.common.make_optimizer`)."""
 PRECISIONS = ("fp32", "bf16", "fp16")
-"""Precisions of the torch detect path (`kdmsi.detect_model.forward_batch`)."""
+"""Precisions of the torch detect path (`kdmsi.runtime.load.forward_batch`)."""
 
 __all__ = [
     "BACKBONES",

@@ -94,9 +94,9 @@ def _check_new_file(path: Path, overwrite: bool) -> None:
 def _report_dir(args, model_path: Path) -> Optional[Path]:
     """The training report folder (`--report`, default `<model stem>_report`), checked up
     front; None with `--no-report`."""
-    from .atomic import check_folder_target
-    from .report import require_report_dependencies
-    from .run_reports import default_report_dir
+    from .geo.atomic import check_folder_target
+    from .reports.page import require_report_dependencies
+    from .reports.runs import default_report_dir
 
     if args.no_report:
         return None
@@ -107,7 +107,7 @@ def _report_dir(args, model_path: Path) -> Optional[Path]:
 
 
 def _dataset(args, root, label_dir=None, augment=False, bands=None, normalisation=None):
-    from .data import PairDataset
+    from .data.pairs import PairDataset
 
     return PairDataset(
         root,
@@ -120,9 +120,9 @@ def _dataset(args, root, label_dir=None, augment=False, bands=None, normalisatio
 
 
 def cmd_train_kd(args) -> int:
-    from .checkpoint import save_kd
-    from .inference import pick_device
-    from .run_reports import kd_report
+    from .inference.msi import pick_device
+    from .models.checkpoint import save_kd
+    from .reports.runs import kd_report
     from .training import KDConfig, train_kd
 
     out = Path(args.out)
@@ -171,9 +171,9 @@ def cmd_train_kd(args) -> int:
 
 
 def cmd_pseudo_labels(args) -> int:
-    from .checkpoint import load_checkpoint
-    from .inference import pick_device
-    from .pseudo_labels import generate_pseudo_labels
+    from .inference.msi import pick_device
+    from .inference.pseudo_labels import generate_pseudo_labels
+    from .models.checkpoint import load_checkpoint
 
     device = pick_device(args.device)
     student, meta = load_checkpoint(args.model, role="student", device=device)
@@ -205,16 +205,16 @@ def cmd_pseudo_labels(args) -> int:
 
 
 def _norm(meta: dict):
-    from .data import Normalisation
+    from .data.pairs import Normalisation
 
     return Normalisation.from_dict(meta["normalisation"])
 
 
 def cmd_train_cd(args) -> int:
-    from .checkpoint import save_detector
-    from .inference import pick_device
-    from .report_tiles import thin_steps
-    from .run_reports import cd_report
+    from .inference.msi import pick_device
+    from .models.checkpoint import save_detector
+    from .reports.runs import cd_report
+    from .reports.tiles import thin_steps
     from .training import CDConfig, train_detector
 
     out = Path(args.out)
@@ -259,10 +259,10 @@ def cmd_train_cd(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .checkpoint import load_checkpoint
-    from .evaluation import KD_MAPS, collect_map_statistics, map_function, metrics_from_statistics
-    from .inference import pick_device
-    from .metrics import format_table
+    from .inference.msi import pick_device
+    from .metrics.change import format_table
+    from .metrics.maps import KD_MAPS, collect_map_statistics, map_function, metrics_from_statistics
+    from .models.checkpoint import load_checkpoint
 
     if args.ablation:
         return _evaluate_ablation(args)
@@ -314,10 +314,10 @@ def cmd_evaluate(args) -> int:
 
 def _evaluate_ablation(args) -> int:
     """`evaluate --ablation`: the paper's ablation table of a KD model (+ detector)."""
-    from .ablation import ablation_rows, ablation_statistics, format_ablation, save_ablation
-    from .checkpoint import load_checkpoint, read_checkpoint
-    from .inference import pick_device
-    from .thresholds import ThresholdChoice
+    from .inference.msi import pick_device
+    from .inference.thresholds import ThresholdChoice
+    from .metrics.ablation import ablation_rows, ablation_statistics, format_ablation, save_ablation
+    from .models.checkpoint import load_checkpoint, read_checkpoint
 
     device = pick_device(args.device)
     kd_path = detector_path = None
@@ -394,8 +394,8 @@ def _evaluate_ablation(args) -> int:
 
 def evaluate_label_folder(data, label_dir: Path) -> dict:
     """Metrics of a folder of 0/255 label images (e.g. pseudo labels) against `data`'s masks."""
-    from .data import find_mask, read_image
-    from .metrics import ConfusionCounts
+    from .data.pairs import find_mask, read_image
+    from .metrics.change import ConfusionCounts
 
     counts = ConfusionCounts()
     for name in data.pairs:
@@ -407,7 +407,7 @@ def evaluate_label_folder(data, label_dir: Path) -> dict:
 
 
 def cmd_synth(args) -> int:
-    from .synthetic import make_scene, write_tile_dataset
+    from .data.synthetic import make_scene, write_tile_dataset
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
@@ -424,7 +424,7 @@ def cmd_synth(args) -> int:
 def _warn_quality(before: str, after: str, model: str) -> None:
     """Log a warning when the rasters differ in pixel size and the model is not robust to it;
     unreadable inputs are left to `detect_changes`, which names the problem."""
-    from .quality import quality_warning
+    from .detect.quality import quality_warning
 
     try:
         message = quality_warning(before, after, model)
@@ -435,8 +435,8 @@ def _warn_quality(before: str, after: str, model: str) -> None:
 
 
 def cmd_detect(args) -> int:
-    from .pipeline import check_outputs, detect_changes, tune_process_for_detect
-    from .runtime import is_onnx_path
+    from .detect.pipeline import check_outputs, detect_changes, tune_process_for_detect
+    from .runtime.onnx_runner import is_onnx_path
 
     tune_process_for_detect()  # before torch is imported; GDAL_CACHEMAX, when set, wins
     check_outputs(args.out, args.probability, args.overwrite)  # answer before the bar appears
@@ -483,7 +483,7 @@ def cmd_detect(args) -> int:
 
 
 def cmd_export_onnx(args) -> int:
-    from .onnx_export import export_onnx
+    from .runtime.onnx_export import export_onnx
 
     out = export_onnx(
         args.model,
@@ -502,8 +502,8 @@ def cmd_export_onnx(args) -> int:
 
 
 def cmd_evaluate_detection(args) -> int:
-    from .pipeline import limit_gdal_cache
-    from .reference import evaluate_model
+    from .detect.pipeline import limit_gdal_cache
+    from .metrics.reference import evaluate_model
 
     limit_gdal_cache()
     evaluation = _run_with_bar(
@@ -532,7 +532,7 @@ def cmd_evaluate_detection(args) -> int:
 
 
 def cmd_tile_grid(args) -> int:
-    from .pipeline import make_tile_grid
+    from .detect.pipeline import make_tile_grid
 
     out = make_tile_grid(
         args.before, args.after, args.out, args.tile_size, args.overwrite, bounds=args.bounds
@@ -550,8 +550,8 @@ def detector_weights(weights: Optional[str], backbone: str, detector_backbone: s
 
 
 def cmd_train(args) -> int:
-    from .tagged import TagTrainingConfig, train_from_tags
     from .training import CDConfig, KDConfig
+    from .training.from_tags import TagTrainingConfig, train_from_tags
 
     detector_backbone = args.detector_backbone or args.backbone
     config = TagTrainingConfig(
@@ -612,8 +612,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_train_hicd(args) -> int:
-    from .checkpoint import load_checkpoint, save_detector
-    from .hicd import HiCDLossConfig
+    from .losses.hicd import HiCDLossConfig
+    from .models.checkpoint import load_checkpoint, save_detector
     from .training import HiCDConfig, train_hicd
 
     out = Path(args.out)
@@ -707,7 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
         OPTIMIZERS,
         PRECISIONS,
     )
-    from .runtime import RUNTIMES
+    from .runtime.onnx_runner import RUNTIMES
 
     weights_help = (
         "trunk weights: imagenet (default; EfficientNet-Lite0's install with kdmsi, ResNets' "
@@ -964,7 +964,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         choices=("resolution", "single", "multi"),
         default="multi",
-        help="degradation of the after images (see kdmsi.degrade)",
+        help="degradation of the after images (see kdmsi.training.degrade)",
     )
     p.add_argument("--init", choices=("teacher", "random"), default="teacher")
     p.add_argument("--epochs", type=int, default=10)
@@ -1001,7 +1001,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         force=True,
     )
     from .progress import Cancelled
-    from .runtime import keep_triton_out
+    from .runtime.onnx_runner import keep_triton_out
 
     keep_triton_out()  # kdmsi never compiles kernels; see its docstring
     try:

@@ -1,9 +1,9 @@
 """Processing algorithms: each maps its parameters onto one `kdmsi` function, nothing more.
 
-* `detect_changes`   -> `kdmsi.pipeline.detect_changes`
-* `create_tile_grid` -> `kdmsi.pipeline.make_tile_grid`
-* `train_from_tags`  -> `kdmsi.tagged.train_from_tags`
-* `evaluate_changes` -> `kdmsi.reference.evaluate_model`
+* `detect_changes`   -> `kdmsi.detect.pipeline.detect_changes`
+* `create_tile_grid` -> `kdmsi.detect.pipeline.make_tile_grid`
+* `train_from_tags`  -> `kdmsi.training.from_tags.train_from_tags`
+* `evaluate_changes` -> `kdmsi.metrics.reference.evaluate_model`
 
 Threading: every algorithm resolves its layer parameters to files in `prepareAlgorithm`,
 which Processing calls on the main thread (a layer with unsaved edits or in memory is written
@@ -203,7 +203,8 @@ class KdmsiAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(_threshold_parameter())
 
     def model_run_arguments(self, parameters, context) -> Dict[str, Any]:
-        """Keyword arguments of `kdmsi.pipeline.detect_changes` from `add_model_run_parameters`."""
+        """Keyword arguments of `kdmsi.detect.pipeline.detect_changes` from
+        `add_model_run_parameters`."""
         threshold = None
         if parameters.get("THRESHOLD") not in (None, ""):
             threshold = self.parameterAsDouble(parameters, "THRESHOLD", context)
@@ -288,7 +289,7 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
         progress, cancelled = feedback_callbacks(feedback)
         model = self.parameterAsFile(parameters, "MODEL", context)
         with running_core(feedback):
-            from kdmsi.pipeline import detect_changes
+            from kdmsi.detect.pipeline import detect_changes
 
             warning = quality_warning(self.files["before"], self.files["after"], model)
             if warning:
@@ -359,7 +360,7 @@ class CreateTileGridAlgorithm(KdmsiAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
         with running_core(feedback):
-            from kdmsi.pipeline import make_tile_grid
+            from kdmsi.detect.pipeline import make_tile_grid
 
             path = make_tile_grid(
                 self.files["before"],
@@ -458,9 +459,9 @@ class TrainFromTagsAlgorithm(KdmsiAlgorithm):
         return True
 
     def training_config(self, parameters, context):
-        """The `kdmsi.tagged.TagTrainingConfig` the parameters describe."""
-        from kdmsi.tagged import TagTrainingConfig
+        """The `kdmsi.training.from_tags.TagTrainingConfig` the parameters describe."""
         from kdmsi.training.cd import CDConfig
+        from kdmsi.training.from_tags import TagTrainingConfig
         from kdmsi.training.kd import KDConfig
 
         kd_backbone = BACKBONES[self.parameterAsEnum(parameters, "KD_BACKBONE", context)]
@@ -489,8 +490,8 @@ class TrainFromTagsAlgorithm(KdmsiAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
         progress, cancelled = feedback_callbacks(feedback)
         with running_core(feedback):
-            from kdmsi.run_reports import default_report_dir
-            from kdmsi.tagged import train_from_tags
+            from kdmsi.reports.runs import default_report_dir
+            from kdmsi.training.from_tags import train_from_tags
 
             report_dir = None
             if self.parameterAsBoolean(parameters, "WRITE_REPORT", context):
@@ -574,7 +575,7 @@ class EvaluateChangesAlgorithm(KdmsiAlgorithm):
         progress, cancelled = feedback_callbacks(feedback)
         model = self.parameterAsFile(parameters, "MODEL", context)
         with running_core(feedback):
-            from kdmsi.reference import evaluate_model
+            from kdmsi.metrics.reference import evaluate_model
 
             evaluation = evaluate_model(
                 self.files["before"],
@@ -598,8 +599,9 @@ class EvaluateChangesAlgorithm(KdmsiAlgorithm):
 
 
 def quality_warning(before: str, after: str, model: str) -> Optional[str]:
-    """`kdmsi.quality.quality_warning` for a .kdmsi model; ONNX exports carry no such flag."""
-    from kdmsi.quality import quality_warning as check
+    """`kdmsi.detect.quality.quality_warning` for a .kdmsi model; ONNX exports carry no such
+    flag."""
+    from kdmsi.detect.quality import quality_warning as check
 
     if Path(model).suffix.lower() == ".onnx":
         return None
@@ -608,7 +610,7 @@ def quality_warning(before: str, after: str, model: str) -> Optional[str]:
 
 def write_metrics_page(path: str, table: str, evaluation) -> None:
     """The metrics table as a small self-contained HTML page, written atomically."""
-    from kdmsi.atomic import atomic_output
+    from kdmsi.geo.atomic import atomic_output
 
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>KD-MSI evaluation</title>"

@@ -48,11 +48,11 @@ def require_dependencies() -> None:
     """Raise QgsProcessingException with the install command when torch/kdmsi are missing.
 
     Called before any torch import of the plugin, so it also keeps triton out (see
-    `kdmsi.runtime.keep_triton_out`).
+    `kdmsi.runtime.onnx_runner.keep_triton_out`).
     """
     if missing_dependencies():
         raise QgsProcessingException(install_hint())
-    from kdmsi.runtime import keep_triton_out  # importable now; torch-free
+    from kdmsi.runtime.onnx_runner import keep_triton_out  # importable now; torch-free
 
     keep_triton_out()
 

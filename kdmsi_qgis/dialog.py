@@ -500,9 +500,10 @@ class KdmsiDialog(QDialog):
 
 def reference_speed_text() -> str:
     """The speed label before anything was measured here: the reference figures of 2 CPU
-    cores (`kdmsi.speed.REFERENCE_SECONDS_PER_TILE`), so the choice of backbone is informed."""
+    cores (`kdmsi.runtime.speed.REFERENCE_SECONDS_PER_TILE`), so the choice of backbone is
+    informed."""
     try:
-        from kdmsi.speed import REFERENCE_SECONDS_PER_TILE
+        from kdmsi.runtime.speed import REFERENCE_SECONDS_PER_TILE
     except ImportError:  # kdmsi missing: the dialog says what to install elsewhere
         return "Expected speed on this machine: not measured yet"
     reference = REFERENCE_SECONDS_PER_TILE

@@ -2,7 +2,7 @@
 
 No widget here (the dialog only shows the text): the tagged tiles are counted in the layer, their
 side in pixels comes from their extent and the before raster's pixel size, and
-`kdmsi.speed.expected_training_seconds` turns that into seconds on 2 CPU cores.
+`kdmsi.runtime.speed.expected_training_seconds` turns that into seconds on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def training_time_text(
     """ "Expected training time: ..." for the tagged tiles of ``layer`` (a tile layer whose
     CRS units are those of ``pixel_size``, the before raster's), or what is missing."""
     try:
-        from kdmsi.speed import expected_training_seconds
+        from kdmsi.runtime.speed import expected_training_seconds
     except ImportError:  # kdmsi missing: the dialog says what to install elsewhere
         return "Expected training time: unknown until kdmsi is installed"
     count, sides = tagged_tiles(layer)

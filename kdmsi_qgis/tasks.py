@@ -5,7 +5,7 @@ on the main thread when the run starts, `processAlgorithm` in the task manager's
 thread, and `finished` is emitted back on the main thread with the results or the error
 message. No widget is touched here, so it runs headless in tests.
 
-`SpeedProbe` times each detector backbone on this machine (`kdmsi.speed`) in a task, so the
+`SpeedProbe` times each detector backbone on this machine (`kdmsi.runtime.speed`) in a task, so the
 dialog can show the expected speed of each before the analyst picks one.
 """
 
@@ -134,7 +134,7 @@ def _probe(task, backbones, device: str, tile_size: int, overlap: int, pair_size
     from .bridge import require_dependencies
 
     require_dependencies()
-    from kdmsi.speed import expected_detect_seconds, measure_tile_speed
+    from kdmsi.runtime.speed import expected_detect_seconds, measure_tile_speed
 
     measured = {}
     for i, backbone in enumerate(backbones):

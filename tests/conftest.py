@@ -23,7 +23,7 @@ REAL_DATA = REPO.parent / "shared" / "data" / "real"
 
 @pytest.fixture(autouse=True)
 def _own_onnx_cache(tmp_path_factory, monkeypatch):
-    """Every test gets an empty `kdmsi.onnx_cache` folder (subprocesses inherit it), never
+    """Every test gets an empty `kdmsi.runtime.onnx_cache` folder (subprocesses inherit it), never
     the user's ~/.cache."""
     monkeypatch.setenv("KDMSI_CACHE_DIR", str(tmp_path_factory.mktemp("onnx-cache")))
 
@@ -116,7 +116,7 @@ def qgis_app():
 @pytest.fixture(scope="module")
 def scene_pair(tmp_path_factory) -> dict:
     """A 256 x 256 px synthetic before/after/truth scene, 1 m pixels, EPSG:32633."""
-    from kdmsi.synthetic import make_scene, write_scene
+    from kdmsi.data.synthetic import make_scene, write_scene
 
     scene = make_scene(256, 256, seed=1, pixel_size_m=1.0)
     return write_scene(scene, tmp_path_factory.mktemp("scene"))
@@ -125,9 +125,9 @@ def scene_pair(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def qgis_detector(tmp_path_factory) -> Path:
     """A random-init ResNet-18 Siamese DeepLabV3+ checkpoint for 3 bands, tiles of 128."""
-    from kdmsi.checkpoint import save_detector
-    from kdmsi.data import Normalisation
+    from kdmsi.data.pairs import Normalisation
     from kdmsi.models import SiameseDeepLabV3Plus
+    from kdmsi.models.checkpoint import save_detector
 
     torch.manual_seed(0)
     net = SiameseDeepLabV3Plus("resnet18", in_channels=3)

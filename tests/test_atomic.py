@@ -1,4 +1,4 @@
-"""Tests for kdmsi.atomic: atomic outputs, refusal to overwrite, cleanup on errors."""
+"""Tests for kdmsi.geo.atomic: atomic outputs, refusal to overwrite, cleanup on errors."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kdmsi import atomic
-from kdmsi.atomic import OutputNotWritableError, atomic_output
+from kdmsi.geo import atomic
+from kdmsi.geo.atomic import OutputNotWritableError, atomic_output
 from kdmsi.progress import Cancelled, check_cancel, report
 
 
@@ -151,7 +151,7 @@ def test_check_cancel_and_report():
 
 
 def test_atomic_folder_replaces_a_folder_whole_or_not_at_all(tmp_path):
-    from kdmsi.atomic import atomic_folder
+    from kdmsi.geo.atomic import atomic_folder
 
     target = tmp_path / "report"
     with atomic_folder(target) as tmp:

@@ -4,14 +4,14 @@ import pickle
 import pytest
 import torch
 
-from kdmsi.checkpoint import (
+from kdmsi.models import SiameseCAMNet, SiameseDeepLabV3Plus
+from kdmsi.models.checkpoint import (
     CheckpointError,
     load_checkpoint,
     read_checkpoint,
     save_checkpoint,
     save_detector,
 )
-from kdmsi.models import SiameseCAMNet, SiameseDeepLabV3Plus
 
 NORM = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
 
@@ -147,7 +147,7 @@ def test_save_refuses_a_missing_folder(tmp_path):
 
 
 def test_mobilenet_detector_round_trip_records_the_backbone(tmp_path):
-    from kdmsi.normalisation import Normalisation
+    from kdmsi.data.normalisation import Normalisation
 
     net = SiameseDeepLabV3Plus("mobilenet_v3_large").eval()
     path = save_detector(tmp_path / "m.kdmsi", net, [1, 2, 3], Normalisation.default(3), 64)

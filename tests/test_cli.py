@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from kdmsi.cli import main
-from kdmsi.data import read_image
+from kdmsi.data.pairs import read_image
 
 # the default recipe (pretrained EfficientNet-Lite0), shortened: enough KD steps for the tiny
 # sets below to give pseudo labels that are neither empty nor all change

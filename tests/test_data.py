@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdmsi.data import (
+from kdmsi.data.pairs import (
     IGNORE_INDEX,
     DatasetError,
     Normalisation,

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.utils.data import Dataset, Subset
 
-from kdmsi.data import Normalisation
-from kdmsi.degrade import (
+from kdmsi.data.pairs import Normalisation
+from kdmsi.training.degrade import (
     BLUR_SIGMA_MULTI,
     BLUR_SIGMA_SINGLE,
     KERNEL_SIZES,
@@ -234,7 +234,7 @@ def test_degraded_dataset_epochs_and_augment_through_subsets():
 
 @pytest.mark.real_data
 def test_presets_on_a_real_after_image(real_data):
-    from kdmsi.data import read_image
+    from kdmsi.data.pairs import read_image
 
     image = read_image(real_data / "LEVIR-CD" / "B" / "test_2_0000_0000.png")[:3]
     assert image.dtype == np.uint8

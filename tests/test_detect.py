@@ -1,4 +1,4 @@
-"""Tests for kdmsi.pipeline (the detect path) and the `kdmsi detect` / `tile-grid` commands.
+"""Tests for kdmsi.detect.pipeline (the detect path) and the `kdmsi detect` / `tile-grid` commands.
 
 Most tests run the real tile loop with an "oracle" predict callable whose probability comes
 from |post - pre|, so the polygons must match a known square of change; the model-file tests
@@ -22,13 +22,18 @@ from osgeo import gdal, ogr, osr
 from shapely.geometry import shape
 from shapely.ops import unary_union
 
-from kdmsi.checkpoint import save_checkpoint, save_detector
 from kdmsi.cli import main
-from kdmsi.data import Normalisation
+from kdmsi.data.pairs import Normalisation
+from kdmsi.detect.pipeline import (
+    DetectResult,
+    detect_changes,
+    detect_with_predictor,
+    make_tile_grid,
+)
+from kdmsi.geo.raster import PROB_NODATA, RasterInputError, read_metadata
 from kdmsi.models import SiameseCAMNet, SiameseDeepLabV3Plus
-from kdmsi.pipeline import DetectResult, detect_changes, detect_with_predictor, make_tile_grid
+from kdmsi.models.checkpoint import save_checkpoint, save_detector
 from kdmsi.progress import Cancelled
-from kdmsi.raster import PROB_NODATA, RasterInputError, read_metadata
 
 PIXEL = 10.0
 GT = (500000.0, PIXEL, 0.0, 5000000.0, 0.0, -PIXEL)  # EPSG:32633
@@ -333,7 +338,7 @@ def test_cancel_after_the_first_batch_leaves_no_file(tmp_path, pair):
 def test_ctrl_c_in_the_cli_exits_130_without_files(
     tmp_path, pair, detector_model, monkeypatch, capsys
 ):
-    import kdmsi.detect_model as detect_model
+    import kdmsi.runtime.load as detect_model
 
     def interrupted(model, kind, scales, flip):
         def predict(pre, post):
@@ -399,7 +404,7 @@ def _bad_case(name: str, tmp_path: Path, model: Path, monkeypatch) -> tuple[list
         model = tmp_path / "corrupt.kdmsi"  # the output check comes before loading anything
         model.write_bytes(model_bytes_garbage())
     elif name == "unwritable folder":
-        import kdmsi.atomic as atomic
+        import kdmsi.geo.atomic as atomic
 
         real_access = os.access
         monkeypatch.setattr(

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdmsi.checkpoint import is_quality_robust, load_checkpoint
-from kdmsi.hicd import (
+from kdmsi.losses.hicd import (
     EmbeddingQueue,
     HiCDLoss,
     HiCDLossConfig,
@@ -21,6 +20,7 @@ from kdmsi.hicd import (
     unit_positions,
 )
 from kdmsi.models import DetectorFeatures, SiameseDeepLabV3Plus
+from kdmsi.models.checkpoint import is_quality_robust, load_checkpoint
 
 TILE = 32
 
@@ -172,7 +172,7 @@ def test_feature_mse_zero_for_identical_and_scale_free():
 
 @pytest.fixture(scope="module")
 def tiles(tmp_path_factory):
-    from kdmsi.synthetic import make_scene, write_tile_dataset
+    from kdmsi.data.synthetic import make_scene, write_tile_dataset
 
     root = tmp_path_factory.mktemp("hicd_tiles")
     write_tile_dataset([make_scene(64, 64, seed=3, pixel_size_m=1.0)], root, tile_size=TILE)
@@ -194,7 +194,7 @@ def small_config(method, **kw):
 
 @pytest.mark.parametrize("method", ["direct", "feature-mse", "hicd"])
 def test_train_hicd_methods_leave_the_teacher_untouched(tiles, teacher, method):
-    from kdmsi.data import PairDataset
+    from kdmsi.data.pairs import PairDataset
     from kdmsi.training import train_hicd
 
     data = PairDataset(tiles, tile_size=TILE)
@@ -220,7 +220,7 @@ def test_train_hicd_methods_leave_the_teacher_untouched(tiles, teacher, method):
 
 
 def test_train_hicd_refuses_bad_options_and_cancels(tiles, teacher):
-    from kdmsi.data import PairDataset
+    from kdmsi.data.pairs import PairDataset
     from kdmsi.progress import Cancelled
     from kdmsi.training import train_hicd
 
@@ -234,9 +234,9 @@ def test_train_hicd_refuses_bad_options_and_cancels(tiles, teacher):
 
 
 def test_cli_train_hicd_saves_a_quality_robust_student(tiles, teacher, tmp_path):
-    from kdmsi.checkpoint import save_detector
     from kdmsi.cli import main
-    from kdmsi.data import Normalisation
+    from kdmsi.data.pairs import Normalisation
+    from kdmsi.models.checkpoint import save_detector
 
     teacher_path = save_detector(
         tmp_path / "teacher.kdmsi", teacher, [1, 2, 3], Normalisation.default(3), TILE

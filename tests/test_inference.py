@@ -2,14 +2,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdmsi.inference import (
+from kdmsi.inference.msi import (
     multiscale_inference,
     multiscale_maps,
     multiscale_sigmoid_inference,
     pick_device,
     single_scale_probability,
 )
-from kdmsi.losses import cam
+from kdmsi.losses.kd import cam
 from kdmsi.models import SiameseCAMNet
 
 SCALES = (0.5, 1.0, 1.5, 2.0)

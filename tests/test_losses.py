@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from kdmsi.losses import (
+from kdmsi.losses.kd import (
     cam,
     classification_loss,
     distillation_loss,

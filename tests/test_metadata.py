@@ -1,6 +1,6 @@
-"""kdmsi.metadata: values as metadata strings and back."""
+"""kdmsi.geo.metadata: values as metadata strings and back."""
 
-from kdmsi.metadata import decode_metadata, metadata_strings
+from kdmsi.geo.metadata import decode_metadata, metadata_strings
 
 
 def test_strings_stay_and_other_values_round_trip_as_json():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdmsi.metrics import ConfusionCounts, change_metrics, format_table
+from kdmsi.metrics.change import ConfusionCounts, change_metrics, format_table
 
 
 def test_paper_definitions_against_hand_computed_counts():

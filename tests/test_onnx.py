@@ -18,13 +18,13 @@ import pytest
 import torch
 from osgeo import gdal, osr
 
-from kdmsi.checkpoint import save_detector
 from kdmsi.cli import main
+from kdmsi.data.normalisation import Normalisation
+from kdmsi.detect.pipeline import choose_runtime, detect_changes
 from kdmsi.models import SiameseDeepLabV3Plus
-from kdmsi.normalisation import Normalisation
-from kdmsi.onnx_export import ExportError, export_onnx, max_difference
-from kdmsi.pipeline import choose_runtime, detect_changes
-from kdmsi.runtime import (
+from kdmsi.models.checkpoint import save_detector
+from kdmsi.runtime.onnx_export import ExportError, export_onnx, max_difference
+from kdmsi.runtime.onnx_runner import (
     ONNX_TOLERANCE,
     OnnxModelError,
     OnnxPredictor,
@@ -109,8 +109,8 @@ def _dims(value):
 
 
 def test_onnx_matches_torch_within_tolerance(models):
-    from kdmsi.checkpoint import load_checkpoint
-    from kdmsi.onnx_export import ProbabilityModule
+    from kdmsi.models.checkpoint import load_checkpoint
+    from kdmsi.runtime.onnx_export import ProbabilityModule
 
     net, _ = load_checkpoint(models["kdmsi"])
     difference = max_difference(ProbabilityModule(net, "detector"), models["onnx"], seed=3)
@@ -223,7 +223,7 @@ def test_auto_runtime_picks_the_faster_runner():
 
 def test_auto_runtime_exports_the_loaded_model_and_checks_it(models, pair, tmp_path, monkeypatch):
     # grids of AUTO_PROBE_MIN_TILES and more: export, check against torch, time both
-    import kdmsi.detect_model as detect_model
+    import kdmsi.runtime.load as detect_model
 
     monkeypatch.setattr(detect_model, "AUTO_PROBE_MIN_TILES", 1)
     before, after = pair
@@ -251,7 +251,7 @@ def test_auto_runtime_exports_the_loaded_model_and_checks_it(models, pair, tmp_p
     assert np.abs(got - expected).max() <= ONNX_TOLERANCE
 
     # an export that does not match torch: auto runs torch, --runtime onnx refuses
-    import kdmsi.onnx_export as onnx_export
+    import kdmsi.runtime.onnx_export as onnx_export
 
     monkeypatch.setenv("KDMSI_CACHE_DIR", str(tmp_path / "fresh-cache"))  # export again
 
@@ -268,9 +268,9 @@ def test_auto_runtime_exports_the_loaded_model_and_checks_it(models, pair, tmp_p
 
 
 def test_auto_runtime_keeps_its_export_and_choice(models, pair, tmp_path, monkeypatch):
-    import kdmsi.checkpoint
-    import kdmsi.detect_model as detect_model
-    from kdmsi import onnx_cache
+    import kdmsi.models.checkpoint
+    import kdmsi.runtime.load as detect_model
+    from kdmsi.runtime import onnx_cache
 
     monkeypatch.setattr(detect_model, "AUTO_PROBE_MIN_TILES", 1)
     monkeypatch.setattr(
@@ -297,8 +297,8 @@ def test_auto_runtime_keeps_its_export_and_choice(models, pair, tmp_path, monkey
     def no_checkpoint(*args, **kwargs):
         raise AssertionError("the checkpoint was loaded again")
 
-    load_checkpoint = kdmsi.checkpoint.load_checkpoint
-    monkeypatch.setattr(kdmsi.checkpoint, "load_checkpoint", no_checkpoint)
+    load_checkpoint = kdmsi.models.checkpoint.load_checkpoint
+    monkeypatch.setattr(kdmsi.models.checkpoint, "load_checkpoint", no_checkpoint)
     second = detect_changes(
         before,
         after,
@@ -326,7 +326,7 @@ def test_auto_runtime_keeps_its_export_and_choice(models, pair, tmp_path, monkey
     assert done.returncode == 0, done.stderr[-2000:]
 
     # a damaged kept export is dropped and made again
-    monkeypatch.setattr(kdmsi.checkpoint, "load_checkpoint", load_checkpoint)
+    monkeypatch.setattr(kdmsi.models.checkpoint, "load_checkpoint", load_checkpoint)
     kept.onnx_path.write_bytes(b"truncated")
     again = detect_changes(
         before, after, models["kdmsi"], tmp_path / "4.gpkg", runtime="auto", **common
@@ -338,7 +338,7 @@ def test_auto_runtime_keeps_its_export_and_choice(models, pair, tmp_path, monkey
 
 
 def test_onnx_cache_keeps_the_most_recent_entries(tmp_path, monkeypatch):
-    from kdmsi import onnx_cache
+    from kdmsi.runtime import onnx_cache
 
     model = tmp_path / "m.onnx"
     model.write_bytes(b"not really onnx")
@@ -362,8 +362,8 @@ def test_onnx_cache_keeps_the_most_recent_entries(tmp_path, monkeypatch):
 
 
 def test_auto_runtime_remembers_choosing_torch(models, pair, tmp_path, monkeypatch):
-    import kdmsi.detect_model as detect_model
-    import kdmsi.onnx_export as onnx_export
+    import kdmsi.runtime.load as detect_model
+    import kdmsi.runtime.onnx_export as onnx_export
 
     monkeypatch.setattr(detect_model, "AUTO_PROBE_MIN_TILES", 1)
     monkeypatch.setattr(

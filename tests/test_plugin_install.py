@@ -27,7 +27,7 @@ def test_zip_holds_the_plugin_and_the_library(plugin_zip):
     names = set(zipfile.ZipFile(plugin_zip).namelist())
     for name in ("metadata.txt", "icon.svg", "__init__.py", "algorithms.py", "dialog.py"):
         assert f"kdmsi_qgis/{name}" in names
-    assert "kdmsi_qgis/libs/kdmsi/pipeline.py" in names
+    assert "kdmsi_qgis/libs/kdmsi/detect/pipeline.py" in names
     assert not any("__pycache__" in name for name in names)
     metadata = zipfile.ZipFile(plugin_zip).read("kdmsi_qgis/metadata.txt").decode()
     for field in ("name=", "qgisMinimumVersion=3.22", "description=", "about=", "version=",

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from kdmsi.cli import main
-from kdmsi.detect_model import autocast_dtype, forward_batch, model_predictor
 from kdmsi.models import SiameseDeepLabV3Plus
+from kdmsi.runtime.load import autocast_dtype, forward_batch, model_predictor
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +36,8 @@ def test_unknown_or_unsupported_precisions_are_refused():
 
 
 def test_cli_answers_bad_precision_choices_in_one_line(scene_pair, detector, tmp_path, capsys):
-    from kdmsi.checkpoint import save_detector
-    from kdmsi.data import Normalisation
+    from kdmsi.data.pairs import Normalisation
+    from kdmsi.models.checkpoint import save_detector
 
     model = save_detector(tmp_path / "d.kdmsi", detector, [1, 2, 3], Normalisation.default(3), 64)
     base = ["detect", "--before", str(scene_pair["before"]), "--after", str(scene_pair["after"])]

@@ -4,12 +4,12 @@ import pytest
 import torch
 from osgeo import gdal
 
-from kdmsi.checkpoint import is_quality_robust, save_detector
-from kdmsi.data import Normalisation
+from kdmsi.data.pairs import Normalisation
+from kdmsi.data.synthetic import make_scene, write_scene
+from kdmsi.detect.quality import quality_warning
+from kdmsi.geo.raster import RasterNotFoundError, pixel_size_ratio
 from kdmsi.models import SiameseDeepLabV3Plus
-from kdmsi.quality import quality_warning
-from kdmsi.raster import RasterNotFoundError, pixel_size_ratio
-from kdmsi.synthetic import make_scene, write_scene
+from kdmsi.models.checkpoint import is_quality_robust, save_detector
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Tests for kdmsi.raster: opening, pair alignment, validity masks, stretch, probability output."""
+"""Tests for kdmsi.geo.raster: opening, pair alignment, validity masks, stretch, probability
+output."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from osgeo import gdal, osr
 
-from kdmsi.raster import (
+from kdmsi.geo.raster import (
     PROB_NODATA,
     SCRATCH_BLOCK_ROWS,
     BandStretch,

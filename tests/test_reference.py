@@ -1,4 +1,4 @@
-"""Metrics against a reference mask raster or polygon layer (`kdmsi.reference`)."""
+"""Metrics against a reference mask raster or polygon layer (`kdmsi.metrics.reference`)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,18 @@ import pytest
 import torch
 from osgeo import gdal, ogr, osr
 
-from kdmsi.checkpoint import save_detector
-from kdmsi.data import Normalisation
-from kdmsi.metrics import ConfusionCounts
+from kdmsi.data.pairs import Normalisation
+from kdmsi.data.synthetic import make_scene, write_scene
+from kdmsi.geo.raster import PROB_NODATA, RasterInputError, align_pair
+from kdmsi.metrics.change import ConfusionCounts
+from kdmsi.metrics.reference import (
+    ReferenceError,
+    compare_probability,
+    evaluate_model,
+    open_reference,
+)
 from kdmsi.models import SiameseDeepLabV3Plus
-from kdmsi.raster import PROB_NODATA, RasterInputError, align_pair
-from kdmsi.reference import ReferenceError, compare_probability, evaluate_model, open_reference
-from kdmsi.synthetic import make_scene, write_scene
+from kdmsi.models.checkpoint import save_detector
 
 
 def _raster(path: Path, array: np.ndarray, gt, epsg: int = 32633, nodata=None, dtype=None):

@@ -7,9 +7,9 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from kdmsi.report import PANELS, TileRow, TrainingReport, write_training_report
-from kdmsi.report_tiles import sample_tiles, thin_steps
-from kdmsi.thresholds import ProbabilityHistograms, choose_threshold
+from kdmsi.inference.thresholds import ProbabilityHistograms, choose_threshold
+from kdmsi.reports.page import PANELS, TileRow, TrainingReport, write_training_report
+from kdmsi.reports.tiles import sample_tiles, thin_steps
 
 
 class _Sources(HTMLParser):
@@ -101,7 +101,7 @@ def test_report_is_written_atomically(tmp_path, monkeypatch):
     write_training_report(target, fake_report(n_rows=1))
     with pytest.raises(FileExistsError, match="--overwrite"):
         write_training_report(target, fake_report(n_rows=1))
-    import kdmsi.report_figures as figures
+    import kdmsi.reports.figures as figures
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
@@ -133,10 +133,10 @@ def test_sample_tiles_mix_classes_reproducibly():
 def test_tile_rows_run_every_model_on_the_sampled_tiles(tmp_path):
     import torch
 
-    from kdmsi.data import PairDataset
+    from kdmsi.data.pairs import PairDataset
+    from kdmsi.data.synthetic import make_scene, write_tile_dataset
     from kdmsi.models import SiameseCAMNet, SiameseDeepLabV3Plus
-    from kdmsi.report_tiles import build_report, dataset_truth
-    from kdmsi.synthetic import make_scene, write_tile_dataset
+    from kdmsi.reports.tiles import build_report, dataset_truth
 
     write_tile_dataset([make_scene(64, 64, seed=s) for s in (1, 2)], tmp_path, tile_size=32)
     ds = PairDataset(tmp_path, tile_size=32)
@@ -167,9 +167,9 @@ def test_tile_rows_run_every_model_on_the_sampled_tiles(tmp_path):
 
 
 def test_ablation_rows_use_the_pseudo_label_threshold_and_report_the_best():
-    from kdmsi.ablation import ABLATION_ROWS, ablation_rows, format_ablation
-    from kdmsi.evaluation import MapStatistics
-    from kdmsi.thresholds import ThresholdChoice
+    from kdmsi.inference.thresholds import ThresholdChoice
+    from kdmsi.metrics.ablation import ABLATION_ROWS, ablation_rows, format_ablation
+    from kdmsi.metrics.maps import MapStatistics
 
     rng = np.random.default_rng(0)
     truth = np.zeros((32, 32), np.uint8)
@@ -197,7 +197,7 @@ def test_ablation_rows_use_the_pseudo_label_threshold_and_report_the_best():
 def test_a_missing_matplotlib_is_named_before_anything_is_written(tmp_path, monkeypatch):
     import importlib.util
 
-    from kdmsi.report import ReportError
+    from kdmsi.reports.page import ReportError
 
     real = importlib.util.find_spec
     monkeypatch.setattr(

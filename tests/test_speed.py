@@ -1,4 +1,4 @@
-"""kdmsi.speed: the backbone speed probe and the job estimate the QGIS dialog shows."""
+"""kdmsi.runtime.speed: the backbone speed probe and the job estimate the QGIS dialog shows."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kdmsi.choices import DETECTOR_BACKBONES
-from kdmsi.speed import (
+from kdmsi.runtime.speed import (
     OUTSIDE_MODEL_S_PER_TILE,
     REFERENCE_SECONDS_PER_TILE,
     expected_detect_seconds,

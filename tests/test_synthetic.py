@@ -1,4 +1,5 @@
-"""Tests for kdmsi.synthetic: determinism, scene statistics, nuisance, GeoTIFF and tile output."""
+"""Tests for kdmsi.data.synthetic: determinism, scene statistics, nuisance, GeoTIFF and tile
+output."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kdmsi import synthetic
-from kdmsi.synthetic import Scene, make_scene, write_scene, write_tile_dataset
+from kdmsi.data import synthetic
+from kdmsi.data.synthetic import Scene, make_scene, write_scene, write_tile_dataset
 
 TILE = 256
 
@@ -160,7 +161,7 @@ def test_invalid_arguments_raise(kwargs):
 def test_make_scene_needs_no_gdal():
     code = (
         "import sys; sys.modules['osgeo'] = None\n"
-        "from kdmsi.synthetic import make_scene\n"
+        "from kdmsi.data.synthetic import make_scene\n"
         "s = make_scene(height=64, width=64, epsg=32610)\n"
         "assert 'UTM zone 10N' in s.crs_wkt\n"
     )

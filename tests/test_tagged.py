@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 from osgeo import gdal, ogr, osr
 
-from kdmsi.checkpoint import load_checkpoint
+from kdmsi.data.synthetic import make_scene, write_scene
+from kdmsi.geo.raster import align_pair
+from kdmsi.models.checkpoint import load_checkpoint
 from kdmsi.progress import Cancelled
-from kdmsi.raster import align_pair
-from kdmsi.synthetic import make_scene, write_scene
-from kdmsi.tagged import (
+from kdmsi.training import CDConfig, KDConfig
+from kdmsi.training.from_tags import (
     RasterTileDataset,
     TagError,
     TagTrainingConfig,
     read_tagged_windows,
     train_from_tags,
 )
-from kdmsi.training import CDConfig, KDConfig
 
 TILE = 64
 
@@ -90,8 +90,8 @@ def test_raster_tile_dataset_items(scene_files, tmp_path):
     scene, files = scene_files
     layer = write_tiles(tmp_path / "t.gpkg", scene, truth_tags(scene))
     with align_pair(files["before"], files["after"]) as pair:
-        from kdmsi.data import Normalisation
-        from kdmsi.raster import pair_stretches
+        from kdmsi.data.pairs import Normalisation
+        from kdmsi.geo.raster import pair_stretches
 
         windows, _ = read_tagged_windows(layer, pair, TILE)
         ds = RasterTileDataset(pair, windows, pair_stretches(pair), Normalisation.default(3), TILE)
@@ -157,7 +157,7 @@ def test_train_from_tags_writes_a_loadable_detector(tmp_path, scene_files):
 
 
 def test_quality_robust_training_saves_the_hicd_student(tmp_path, scene_files):
-    from kdmsi.checkpoint import is_quality_robust
+    from kdmsi.models.checkpoint import is_quality_robust
     from kdmsi.training import HiCDConfig
 
     scene, files = scene_files
@@ -264,8 +264,8 @@ def test_empty_pseudo_labels_stop_training_loudly(tmp_path, scene_files, capsys)
 
 
 def test_check_pseudo_labels_limits():
-    from kdmsi.pseudo_labels import DegeneratePseudoLabels, check_pseudo_labels
-    from kdmsi.thresholds import ThresholdChoice
+    from kdmsi.inference.pseudo_labels import DegeneratePseudoLabels, check_pseudo_labels
+    from kdmsi.inference.thresholds import ThresholdChoice
 
     choice = ThresholdChoice(0.5, "auto")
     tile = np.zeros((10, 10), np.uint8)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from kdmsi.thresholds import (
+from kdmsi.inference.thresholds import (
     HIST_BINS,
     ProbabilityHistograms,
     choose_threshold,

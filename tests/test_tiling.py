@@ -1,11 +1,11 @@
-"""Tests for kdmsi.tiling: grid coverage, blending window, streaming stitch exactness."""
+"""Tests for kdmsi.geo.tiling: grid coverage, blending window, streaming stitch exactness."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from kdmsi.tiling import (
+from kdmsi.geo.tiling import (
     StitchAccumulator,
     Window,
     blend_window,

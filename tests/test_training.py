@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from kdmsi.data import PairDataset
+from kdmsi.data.pairs import PairDataset
+from kdmsi.data.synthetic import make_scene, write_tile_dataset
+from kdmsi.inference.pseudo_labels import generate_pseudo_labels
 from kdmsi.models import SiameseCAMNet
-from kdmsi.pseudo_labels import generate_pseudo_labels
-from kdmsi.synthetic import make_scene, write_tile_dataset
 from kdmsi.training import CDConfig, KDConfig, train_detector, train_kd
 from kdmsi.training.common import poly_lr, sgd, stratified_holdout
 

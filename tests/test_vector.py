@@ -1,4 +1,4 @@
-"""Tests for kdmsi.vector: polygonizing change, true areas, statistics, vector output."""
+"""Tests for kdmsi.geo.vector: polygonizing change, true areas, statistics, vector output."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from osgeo import gdal, ogr, osr
 
-from kdmsi.progress import Cancelled
-from kdmsi.raster import PROB_NODATA
-from kdmsi.vector import (
+from kdmsi.geo.raster import PROB_NODATA
+from kdmsi.geo.vector import (
     ChangePolygon,
     VectorOutputError,
     polygonize_changes,
     vector_driver,
     write_vector,
 )
+from kdmsi.progress import Cancelled
 
 UTM_GT = (500000.0, 10.0, 0.0, 5000000.0, 0.0, -10.0)  # EPSG:32633, near the central meridian
 
@@ -221,7 +221,7 @@ def test_unknown_extension(tmp_path, polygons):
 
 
 def test_failed_write_leaves_nothing(tmp_path, monkeypatch, polygons):
-    import kdmsi.vector as vector
+    import kdmsi.geo.vector as vector
 
     real = vector._ogr_features
 

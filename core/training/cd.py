@@ -13,9 +13,9 @@ from torch.utils.data import Dataset
 
 from .. import recipe
 from ..choices import DEFAULT_BACKBONE
-from ..data import IGNORE_INDEX
-from ..inference import pick_device
-from ..metrics import ConfusionCounts
+from ..data.pairs import IGNORE_INDEX
+from ..inference.msi import pick_device
+from ..metrics.change import ConfusionCounts
 from ..models import SiameseDeepLabV3Plus
 from ..progress import CancelCheck, ProgressCallback, check_cancel, no_progress
 from .common import (

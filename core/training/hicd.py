@@ -4,14 +4,14 @@ One loop, three methods (`METHODS`), so that they are compared like with like (s
 initialisation, data, degradations, schedule and steps):
 
 * ``direct``: cross-entropy on the degraded pairs only (the baseline; no teacher needed);
-* ``feature-mse``: + ``lambda_feat`` x `kdmsi.hicd.feature_mse_loss` to the teacher's
+* ``feature-mse``: + ``lambda_feat`` x `kdmsi.losses.hicd.feature_mse_loss` to the teacher's
   clean-pair features, position by position;
-* ``hicd``: + the HiCD correlation terms (`kdmsi.hicd.HiCDLoss`).
+* ``hicd``: + the HiCD correlation terms (`kdmsi.losses.hicd.HiCDLoss`).
 
 The teacher (a `SiameseDeepLabV3Plus` trained on clean pairs) is frozen, kept in eval mode and
 run under ``torch.no_grad()`` on (before, clean after); the student runs on (before, degraded
 after) of the same augmented tile. Memory per step: one teacher forward without activations
-kept, one student forward/backward, and the bounded correlation matrices of `kdmsi.hicd`.
+kept, one student forward/backward, and the bounded correlation matrices of `kdmsi.losses.hicd`.
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..data import IGNORE_INDEX
-from ..degrade import DegradedPairDataset, check_preset
-from ..hicd import HiCDLoss, HiCDLossConfig, feature_mse_loss
-from ..inference import pick_device
+from ..data.pairs import IGNORE_INDEX
+from ..inference.msi import pick_device
+from ..losses.hicd import HiCDLoss, HiCDLossConfig, feature_mse_loss
 from ..models import SiameseDeepLabV3Plus
 from ..progress import CancelCheck, ProgressCallback, check_cancel, no_progress
 from .cd import detector_change_iou
 from .common import cpu_state, poly_lr, seed_everything, sgd, subset, train_loader
+from .degrade import DegradedPairDataset, check_preset
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class HiCDConfig:
     """Hyper-parameters of `train_hicd`.
 
     method: one of `METHODS`. preset: degradation preset of the after images
-    (`kdmsi.degrade.PRESETS`); training draws a fresh degradation of every tile each epoch
+    (`kdmsi.training.degrade.PRESETS`); training draws a fresh degradation of every tile each epoch
     (seeded by ``degrade_seed``, tile and epoch). init: the student starts as a copy of the
     teacher (``teacher``) or from ``weights`` / random weights (``random``). lambda_feat: weight
     of the feature-MSE baseline (3, the best of 1 / 3 / 10 on synthetic validation scenes).

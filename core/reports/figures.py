@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .thresholds import ProbabilityHistograms
+from ..inference.thresholds import ProbabilityHistograms
 
 PROBABILITY_CMAP = "magma"
 # Masks: 0 no change (black), 1 change (white), 255 not scored / unknown (grey).

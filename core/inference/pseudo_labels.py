@@ -1,7 +1,7 @@
 """Pseudo labels: a pixel is change where the student's MSI probability exceeds a threshold.
 
 Tiles labelled unchanged are all background whatever the probability. The threshold is chosen
-without pixel truth (see `kdmsi.thresholds`) unless given. The output mirrors a dataset's
+without pixel truth (see `kdmsi.inference.thresholds`) unless given. The output mirrors a dataset's
 `label/` folder (one 0/255 PNG per image, full image size) plus `pseudo_labels.json`, so
 `PairDataset(root, label_dir=out / "label")` trains the detector on it. It is written to a
 temporary folder and renamed into place at the end: a failure or cancel leaves nothing behind.
@@ -19,11 +19,11 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .data import IGNORE_INDEX, PairDataset, image_size, write_image
-from .evaluation import collect_map_statistics, map_function
-from .inference import DEFAULT_SCALES
-from .models.fold import for_inference
-from .progress import CancelCheck, ProgressCallback, sub_progress
+from ..data.pairs import IGNORE_INDEX, PairDataset, image_size, write_image
+from ..metrics.maps import collect_map_statistics, map_function
+from ..models.fold import for_inference
+from ..progress import CancelCheck, ProgressCallback, sub_progress
+from .msi import DEFAULT_SCALES
 from .thresholds import ProbabilityHistograms, ThresholdChoice, choose_threshold
 
 PROB_SCALE = 65535  # MSI maps are held as uint16 between the two passes

@@ -27,8 +27,8 @@ from typing import Optional, Union
 
 import numpy as np
 
-from .atomic import atomic_folder
-from .thresholds import ProbabilityHistograms
+from ..geo.atomic import atomic_folder
+from ..inference.thresholds import ProbabilityHistograms
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class TrainingReport:
     Histories are the trainers' per-epoch records (`KDResult.history`, `CDResult.history`),
     steps their per-step records, selections their model-selection records. ``threshold`` is
     a `ThresholdChoice.to_dict()`; ``histograms`` the MSI histograms it was chosen from.
-    ``metrics`` maps a caption to a metrics table ({row: metrics as in `kdmsi.metrics`}).
+    ``metrics`` maps a caption to a metrics table ({row: metrics as in `kdmsi.metrics.change`}).
     """
 
     title: str = "KD-MSI training report"
@@ -116,7 +116,7 @@ def write_training_report(
     Raises:
         FileExistsError: `folder` exists and `overwrite` is False.
     """
-    from .report_figures import colour_bar_figure, loss_figure, panel_image, threshold_figure
+    from .figures import colour_bar_figure, loss_figure, panel_image, threshold_figure
 
     require_report_dependencies()
     folder = Path(folder)

@@ -22,9 +22,9 @@ from typing import Any, Optional, Union
 
 import torch
 
-from . import __version__
-from .models import MODEL_KINDS, build_model
-from .normalisation import Normalisation
+from .. import __version__
+from ..data.normalisation import Normalisation
+from . import MODEL_KINDS, build_model
 
 FORMAT = "kdmsi-checkpoint"
 FORMAT_VERSION = 1
@@ -113,7 +113,7 @@ def save_kd(
 ) -> Path:
     """Save the teacher and student of a `KDResult` (kind ``kd``) with its training record
     (config, history, selection, thinned steps) plus the entries of ``training``."""
-    from .report_tiles import thin_steps
+    from ..reports.tiles import thin_steps
 
     meta = {
         "kind": "kd",

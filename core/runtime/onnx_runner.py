@@ -1,6 +1,6 @@
 """ONNX Runtime inference of exported kdmsi models, without importing torch.
 
-An ONNX file written by `kdmsi.onnx_export.export_onnx` computes the change probability of a
+An ONNX file written by `kdmsi.runtime.onnx_export.export_onnx` computes the change probability of a
 fixed-size batch: inputs ``pre`` and ``post`` float32 [B, C, T, T] (normalised as its metadata
 says), output ``probability`` float32 [B, 1, T, T]. Its ``metadata_props`` carry what the
 detect path needs (tile size, batch, overlap, bands, normalisation, threshold, class names,
@@ -20,8 +20,8 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from .metadata import decode_metadata
-from .normalisation import Normalisation
+from ..data.normalisation import Normalisation
+from ..geo.metadata import decode_metadata
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, Optional, Union
 
-from .raster import pixel_size_ratio
+from ..geo.raster import pixel_size_ratio
 
 PIXEL_SIZE_RATIO_LIMIT = 2.0
 """Pixel sizes differing by more than this factor call for a quality-robust model."""
@@ -31,7 +31,7 @@ def quality_warning(
     if factor <= limit:
         return None
     # the checkpoint only now: reading it imports torch, which an ONNX run does without
-    from .checkpoint import is_quality_robust, read_checkpoint
+    from ..models.checkpoint import is_quality_robust, read_checkpoint
 
     meta = model if isinstance(model, dict) else read_checkpoint(model)["metadata"]
     if is_quality_robust(meta):

@@ -32,8 +32,8 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 import numpy as np
 from osgeo import gdal, ogr, osr
 
+from ..progress import CancelCheck, Cancelled, ProgressCallback, check_cancel, report
 from .atomic import atomic_output
-from .progress import CancelCheck, Cancelled, ProgressCallback, check_cancel, report
 from .raster import gdal_exceptions, open_raster, raster_extent, scratch_compression, srs_from_wkt
 
 log = logging.getLogger(__name__)
@@ -523,7 +523,7 @@ def write_vector(
 
     Raises:
         VectorOutputError: unknown extension. FileExistsError / OutputNotWritableError: see
-        `kdmsi.atomic.atomic_output`.
+        `kdmsi.geo.atomic.atomic_output`.
     """
     target = Path(path)
     multi = "MULTIPOLYGON" in {f.geometry_type for f in features}

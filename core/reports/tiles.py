@@ -1,8 +1,8 @@
 """Sample tiles for the training report: which tiles, and every map of the method on them.
 
-Works on any dataset whose items look like `kdmsi.data.PairDataset`'s (``pre``/``post``
+Works on any dataset whose items look like `kdmsi.data.pairs.PairDataset`'s (``pre``/``post``
 normalised [C, T, T], ``label``, ``key``) and that has ``labels`` and ``normalisation``, e.g.
-`PairDataset` and `kdmsi.tagged.RasterTileDataset`.
+`PairDataset` and `kdmsi.training.from_tags.RasterTileDataset`.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .data import IGNORE_INDEX, Normalisation
-from .evaluation import map_function
-from .inference import DEFAULT_SCALES
-from .report import PANELS, TileRow, TrainingReport
-from .training.common import subset
+from ..data.pairs import IGNORE_INDEX, Normalisation
+from ..inference.msi import DEFAULT_SCALES
+from ..metrics.maps import map_function
+from ..training.common import subset
+from .page import PANELS, TileRow, TrainingReport
 
 DEFAULT_SAMPLE_TILES = 6
 MaskSource = Callable[[int], Optional[np.ndarray]]

@@ -16,18 +16,23 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .checkpoint import DETECTOR_THRESHOLD
-from .data import IGNORE_INDEX, PairDataset
-from .inference import (
+from ..data.pairs import IGNORE_INDEX, PairDataset
+from ..inference.msi import (
     DEFAULT_SCALES,
     multiscale_inference,
     multiscale_sigmoid_inference,
     single_scale_probability,
     teacher_cam,
 )
-from .metrics import ConfusionCounts
-from .progress import CancelCheck, ProgressCallback, check_cancel, no_progress
-from .thresholds import HIST_BINS, ProbabilityHistograms, ThresholdChoice, choose_threshold
+from ..inference.thresholds import (
+    HIST_BINS,
+    ProbabilityHistograms,
+    ThresholdChoice,
+    choose_threshold,
+)
+from ..models.checkpoint import DETECTOR_THRESHOLD
+from ..progress import CancelCheck, ProgressCallback, check_cancel, no_progress
+from .change import ConfusionCounts
 
 KD_MAPS = ("teacher-cam", "student", "mi", "msi")
 

@@ -11,19 +11,20 @@ Data flow (see ARCHITECTURE.md, "The detect path")::
       -> probability x blend_window x valid mask -> StitchAccumulator (tile-row strips)
       -> finished row strips -> probability GeoTIFF (temporary path)
       -> threshold + nodata mask -> polygons streamed from disk to the vector output
-      -> both moved into place at the end (`kdmsi.atomic.atomic_output`)
+      -> both moved into place at the end (`kdmsi.geo.atomic.atomic_output`)
 
 The tile loop only knows a `BatchRunner` (numpy batch in, probability out): a torch
 ``predict(pre, post) -> prob`` callable (`Predict`: a detector's `change_probability`, a KD
 student with MSI, a test oracle; `detect_with_predictor`) or an exported ONNX model in ONNX
-Runtime (`kdmsi.runtime.OnnxPredictor`), through exactly the same code (`detect_with_runner`).
+Runtime (`kdmsi.runtime.onnx_runner.OnnxPredictor`), through exactly the same code
+(`detect_with_runner`).
 `detect_changes` picks the runtime (``runtime=auto|torch|onnx``, see `choose_runtime`); with
 an ``.onnx`` model file torch is never imported.
 
 Memory is bounded by tile rows, never by the raster: the reader cycles through three
 preallocated batches (one in the model, one queued, one being built), the accumulator holds
 ``(tile_size + stride) x width`` float32 twice, the probability writer one block row;
-polygonizing streams strips and polygons from disk (see `kdmsi.vector`). GDAL's own block
+polygonizing streams strips and polygons from disk (see `kdmsi.geo.vector`). GDAL's own block
 cache (``GDAL_CACHEMAX``, bounded by `kdmsi detect`, see `limit_gdal_cache`) comes on top.
 
 Nodata or masked pixels of either date are never change: they are set to the normalised mean
@@ -48,9 +49,34 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, U
 
 import numpy as np
 
-from . import __version__
-from .atomic import atomic_output, check_output_target
-from .detect_model import (
+from .. import __version__
+from ..data.normalisation import Normalisation
+from ..geo.atomic import atomic_output, check_output_target
+from ..geo.metadata import metadata_strings
+from ..geo.raster import (
+    AlignedPair,
+    BandStretch,
+    RasterInputError,
+    align_pair,
+    create_probability_raster,
+    finalize_probability_raster,
+    gdal_exceptions,
+    open_raster,
+    pair_stretches,
+)
+from ..geo.tiling import (
+    MAX_OVERLAP,
+    StitchAccumulator,
+    Window,
+    blend_window,
+    crop_tile,
+    default_overlap,
+    pad_tile,
+    tile_grid,
+)
+from ..geo.vector import vector_driver, write_change_polygons
+from ..progress import CancelCheck, ProgressCallback, check_cancel, report, sub_progress
+from ..runtime.load import (
     AUTO_PROBE_MIN_TILES,
     DEFAULT_THRESHOLD,
     BatchRunner,
@@ -64,32 +90,7 @@ from .detect_model import (
     onnx_batch_runner,
     torch_batch_runner,
 )
-from .metadata import metadata_strings
-from .normalisation import Normalisation
-from .progress import CancelCheck, ProgressCallback, check_cancel, report, sub_progress
-from .raster import (
-    AlignedPair,
-    BandStretch,
-    RasterInputError,
-    align_pair,
-    create_probability_raster,
-    finalize_probability_raster,
-    gdal_exceptions,
-    open_raster,
-    pair_stretches,
-)
-from .runtime import RUNTIMES, is_onnx_path, keep_triton_out
-from .tiling import (
-    MAX_OVERLAP,
-    StitchAccumulator,
-    Window,
-    blend_window,
-    crop_tile,
-    default_overlap,
-    pad_tile,
-    tile_grid,
-)
-from .vector import vector_driver, write_change_polygons
+from ..runtime.onnx_runner import RUNTIMES, is_onnx_path, keep_triton_out
 
 if TYPE_CHECKING:
     import torch
@@ -173,7 +174,7 @@ def tune_process_for_detect(gdal_cache_mb: int = DETECT_GDAL_CACHE_MB) -> None:
       OpenMP threads then sleep between operations instead of spinning, which starved the
       tile reader and other programs (measured on a busy 2-core machine: a resnet18
       forward 1.15 -> 0.61 s per tile). ONNX Runtime gets the same by session option.
-    * `kdmsi.runtime.keep_triton_out`, when torch is not imported yet: ~70 MB less RSS.
+    * `kdmsi.runtime.onnx_runner.keep_triton_out`, when torch is not imported yet: ~70 MB less RSS.
 
     A host application (QGIS) may keep its own settings and skip this.
     """
@@ -226,7 +227,7 @@ def check_outputs(
         VectorOutputError: unknown vector extension.
         DetectOutputError: probability not ``.tif``/``.tiff``, or both paths the same file.
         FileExistsError, FileNotFoundError, IsADirectoryError, OutputNotWritableError: see
-            `kdmsi.atomic.check_output_target`.
+            `kdmsi.geo.atomic.check_output_target`.
     """
     vector = Path(out_vector)
     vector_driver(vector)
@@ -654,7 +655,7 @@ def detect_changes(
         after: raster warped (bilinear) onto that grid; only the overlap is analysed.
         model_path: a ``.kdmsi`` checkpoint: ``detector`` (DeepLabV3+ softmax change
             probability) or ``kd`` (its student with multiscale sigmoid inference); or an
-            ``.onnx`` file from `kdmsi.onnx_export.export_onnx` (run by ONNX Runtime without
+            ``.onnx`` file from `kdmsi.runtime.onnx_export.export_onnx` (run by ONNX Runtime without
             importing torch; its batch and tile size are fixed).
         out_vector: change polygons (``.gpkg`` recommended; ``.shp``, ``.geojson``, ``.fgb``).
         out_probability: optional float32 probability GeoTIFF on the analysed grid.
@@ -662,7 +663,7 @@ def detect_changes(
             DeepLabV3+'s image-pooling branch makes a detector's probabilities depend on
             the tile size it sees, so it runs best on tiles of the size it was trained on).
         overlap_px: overlap of neighbouring tiles, blended with a raised-cosine window
-            (default: an ONNX model's recorded overlap, else `kdmsi.tiling.default_overlap`:
+            (default: an ONNX model's recorded overlap, else `kdmsi.geo.tiling.default_overlap`:
             64 px, at most a quarter of the tile).
         batch_size: tiles per forward pass (an ONNX model uses its own).
         device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:1``, ``mps``.
@@ -674,7 +675,7 @@ def detect_changes(
         min_area_m2: drop smaller polygons (true area).
         simplify_m: polygon simplification tolerance in metres (0: pixel edges).
         bands: 1-based bands of both rasters (default: the model's bands).
-        scales, flip: MSI scales (default `kdmsi.inference.DEFAULT_SCALES`) and
+        scales, flip: MSI scales (default `kdmsi.inference.msi.DEFAULT_SCALES`) and
             horizontal-flip averaging (``kd`` models only).
         bounds: optional area to analyse, (xmin, ymin, xmax, ymax) in the before raster's CRS
             (default: the whole overlap).
@@ -785,11 +786,11 @@ def detect_with_predictor(
     """The detect path with any torch ``predict`` callable.
 
     ``predict(pre, post)`` gets normalised float32 [B, C, T, T] tensors on ``device`` (a
-    torch device, or a name for `kdmsi.inference.pick_device`) and returns change
+    torch device, or a name for `kdmsi.inference.msi.pick_device`) and returns change
     probabilities [B, 1, T, T] in [0, 1]. Other arguments, the outputs and the errors are
     those of `detect_with_runner`.
     """
-    from .inference import pick_device
+    from ..inference.msi import pick_device
 
     torch_device = pick_device(device) if isinstance(device, str) else device
     return detect_with_runner(
@@ -844,7 +845,7 @@ def detect_with_runner(
     ``run_batch(pre, post)`` gets normalised float32 [n, C, T, T] numpy arrays (n <=
     ``batch_size``) and returns change probabilities float32 [n, T, T] in [0, 1];
     ``normalisation`` is what the inputs are normalised with. ``bands`` default:
-    `kdmsi.raster.default_bands`. ``model_info`` is recorded in the outputs' metadata;
+    `kdmsi.geo.raster.default_bands`. ``model_info`` is recorded in the outputs' metadata;
     ``device`` and ``runtime`` in the result. Other arguments, the outputs and the errors are
     those of `detect_changes`. Without ``out_probability`` the probability raster is a
     temporary file in the system's temporary folder (float32, compressed).
@@ -1000,7 +1001,7 @@ def _write_polygons(
 ) -> int:
     """Polygonize ``prob_path`` into ``temp`` (layer named after ``target``), streaming, plus
     the GeoPackage layer metadata; return the polygon count."""
-    with _quiet("kdmsi.vector"):  # it would log the temporary name
+    with _quiet("kdmsi.geo.vector"):  # it would log the temporary name
         count = write_change_polygons(
             prob_path,
             temp,

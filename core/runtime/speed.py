@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from .tiling import tile_starts
+from ..geo.tiling import tile_starts
 
 BatchRunner = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -161,11 +161,11 @@ def measure_tile_speed(
     """
     import torch
 
-    from . import recipe
-    from .detect_model import model_predictor, onnx_batch_runner, torch_batch_runner
-    from .inference import pick_device
-    from .models import SiameseDeepLabV3Plus
-    from .models.fold import for_inference
+    from .. import recipe
+    from ..inference.msi import pick_device
+    from ..models import SiameseDeepLabV3Plus
+    from ..models.fold import for_inference
+    from .load import model_predictor, onnx_batch_runner, torch_batch_runner
 
     if runtime not in ("torch", "onnx"):
         raise ValueError(f"runtime must be 'torch' or 'onnx', got {runtime!r}")
@@ -181,10 +181,10 @@ def measure_tile_speed(
         predict = model_predictor(for_inference(net.to(torch_device)), "detector")
         run = torch_batch_runner(predict, torch_device, precision)
         return time_batch_runner(run, batch_size, in_channels, tile_size, repeats)
-    from .checkpoint import save_detector
-    from .normalisation import Normalisation
+    from ..data.normalisation import Normalisation
+    from ..models.checkpoint import save_detector
     from .onnx_export import export_onnx
-    from .runtime import OnnxPredictor, require_onnxruntime
+    from .onnx_runner import OnnxPredictor, require_onnxruntime
 
     require_onnxruntime()
     with tempfile.TemporaryDirectory(prefix="kdmsi-speed-") as folder:

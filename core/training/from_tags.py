@@ -18,23 +18,23 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .atomic import check_folder_target, check_output_target
-from .checkpoint import save_detector, save_kd
-from .data import IGNORE_INDEX, Normalisation, paired_augment
-from .inference import DEFAULT_SCALES, pick_device
-from .models.pretrained import describe_weights
-from .pipeline import TilePreparer
-from .progress import CancelCheck, ProgressCallback, report, sub_progress
-from .pseudo_labels import DegeneratePseudoLabels, check_pseudo_labels, msi_pseudo_labels
-from .raster import AlignedPair, BandStretch, align_pair, pair_stretches
-from .report import require_report_dependencies
-from .report_tiles import thin_steps
-from .run_reports import tags_report
-from .speed import training_stage_shares
-from .thresholds import ProbabilityHistograms
-from .tiling import Window
-from .training import CDConfig, HiCDConfig, KDConfig, train_detector, train_hicd, train_kd
-from .training.kd import MIN_TILES_PER_CLASS
+from ..data.pairs import IGNORE_INDEX, Normalisation, paired_augment
+from ..detect.pipeline import TilePreparer
+from ..geo.atomic import check_folder_target, check_output_target
+from ..geo.raster import AlignedPair, BandStretch, align_pair, pair_stretches
+from ..geo.tiling import Window
+from ..inference.msi import DEFAULT_SCALES, pick_device
+from ..inference.pseudo_labels import DegeneratePseudoLabels, check_pseudo_labels, msi_pseudo_labels
+from ..inference.thresholds import ProbabilityHistograms
+from ..models.checkpoint import save_detector, save_kd
+from ..models.pretrained import describe_weights
+from ..progress import CancelCheck, ProgressCallback, report, sub_progress
+from ..reports.page import require_report_dependencies
+from ..reports.runs import tags_report
+from ..reports.tiles import thin_steps
+from ..runtime.speed import training_stage_shares
+from . import CDConfig, HiCDConfig, KDConfig, train_detector, train_hicd, train_kd
+from .kd import MIN_TILES_PER_CLASS
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def _centred_window(cx: float, cy: float, tile: int, width: int, height: int) ->
 
 
 class RasterTileDataset(Dataset):
-    """Tagged windows of an aligned raster pair, shaped like `kdmsi.data.PairDataset` items.
+    """Tagged windows of an aligned raster pair, shaped like `kdmsi.data.pairs.PairDataset` items.
 
     Items: ``pre``/``post`` float32 [C, T, T] (prepared as for detection), ``mask``
     int64 [T, T] (0 where the tile is tagged unchanged, `IGNORE_INDEX` where unknown, nodata or
@@ -226,7 +226,7 @@ class TagTrainingConfig:
     quality_robust: "the two images differ in quality": after the detector is trained, a HiCD
     student (`kdmsi.training.train_hicd`, options in `hicd`) is trained with it as the teacher
     on the same tiles with degraded after images, and the student is saved instead, marked
-    quality-robust (`kdmsi.checkpoint.is_quality_robust`). tile_size: the training windows'
+    quality-robust (`kdmsi.models.checkpoint.is_quality_robust`). tile_size: the training windows'
     side in pixels; None (default) takes the tagged tiles' own size (`read_tagged_windows`).
     """
 
@@ -256,7 +256,7 @@ def train_from_tags(
 
     Returns the training summary stored in the checkpoint metadata. Nothing is written at
     `out` unless every stage succeeds. With `report_dir`, the training report (an HTML page
-    with loss curves, the pseudo-label threshold and sample tiles, see `kdmsi.report`) is
+    with loss curves, the pseudo-label threshold and sample tiles, see `kdmsi.reports.page`) is
     written to that folder after the model; `overwrite` also applies to it. With `kd_out`,
     the teacher and student are saved there too (a KD model file, for `kdmsi evaluate` or
     `kdmsi detect`), as soon as they are trained.

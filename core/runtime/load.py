@@ -2,7 +2,8 @@
 
 `load_checkpoint_model` loads a ``.kdmsi`` file with torch and, when asked (or when
 ``runtime="auto"`` finds it faster, `choose_runtime`), exports it to ONNX run by ONNX Runtime,
-keeping the export and the choice for later runs (`kdmsi.onnx_cache`); `load_onnx_model` runs
+keeping the export and the choice for later runs (`kdmsi.runtime.onnx_cache`); `load_onnx_model`
+runs
 an exported ``.onnx`` file without importing torch. Torch is imported lazily, inside the
 functions that need it.
 """
@@ -19,9 +20,9 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from .choices import PRECISIONS
-from .normalisation import Normalisation
-from .runtime import (
+from ..choices import PRECISIONS
+from ..data.normalisation import Normalisation
+from .onnx_runner import (
     OnnxModelError,
     OnnxPredictor,
     RuntimeUnavailable,
@@ -59,12 +60,12 @@ def model_predictor(
         model: a network in eval mode on the device the batches will be on.
         kind: ``detector`` (softmax change probability of `SiameseDeepLabV3Plus`) or ``kd``
             (the KD student with multiscale sigmoid inference over ``scales`` and ``flip``;
-            default scales `kdmsi.inference.DEFAULT_SCALES`).
+            default scales `kdmsi.inference.msi.DEFAULT_SCALES`).
     """
     if kind == "detector":
         return model.change_probability
     if kind == "kd":
-        from .inference import DEFAULT_SCALES, multiscale_sigmoid_inference
+        from ..inference.msi import DEFAULT_SCALES, multiscale_sigmoid_inference
 
         scales = DEFAULT_SCALES if scales is None else scales
         if not scales or any(s <= 0 for s in scales):
@@ -244,7 +245,7 @@ def load_checkpoint_model(
     ``auto`` then never exports, ``onnx`` is refused.
 
     On the CPU, ``runtime`` ``auto`` and ``onnx`` keep the export and the choice in
-    `kdmsi.onnx_cache`: a later run with the same model file and settings loads the cached
+    `kdmsi.runtime.onnx_cache`: a later run with the same model file and settings loads the cached
     ONNX model without importing torch (or, if ``auto`` chose torch, skips export and timing).
     A fresh export goes to a temporary folder that lives as long as ``stack``.
     """
@@ -289,9 +290,9 @@ def load_checkpoint_model(
         if kept is not None:
             return kept
 
-    from .checkpoint import load_checkpoint
-    from .inference import DEFAULT_SCALES, pick_device
-    from .models.fold import for_inference
+    from ..inference.msi import DEFAULT_SCALES, pick_device
+    from ..models.checkpoint import load_checkpoint
+    from ..models.fold import for_inference
 
     torch_device = pick_device("cpu" if runtime == "onnx" else device)
     if key is None and torch_device.type == "cpu":  # a GPU driver but no GPU torch can use
@@ -340,7 +341,7 @@ def load_checkpoint_model(
                 log.info("runtime auto: %d tiles (< %d), torch", tiles, AUTO_PROBE_MIN_TILES)
                 return loaded
     from .onnx_export import ExportError, ProbabilityModule, export_loaded, max_difference
-    from .runtime import ONNX_TOLERANCE
+    from .onnx_runner import ONNX_TOLERANCE
 
     if cached is not None:
         onnx_path = cached.onnx_path  # exported by `--runtime onnx`, not timed yet

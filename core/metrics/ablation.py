@@ -18,17 +18,17 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .atomic import atomic_output, check_output_target
-from .data import PairDataset
-from .evaluation import (
+from ..data.pairs import PairDataset
+from ..geo.atomic import atomic_output, check_output_target
+from ..inference.msi import DEFAULT_SCALES, multiscale_maps
+from ..inference.thresholds import ThresholdChoice, choose_threshold
+from ..progress import CancelCheck, ProgressCallback
+from .maps import (
     MapStatistics,
     collect_map_statistics,
     map_function,
     metrics_from_statistics,
 )
-from .inference import DEFAULT_SCALES, multiscale_maps
-from .progress import CancelCheck, ProgressCallback
-from .thresholds import ThresholdChoice, choose_threshold
 
 ABLATION_ROWS = ("teacher-cam", "student", "mi", "msi", "pseudo-labels", "detector")
 ROW_TITLES = {

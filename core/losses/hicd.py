@@ -40,7 +40,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .models import DetectorFeatures
+from ..models import DetectorFeatures
 
 MAX_SIDE = 32
 STAGES = ("low", "high")

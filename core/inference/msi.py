@@ -11,7 +11,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from .losses import cam
+from ..losses.kd import cam
 
 DEFAULT_SCALES = (0.5, 1.0, 1.5, 2.0)
 LogitModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

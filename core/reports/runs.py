@@ -14,12 +14,12 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .data import IGNORE_INDEX, PairDataset
-from .inference import DEFAULT_SCALES
-from .metrics import ConfusionCounts
-from .report import write_training_report
-from .report_tiles import build_report, dataset_truth
-from .thresholds import ProbabilityHistograms, ThresholdChoice
+from ..data.pairs import IGNORE_INDEX, PairDataset
+from ..inference.msi import DEFAULT_SCALES
+from ..inference.thresholds import ProbabilityHistograms, ThresholdChoice
+from ..metrics.change import ConfusionCounts
+from .page import write_training_report
+from .tiles import build_report, dataset_truth
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,8 @@ def cd_report(
     histograms are shown, and the KD model it names (``kd_model``), when still there, adds the
     teacher's and student's history and maps. Truth comes from `<data>/label` when it exists.
     """
-    from .checkpoint import CheckpointError, load_checkpoint
-    from .pseudo_labels import histograms_from_summary
+    from ..inference.pseudo_labels import histograms_from_summary
+    from ..models.checkpoint import CheckpointError, load_checkpoint
 
     pseudo_summary = pseudo_summary or {}
     truth_ds = _truth_dataset(dataset)

@@ -22,10 +22,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from osgeo import gdal
 
-from .atomic import PathLike
-from .metrics import ConfusionCounts, format_table
-from .progress import CancelCheck, ProgressCallback, check_cancel, report, sub_progress
-from .raster import PROB_NODATA, RasterInputError, gdal_exceptions
+from ..geo.atomic import PathLike
+from ..geo.raster import PROB_NODATA, RasterInputError, gdal_exceptions
+from ..progress import CancelCheck, ProgressCallback, check_cancel, report, sub_progress
+from .change import ConfusionCounts, format_table
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +43,12 @@ class ReferenceEvaluation:
     """Metrics of a detection against a reference.
 
     Attributes:
-        metrics: `kdmsi.metrics.ConfusionCounts.metrics` (fractions in [0, 1]).
+        metrics: `kdmsi.metrics.change.ConfusionCounts.metrics` (fractions in [0, 1]).
         counts: the pixel confusion counts behind them.
         threshold: probability threshold used (prob >= threshold is change).
         pixels: pixels compared (valid in both the detection and the reference).
         reference_kind: ``raster`` or ``vector``.
-        detect: what `kdmsi.pipeline.detect_changes` reported (`evaluate_model`) or {}.
+        detect: what `kdmsi.detect.pipeline.detect_changes` reported (`evaluate_model`) or {}.
     """
 
     metrics: dict[str, float]
@@ -157,7 +157,7 @@ def compare_probability(
     """Metrics of ``probability >= threshold`` against ``reference``, strip by strip.
 
     Args:
-        probability_path: a probability GeoTIFF from `kdmsi.pipeline.detect_changes`
+        probability_path: a probability GeoTIFF from `kdmsi.detect.pipeline.detect_changes`
             (float32 in [0, 1], nodata -1).
         reference: mask raster or polygon layer (see the module docstring).
         threshold: probability threshold.
@@ -208,12 +208,12 @@ def evaluate_model(
 ) -> ReferenceEvaluation:
     """Run a model on a raster pair and measure it against a reference.
 
-    The detection runs as `kdmsi.pipeline.detect_changes` does (same tiling, stretch and
+    The detection runs as `kdmsi.detect.pipeline.detect_changes` does (same tiling, stretch and
     threshold rules) into a temporary folder that is removed afterwards; nothing is written
     elsewhere. Arguments are those of `detect_changes`; ``reference`` as in
     `compare_probability`.
     """
-    from .pipeline import detect_changes
+    from ..detect.pipeline import detect_changes
 
     open_reference(reference)  # a bad reference is reported before minutes of compute
     with tempfile.TemporaryDirectory(prefix="kdmsi-evaluate-") as scratch:

@@ -1,4 +1,5 @@
-"""Export a kdmsi model file to ONNX for `kdmsi.runtime.OnnxPredictor` (needs torch and onnx).
+"""Export a kdmsi model file to ONNX for `kdmsi.runtime.onnx_runner.OnnxPredictor` (needs torch
+and onnx).
 
 The graph computes exactly what the torch detect path's ``predict`` does: the detector's
 softmax change probability, or a KD student's multiscale sigmoid inference (scales and flip
@@ -25,11 +26,12 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from . import __version__
-from .atomic import atomic_output, check_output_target
-from .checkpoint import DETECTOR_CLASSES, load_checkpoint
-from .inference import DEFAULT_SCALES
-from .runtime import (
+from .. import __version__
+from ..geo.atomic import atomic_output, check_output_target
+from ..geo.tiling import default_overlap
+from ..inference.msi import DEFAULT_SCALES
+from ..models.checkpoint import DETECTOR_CLASSES, load_checkpoint
+from .onnx_runner import (
     ONNX_FORMAT,
     ONNX_FORMAT_VERSION,
     ONNX_INPUTS,
@@ -38,7 +40,6 @@ from .runtime import (
     OnnxPredictor,
     onnxruntime_available,
 )
-from .tiling import default_overlap
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class ProbabilityModule(torch.nn.Module):
         """pre, post: [B, C, T, T] -> probability [B, 1, T, T]."""
         if self.kind == "detector":
             return self.model.change_probability(pre, post)
-        from .inference import multiscale_sigmoid_inference
+        from ..inference.msi import multiscale_sigmoid_inference
 
         return multiscale_sigmoid_inference(
             self.model, pre, post, scales=self.scales, flip=self.flip
@@ -204,7 +205,7 @@ def export_loaded(
     overwrite: bool = False,
 ) -> Path:
     """`export_onnx` of a network already loaded on the CPU (``model``, ``meta`` as
-    `kdmsi.checkpoint.load_checkpoint` returns them; ``source``: the checkpoint's name), as
+    `kdmsi.models.checkpoint.load_checkpoint` returns them; ``source``: the checkpoint's name), as
     `kdmsi detect --runtime auto` does without loading the weights twice.
     """
     onnx = _require_onnx()
@@ -267,7 +268,7 @@ def export_loaded(
 
 
 def _require_onnx() -> Any:
-    from .runtime import RuntimeUnavailable
+    from .onnx_runner import RuntimeUnavailable
 
     try:
         import onnx

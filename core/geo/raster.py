@@ -21,8 +21,8 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 from osgeo import gdal, ogr, osr
 
+from ..progress import CancelCheck, Cancelled, ProgressCallback, check_cancel
 from .metadata import decode_metadata, metadata_strings
-from .progress import CancelCheck, Cancelled, ProgressCallback, check_cancel
 
 log = logging.getLogger(__name__)
 
@@ -842,7 +842,7 @@ def create_probability_raster(
     file only kdmsi reads back) ZSTD level 1 without predictor, several times cheaper again.
     ``metadata`` items are stored as GDAL metadata (non-string values as JSON strings).
     Usually ``path`` is the temporary path from
-    `kdmsi.atomic.atomic_output`.
+    `kdmsi.geo.atomic.atomic_output`.
     """
     options = [
         "TILED=YES",

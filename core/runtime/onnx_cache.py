@@ -30,7 +30,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from . import __version__
+from .. import __version__
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Datasets: image pairs in folders, input normalisation, synthetic scenes."""

@@ -1,0 +1,1 @@
+"""The detect path: raster pair + model -> probability raster and change polygons."""

@@ -1,0 +1,1 @@
+"""Training losses: KD-MSI (classification, CAM distillation) and HiCD (correlations)."""
