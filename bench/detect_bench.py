@@ -126,9 +126,12 @@ def _model_only_seconds(
     import torch
 
     from kdmsi.data.pairs import Normalisation
-    from kdmsi.detect.pipeline import TilePreparer, forward_batch
-    from kdmsi.geo.raster import align_pair, gdal_exceptions, pair_stretches
+    from kdmsi.detect.tile_reader import TilePreparer
+    from kdmsi.geo.align import align_pair
+    from kdmsi.geo.raster import gdal_exceptions
+    from kdmsi.geo.stretch import pair_stretches
     from kdmsi.geo.tiling import tile_grid
+    from kdmsi.runtime.runners import forward_batch
 
     device = torch.device("cpu")
     with gdal_exceptions(), align_pair(before, after) as pair:
@@ -155,13 +158,10 @@ def worker(before: Path, after: Path, model: str, out: Path) -> dict[str, Any]:
     import torch
 
     from kdmsi.data.pairs import Normalisation
-    from kdmsi.detect.pipeline import (
-        detect_changes,
-        detect_with_predictor,
-        forward_batch,
-        model_predictor,
-    )
+    from kdmsi.detect.pipeline import detect_changes
+    from kdmsi.detect.run import detect_with_predictor
     from kdmsi.models.checkpoint import load_checkpoint
+    from kdmsi.runtime.runners import forward_batch, model_predictor
 
     torch.manual_seed(0)
     batch = BATCH[model]

@@ -45,7 +45,7 @@ from kdmsi.choices import PRECISIONS
 from kdmsi.inference.msi import pick_device
 from kdmsi.models import SiameseCAMNet, SiameseDeepLabV3Plus
 from kdmsi.models.fold import for_inference
-from kdmsi.runtime.load import model_predictor, torch_batch_runner
+from kdmsi.runtime.runners import model_predictor, torch_batch_runner
 
 
 def build(

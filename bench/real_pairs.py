@@ -101,7 +101,7 @@ def stage_map(kind: str, kd_model: str, before: str, after: str, out: str, bands
     """Worker: a whole-region map of ``kind`` (teacher-cam, student, msi) from a KD model,
     through the detect path (tiles, blending), written as a probability GeoTIFF."""
     from kdmsi.data.normalisation import Normalisation
-    from kdmsi.detect.pipeline import detect_with_predictor
+    from kdmsi.detect.run import detect_with_predictor
     from kdmsi.inference.msi import (
         multiscale_sigmoid_inference,
         single_scale_probability,
@@ -138,7 +138,8 @@ def stage_pseudo(
     import torch
     from osgeo import gdal
 
-    from kdmsi.geo.raster import align_pair, pair_stretches
+    from kdmsi.geo.align import align_pair
+    from kdmsi.geo.stretch import pair_stretches
     from kdmsi.metrics.maps import collect_map_statistics, map_function
     from kdmsi.models.checkpoint import load_checkpoint, read_checkpoint
     from kdmsi.training.from_tags import RasterTileDataset, read_tagged_windows

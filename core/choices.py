@@ -26,7 +26,7 @@ CAM_HEADS = ("single", "pyramid")
 OPTIMIZERS = ("adamw", "sgd")
 """Optimisers of the training loops (`kdmsi.training.common.make_optimizer`)."""
 PRECISIONS = ("fp32", "bf16", "fp16")
-"""Precisions of the torch detect path (`kdmsi.runtime.load.forward_batch`)."""
+"""Precisions of the torch detect path (`kdmsi.runtime.runners.forward_batch`)."""
 
 __all__ = [
     "BACKBONES",

@@ -24,13 +24,11 @@ from shapely.ops import unary_union
 
 from kdmsi.cli import main
 from kdmsi.data.pairs import Normalisation
-from kdmsi.detect.pipeline import (
-    DetectResult,
-    detect_changes,
-    detect_with_predictor,
-    make_tile_grid,
-)
-from kdmsi.geo.raster import PROB_NODATA, RasterInputError, read_metadata
+from kdmsi.detect.pipeline import detect_changes
+from kdmsi.detect.run import DetectResult, detect_with_predictor
+from kdmsi.geo.probability_raster import read_metadata
+from kdmsi.geo.raster import PROB_NODATA, RasterInputError
+from kdmsi.geo.tile_layer import make_tile_grid
 from kdmsi.models import SiameseCAMNet, SiameseDeepLabV3Plus
 from kdmsi.models.checkpoint import save_checkpoint, save_detector
 from kdmsi.progress import Cancelled

@@ -7,7 +7,8 @@ from osgeo import gdal
 from kdmsi.data.pairs import Normalisation
 from kdmsi.data.synthetic import make_scene, write_scene
 from kdmsi.detect.quality import quality_warning
-from kdmsi.geo.raster import RasterNotFoundError, pixel_size_ratio
+from kdmsi.geo.align import pixel_size_ratio
+from kdmsi.geo.raster import RasterNotFoundError
 from kdmsi.models import SiameseDeepLabV3Plus
 from kdmsi.models.checkpoint import is_quality_robust, save_detector
 
@@ -66,7 +67,7 @@ def test_quality_warning_only_beyond_2x_without_a_robust_model(rasters, models):
 
 
 def test_cli_detect_warns_before_running(rasters, models, tmp_path, caplog):
-    from kdmsi.cli import _warn_quality
+    from kdmsi.cli.detect import _warn_quality
 
     plain, _ = models
     _warn_quality(str(rasters["fine"]), str(rasters["coarse"]), str(plain))

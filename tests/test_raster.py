@@ -10,22 +10,16 @@ import numpy as np
 import pytest
 from osgeo import gdal, osr
 
-from kdmsi.geo.raster import (
-    PROB_NODATA,
+from kdmsi.geo.align import align_pair
+from kdmsi.geo.probability_raster import (
     SCRATCH_BLOCK_ROWS,
-    BandStretch,
-    RasterInputError,
-    RasterNotFoundError,
-    align_pair,
-    compute_stretch,
     create_probability_raster,
     finalize_probability_raster,
-    open_raster,
     overview_levels,
-    pair_stretches,
     read_metadata,
-    sample_shape,
 )
+from kdmsi.geo.raster import PROB_NODATA, RasterInputError, RasterNotFoundError, open_raster
+from kdmsi.geo.stretch import BandStretch, compute_stretch, pair_stretches, sample_shape
 
 UTM_ORIGIN = (500000.0, 5000000.0)  # EPSG:32633, 15 E 45.15 N
 PIXEL = 10.0

@@ -11,7 +11,8 @@ from osgeo import gdal, ogr, osr
 
 from kdmsi.data.pairs import Normalisation
 from kdmsi.data.synthetic import make_scene, write_scene
-from kdmsi.geo.raster import PROB_NODATA, RasterInputError, align_pair
+from kdmsi.geo.align import align_pair
+from kdmsi.geo.raster import PROB_NODATA, RasterInputError
 from kdmsi.metrics.change import ConfusionCounts
 from kdmsi.metrics.reference import (
     ReferenceError,

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from kdmsi.inference.thresholds import ProbabilityHistograms, choose_threshold
+from kdmsi.models.checkpoint import thin_steps
 from kdmsi.reports.page import PANELS, TileRow, TrainingReport, write_training_report
-from kdmsi.reports.tiles import sample_tiles, thin_steps
+from kdmsi.reports.tiles import sample_tiles
 
 
 class _Sources(HTMLParser):

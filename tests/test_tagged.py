@@ -7,7 +7,7 @@ import pytest
 from osgeo import gdal, ogr, osr
 
 from kdmsi.data.synthetic import make_scene, write_scene
-from kdmsi.geo.raster import align_pair
+from kdmsi.geo.align import align_pair
 from kdmsi.models.checkpoint import load_checkpoint
 from kdmsi.progress import Cancelled
 from kdmsi.training import CDConfig, KDConfig
@@ -91,7 +91,7 @@ def test_raster_tile_dataset_items(scene_files, tmp_path):
     layer = write_tiles(tmp_path / "t.gpkg", scene, truth_tags(scene))
     with align_pair(files["before"], files["after"]) as pair:
         from kdmsi.data.pairs import Normalisation
-        from kdmsi.geo.raster import pair_stretches
+        from kdmsi.geo.stretch import pair_stretches
 
         windows, _ = read_tagged_windows(layer, pair, TILE)
         ds = RasterTileDataset(pair, windows, pair_stretches(pair), Normalisation.default(3), TILE)

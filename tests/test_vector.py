@@ -10,14 +10,9 @@ import numpy as np
 import pytest
 from osgeo import gdal, ogr, osr
 
+from kdmsi.geo.polygons import polygonize_changes
 from kdmsi.geo.raster import PROB_NODATA
-from kdmsi.geo.vector import (
-    ChangePolygon,
-    VectorOutputError,
-    polygonize_changes,
-    vector_driver,
-    write_vector,
-)
+from kdmsi.geo.vector import ChangePolygon, VectorOutputError, vector_driver, write_vector
 from kdmsi.progress import Cancelled
 
 UTM_GT = (500000.0, 10.0, 0.0, 5000000.0, 0.0, -10.0)  # EPSG:32633, near the central meridian

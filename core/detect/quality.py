@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, Optional, Union
 
-from ..geo.raster import pixel_size_ratio
+from ..geo.align import pixel_size_ratio
 
 PIXEL_SIZE_RATIO_LIMIT = 2.0
 """Pixel sizes differing by more than this factor call for a quality-robust model."""

@@ -18,8 +18,9 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from .. import __version__
@@ -113,7 +114,6 @@ def save_kd(
 ) -> Path:
     """Save the teacher and student of a `KDResult` (kind ``kd``) with its training record
     (config, history, selection, thinned steps) plus the entries of ``training``."""
-    from ..reports.tiles import thin_steps
 
     meta = {
         "kind": "kd",
@@ -238,3 +238,11 @@ def _build_with_weights(kind: str, config: dict, state: Any) -> torch.nn.Module:
         model = build_model(kind, config)
         model.load_state_dict(state)
     return model
+
+
+def thin_steps(steps: Sequence[dict], limit: int = 500) -> list[dict]:
+    """At most `limit` evenly spaced step records (the last one kept), for model metadata."""
+    if len(steps) <= limit:
+        return list(steps)
+    picks = np.unique(np.linspace(0, len(steps) - 1, limit).round().astype(int))
+    return [steps[i] for i in picks]

@@ -138,14 +138,6 @@ def _mask(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def thin_steps(steps: Sequence[dict], limit: int = 500) -> list[dict]:
-    """At most `limit` evenly spaced step records (the last one kept), for model metadata."""
-    if len(steps) <= limit:
-        return list(steps)
-    picks = np.unique(np.linspace(0, len(steps) - 1, limit).round().astype(int))
-    return [steps[i] for i in picks]
-
-
 def build_report(
     dataset,
     title: str,

@@ -1,158 +1,47 @@
-"""Models for the detect path: a model file -> a `BatchRunner` with torch or ONNX Runtime.
+"""Model files for the detect path: `load_runner(model_path, runtime, device)` is the one place
+where a model file meets a runtime, and returns a `LoadedModel` whose ``run_batch`` is the
+`BatchRunner` of the tile loop.
 
 `load_checkpoint_model` loads a ``.kdmsi`` file with torch and, when asked (or when
 ``runtime="auto"`` finds it faster, `choose_runtime`), exports it to ONNX run by ONNX Runtime,
-keeping the export and the choice for later runs (`kdmsi.runtime.onnx_cache`); `load_onnx_model`
-runs
-an exported ``.onnx`` file without importing torch. Torch is imported lazily, inside the
-functions that need it.
+keeping the export and the choice for later runs (`kdmsi.runtime.onnx_cache`);
+`load_onnx_model` runs an exported ``.onnx`` file without importing torch. Torch is imported
+lazily, inside the functions that need it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
-import numpy as np
-
-from ..choices import PRECISIONS
 from ..data.normalisation import Normalisation
 from .onnx_runner import (
+    RUNTIMES,
     OnnxModelError,
     OnnxPredictor,
     RuntimeUnavailable,
     check_tile_size,
+    is_onnx_path,
     onnxruntime_available,
 )
-
-if TYPE_CHECKING:
-    import torch
+from .runners import (
+    BatchRunner,
+    model_predictor,
+    onnx_batch_runner,
+    torch_batch_runner,
+)
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
-Predict = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
-"""``predict(pre, post)``: normalised float32 [B, C, T, T] pairs -> probability [B, 1, T, T]."""
-BatchRunner = Callable[[np.ndarray, np.ndarray], np.ndarray]
-"""``run(pre, post)``: normalised float32 [n, C, T, T] numpy pairs -> probability float32
-[n, T, T] in [0, 1] (`torch_batch_runner`, `onnx_batch_runner`)."""
-
 DEFAULT_THRESHOLD = 0.5
 AUTO_PROBE_MIN_TILES = 256
 """``runtime="auto"`` on a CPU times both runtimes only for grids of at least this many tiles
 (export + probe cost about ten batches); smaller grids run with torch."""
-
-
-def model_predictor(
-    model: torch.nn.Module,
-    kind: str,
-    scales: Optional[Sequence[float]] = None,
-    flip: bool = True,
-) -> Predict:
-    """The `Predict` callable of a loaded network.
-
-    Args:
-        model: a network in eval mode on the device the batches will be on.
-        kind: ``detector`` (softmax change probability of `SiameseDeepLabV3Plus`) or ``kd``
-            (the KD student with multiscale sigmoid inference over ``scales`` and ``flip``;
-            default scales `kdmsi.inference.msi.DEFAULT_SCALES`).
-    """
-    if kind == "detector":
-        return model.change_probability
-    if kind == "kd":
-        from ..inference.msi import DEFAULT_SCALES, multiscale_sigmoid_inference
-
-        scales = DEFAULT_SCALES if scales is None else scales
-        if not scales or any(s <= 0 for s in scales):
-            raise ValueError(f"scales must be positive numbers, got {list(scales)}")
-        return functools.partial(
-            multiscale_sigmoid_inference, model, scales=tuple(float(s) for s in scales), flip=flip
-        )
-    raise ValueError(f"unknown model kind {kind!r}; expected 'detector' or 'kd'")
-
-
-def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype of ``precision`` on ``device`` (None: full float32).
-
-    Raises:
-        ValueError: an unknown precision, or fp16 off a CUDA GPU (CPU kernels lack it).
-    """
-    import torch
-
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError(f"--precision fp16 needs a CUDA GPU, not {device}: use bf16 or fp32")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def forward_batch(
-    predict: Predict,
-    pre: np.ndarray,
-    post: np.ndarray,
-    device: torch.device,
-    precision: str = "fp32",
-) -> np.ndarray:
-    """Run ``predict`` on one batch: float32 [B, C, T, T] pairs -> float32 [B, T, T] on the CPU.
-
-    ``precision`` ``bf16`` / ``fp16`` runs the model under `torch.autocast` (mixed precision:
-    convolutions in half width, reductions and the output in float32).
-
-    Raises:
-        ValueError: ``predict`` returned something other than [B, 1, T, T].
-        MemoryError: the device ran out of memory (with a hint to lower the batch size).
-    """
-    import torch
-
-    batch, _, height, width = pre.shape
-    dtype = autocast_dtype(precision, device)
-    try:
-        with (
-            torch.inference_mode(),
-            torch.autocast(device.type, dtype=dtype, enabled=dtype is not None),
-        ):
-            x = torch.from_numpy(pre).to(device, non_blocking=True)
-            y = torch.from_numpy(post).to(device, non_blocking=True)
-            prob = predict(x, y)
-            if tuple(prob.shape) != (batch, 1, height, width):
-                raise ValueError(
-                    f"the model returned {list(prob.shape)} for a batch of {batch} tiles of "
-                    f"{height} x {width}; expected [{batch}, 1, {height}, {width}]"
-                )
-            return prob[:, 0].float().clamp(0.0, 1.0).cpu().numpy()
-    except torch.cuda.OutOfMemoryError as exc:
-        raise MemoryError(
-            f"the GPU ran out of memory for a batch of {batch} tiles of {height} x {width}: "
-            "lower --batch-size or --tile-size"
-        ) from exc
-
-
-def torch_batch_runner(
-    predict: Predict, device: torch.device, precision: str = "fp32"
-) -> BatchRunner:
-    """The `BatchRunner` of a torch `Predict` callable on ``device`` (see `forward_batch`)."""
-    autocast_dtype(precision, device)  # refuse a bad precision before any tile is read
-    return functools.partial(forward_batch, predict, device=device, precision=precision)
-
-
-def onnx_batch_runner(predictor: OnnxPredictor) -> BatchRunner:
-    """The `BatchRunner` of an exported model in ONNX Runtime (CPU)."""
-
-    def run(pre: np.ndarray, post: np.ndarray) -> np.ndarray:
-        prob = predictor(pre, post)
-        if prob.shape != (pre.shape[0], 1, *pre.shape[2:]):
-            raise OnnxModelError(
-                f"{predictor.path} returned {list(prob.shape)} for {list(pre.shape)}; "
-                "expected one probability channel at the input size"
-            )
-        return np.clip(prob[:, 0], 0.0, 1.0)
-
-    return run
 
 
 @dataclass
@@ -179,6 +68,9 @@ class LoadedModel:
     runtime: str
     device: str
     info: dict[str, Any]
+    resources: Optional[contextlib.ExitStack] = None
+    """What must live as long as the model (a temporary ONNX export), when `load_runner` was
+    given no ``stack``."""
 
 
 def load_onnx_model(
@@ -430,19 +322,63 @@ def model_threshold(value: Any) -> float:
     return DEFAULT_THRESHOLD
 
 
-__all__ = [
-    "AUTO_PROBE_MIN_TILES",
-    "BatchRunner",
-    "LoadedModel",
-    "Predict",
-    "choose_runtime",
-    "PRECISIONS",
-    "autocast_dtype",
-    "forward_batch",
-    "load_checkpoint_model",
-    "load_onnx_model",
-    "model_predictor",
-    "model_threshold",
-    "onnx_batch_runner",
-    "torch_batch_runner",
-]
+def load_runner(
+    model_path: PathLike,
+    runtime: str = "auto",
+    device: str = "auto",
+    *,
+    tile_size: Optional[int] = None,
+    batch_size: int = 4,
+    precision: str = "fp32",
+    scales: Optional[Sequence[float]] = None,
+    flip: bool = True,
+    count_tiles: Optional[Callable[[int], int]] = None,
+    stack: Optional[contextlib.ExitStack] = None,
+) -> LoadedModel:
+    """A model file ready for the tile loop: the one choice of runtime in kdmsi.
+
+    An ``.onnx`` file runs in ONNX Runtime without torch (`load_onnx_model`); a ``.kdmsi``
+    file runs with torch, or as its ONNX export when ``runtime`` is ``onnx`` or when ``auto``
+    finds the export faster on this CPU (`load_checkpoint_model`, `choose_runtime`).
+
+    Args:
+        model_path: ``.kdmsi`` (detector or KD) or ``.onnx`` model file.
+        runtime: ``auto``, ``torch`` or ``onnx``.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps`` (ONNX models: CPU only).
+        tile_size: tile edge to run with (default: the model's).
+        batch_size: tiles per batch (an ONNX model keeps its own).
+        precision: ``fp32``; ``bf16``/``fp16`` run torch under autocast (CUDA only).
+        scales, flip: MSI settings of a ``kd`` model.
+        count_tiles: tiles of the grid to run for a tile size; ``auto`` times both runtimes
+            only for grids of `AUTO_PROBE_MIN_TILES` tiles and more (default: never).
+        stack: lifetime of a temporary ONNX export (default: as long as the returned model).
+
+    Returns:
+        `LoadedModel`; its ``run_batch(pre, post)`` maps normalised float32 [n, C, T, T]
+        pairs to probability float32 [n, T, T].
+
+    Raises:
+        ValueError (unknown runtime, mixed precision with ONNX), CheckpointError,
+        OnnxModelError, RuntimeUnavailable.
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if is_onnx_path(model_path):
+        if precision != "fp32":
+            raise ValueError(f"--precision {precision} needs a .kdmsi model, run with torch")
+        return load_onnx_model(model_path, runtime, device, tile_size)
+    resources = contextlib.ExitStack() if stack is None else None
+    model = load_checkpoint_model(
+        model_path,
+        runtime,
+        device,
+        tile_size,
+        batch_size,
+        scales,
+        flip,
+        count_tiles if count_tiles is not None else (lambda tile: 0),
+        stack if stack is not None else resources,
+        precision,
+    )
+    model.resources = resources
+    return model

@@ -165,7 +165,7 @@ def measure_tile_speed(
     from ..inference.msi import pick_device
     from ..models import SiameseDeepLabV3Plus
     from ..models.fold import for_inference
-    from .load import model_predictor, onnx_batch_runner, torch_batch_runner
+    from .runners import model_predictor, onnx_batch_runner, torch_batch_runner
 
     if runtime not in ("torch", "onnx"):
         raise ValueError(f"runtime must be 'torch' or 'onnx', got {runtime!r}")

@@ -19,19 +19,19 @@ import torch
 from torch.utils.data import Dataset
 
 from ..data.pairs import IGNORE_INDEX, Normalisation, paired_augment
-from ..detect.pipeline import TilePreparer
+from ..detect.tile_reader import TilePreparer
+from ..geo.align import AlignedPair, align_pair
 from ..geo.atomic import check_folder_target, check_output_target
-from ..geo.raster import AlignedPair, BandStretch, align_pair, pair_stretches
+from ..geo.stretch import BandStretch, pair_stretches
 from ..geo.tiling import Window
 from ..inference.msi import DEFAULT_SCALES, pick_device
 from ..inference.pseudo_labels import DegeneratePseudoLabels, check_pseudo_labels, msi_pseudo_labels
 from ..inference.thresholds import ProbabilityHistograms
-from ..models.checkpoint import save_detector, save_kd
+from ..models.checkpoint import save_detector, save_kd, thin_steps
 from ..models.pretrained import describe_weights
 from ..progress import CancelCheck, ProgressCallback, report, sub_progress
 from ..reports.page import require_report_dependencies
 from ..reports.runs import tags_report
-from ..reports.tiles import thin_steps
 from ..runtime.speed import training_stage_shares
 from . import CDConfig, HiCDConfig, KDConfig, train_detector, train_hicd, train_kd
 from .kd import MIN_TILES_PER_CLASS
