@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kdmsi.data import synthetic
 from kdmsi.data.synthetic import Scene, make_scene, write_scene, write_tile_dataset
+from kdmsi.data.synthetic import write as synthetic_write
 
 TILE = 256
 
@@ -222,7 +222,7 @@ def test_write_scene_uint16_with_nodata(tmp_path, gdal):
 
 
 def test_write_scene_failure_leaves_nothing(tmp_path, monkeypatch, gdal):
-    real = synthetic._write_geotiff
+    real = synthetic_write._write_geotiff
     calls = []
 
     def flaky(path, *args, **kwargs):
@@ -232,7 +232,7 @@ def test_write_scene_failure_leaves_nothing(tmp_path, monkeypatch, gdal):
             raise OSError("disk full")
         real(path, *args, **kwargs)
 
-    monkeypatch.setattr(synthetic, "_write_geotiff", flaky)
+    monkeypatch.setattr(synthetic_write, "_write_geotiff", flaky)
     with pytest.raises(OSError, match="disk full"):
         write_scene(make_scene(height=64, width=64, seed=12), tmp_path)
     assert list(tmp_path.iterdir()) == []
