@@ -55,7 +55,7 @@ clean:
 
 # ------------------------------------------------------------------- plugin packaging
 # `make package`: $(DIST_DIR)/kdmsi_qgis.zip, installable with QGIS's "Install from ZIP": the
-# plugin folder (kdmsi_qgis/*.py, the top-level metadata.txt, resources/icon.svg) with the
+# plugin folder (kdmsi_qgis/**/*.py, the top-level metadata.txt, resources/icon.svg) with the
 # kdmsi library (core/) bundled in kdmsi_qgis/libs/kdmsi, where deps.py puts it on sys.path.
 # One source of truth: everything is copied from this checkout. torch, torchvision, shapely
 # and fiona are not bundled: the plugin prints the pip command for QGIS's Python.
@@ -69,7 +69,9 @@ PLUGIN_SOURCES := $(shell find kdmsi_qgis core -name '*.py') metadata.txt resour
 
 $(PLUGIN_BUILD)/kdmsi_qgis: $(PLUGIN_SOURCES)
 	rm -rf $@ && mkdir -p $@/libs
-	cp kdmsi_qgis/*.py metadata.txt resources/icon.svg $@/
+	cd kdmsi_qgis && find . -name __pycache__ -prune -o -name '*.py' -print \
+	  | xargs cp --parents -t $(abspath $@)
+	cp metadata.txt resources/icon.svg $@/
 	cp -r core $@/libs/kdmsi
 	find $@ -name __pycache__ -prune -exec rm -rf {} +
 	touch $@

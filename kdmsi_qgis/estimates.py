@@ -1,4 +1,5 @@
-"""Expected training time for the dialog's training tab, computed before the run.
+"""The texts of the dialog's training tab about time: the expected training time, computed
+before the run, and the detector backbones' speed (reference figures, or measured here).
 
 No widget here (the dialog only shows the text): the tagged tiles are counted in the layer, their
 side in pixels comes from their extent and the before raster's pixel size, and
@@ -8,7 +9,7 @@ side in pixels comes from their extent and the before raster's pixel size, and
 from __future__ import annotations
 
 import statistics
-from typing import Optional
+from typing import Dict, Optional, Sequence
 
 TAG_FIELD = "changed"
 
@@ -67,3 +68,36 @@ def training_time_text(
         f"Expected training time: about {minutes} min for {count} tagged tiles of {tile} px "
         "on 2 CPU cores (a GPU is many times faster)"
     )
+
+
+def reference_speed_text(backbones: Sequence[str]) -> str:
+    """The speed label before anything was measured here: the reference figures of 2 CPU
+    cores (`kdmsi.runtime.speed.REFERENCE_SECONDS_PER_TILE`) of ``backbones``, so the choice of
+    backbone is informed."""
+    try:
+        from kdmsi.runtime.speed import REFERENCE_SECONDS_PER_TILE
+    except ImportError:  # kdmsi missing: the dialog says what to install elsewhere
+        return "Expected speed on this machine: not measured yet"
+    reference = REFERENCE_SECONDS_PER_TILE
+    parts = [
+        f"{name} {reference[(name, 'torch')]:.2f} s ({reference[(name, 'onnx')]:.2f} s ONNX)"
+        for name in backbones
+        if {(name, "torch"), (name, "onnx")} <= set(reference)
+    ]
+    return (
+        "Not measured here yet. Per tile pair on 2 CPU cores: "
+        + ", ".join(parts)
+        + ". A GPU is tens of times faster."
+    )
+
+
+def measured_speed_text(speeds: Dict[str, tuple], chosen: str) -> str:
+    """The speed label once `kdmsi_qgis.tasks.SpeedProbe` measured here: seconds per tile of
+    each backbone (``speeds``: name -> (per tile, whole pair)) and the expected detection time
+    of the pair with the ``chosen`` backbone."""
+    parts = [f"{name} {tile:.2f} s" for name, (tile, _) in speeds.items()]
+    text = "Per tile pair here: " + ", ".join(parts) + "."
+    pair_seconds = speeds.get(chosen, (None, None))[1]
+    if pair_seconds is not None:
+        text += f" Detecting the chosen pair with {chosen}: about {pair_seconds / 60:.1f} min."
+    return text

@@ -10,7 +10,8 @@ from qgis.PyQt.QtWidgets import QAction
 
 from .bridge import log_message
 from .deps import install_hint, missing_dependencies
-from .provider import ICON_PATH, KdmsiProvider
+from .icon import ICON_PATH
+from .provider import KdmsiProvider
 
 MENU = "&KD-MSI Change Detection"
 

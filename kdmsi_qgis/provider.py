@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
-_HERE = Path(__file__).resolve().parent
-# A packaged plugin carries its icon; in a checkout it lives in resources/ (`make package`).
-ICON_PATH = next(
-    (p for p in (_HERE / "icon.svg", _HERE.parent / "resources" / "icon.svg") if p.is_file()),
-    _HERE / "icon.svg",
-)
+from .icon import ICON_PATH
 
 # What kdmsi's writers accept (core/vector.py `vector_driver`, GeoTIFF for probabilities).
 VECTOR_EXTENSIONS = ["gpkg", "shp", "geojson", "fgb"]

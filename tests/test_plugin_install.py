@@ -25,8 +25,10 @@ ALGORITHMS = ("create_tile_grid", "detect_changes", "evaluate_changes", "train_f
 
 def test_zip_holds_the_plugin_and_the_library(plugin_zip):
     names = set(zipfile.ZipFile(plugin_zip).namelist())
-    for name in ("metadata.txt", "icon.svg", "__init__.py", "algorithms.py", "dialog.py"):
+    for name in ("metadata.txt", "icon.svg", "__init__.py", "provider.py", "dialog.py"):
         assert f"kdmsi_qgis/{name}" in names
+    for name in ("__init__.py", "base.py", "detect_changes.py", "train_from_tags.py"):
+        assert f"kdmsi_qgis/algorithms/{name}" in names
     assert "kdmsi_qgis/libs/kdmsi/detect/pipeline.py" in names
     assert not any("__pycache__" in name for name in names)
     metadata = zipfile.ZipFile(plugin_zip).read("kdmsi_qgis/metadata.txt").decode()

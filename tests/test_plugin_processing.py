@@ -31,6 +31,17 @@ def test_no_missing_dependencies_here():
     assert "-m pip install torch==" in hint and "torchvision==" in hint
 
 
+def test_option_lists_agree_with_the_library():
+    """The plugin spells out kdmsi's option names (to load without kdmsi): the same lists."""
+    from kdmsi import choices, recipe
+    from kdmsi_qgis import algorithms
+
+    assert algorithms.BACKBONES == list(choices.BACKBONES)
+    assert algorithms.DETECTOR_BACKBONES == list(choices.DETECTOR_BACKBONES)
+    assert algorithms.DEFAULT_BACKBONE == choices.DEFAULT_BACKBONE
+    assert (algorithms.KD_EPOCHS, algorithms.CD_EPOCHS) == (recipe.KD_EPOCHS, recipe.CD_EPOCHS)
+
+
 def test_provider_lists_the_four_algorithms(qgis_app):
     from qgis.core import QgsApplication, QgsProcessingAlgorithm
 
@@ -177,9 +188,10 @@ def test_train_from_tags_copies_memory_layer_and_reports_tag_errors(qgis_app, sc
 def test_missing_dependencies_block_the_run(qgis_app, scene_pair, tmp_path, monkeypatch):
     import processing
 
-    from kdmsi_qgis import algorithms, bridge
+    from kdmsi_qgis import bridge
+    from kdmsi_qgis.algorithms import base
 
-    monkeypatch.setattr(algorithms, "missing_dependencies", lambda: ["torch"])
+    monkeypatch.setattr(base, "missing_dependencies", lambda: ["torch"])
     monkeypatch.setattr(bridge, "missing_dependencies", lambda: ["torch"])
     with pytest.raises(qgis_core.QgsProcessingException, match="-m pip install torch=="):
         processing.run(

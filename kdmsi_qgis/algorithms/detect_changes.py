@@ -1,0 +1,134 @@
+"""`kdmsi:detect_changes` -> `kdmsi.detect.pipeline.detect_changes`, with the warning of
+`kdmsi.detect.quality` when the two rasters differ in quality."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingOutputNumber,
+    QgsProcessingOutputString,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterVectorDestination,
+)
+
+from ..bridge import feedback_callbacks, running_core
+from .base import KdmsiAlgorithm
+from .parameters import extent_parameter, file_destination, number_parameter
+
+
+class DetectChangesAlgorithm(KdmsiAlgorithm):
+    def name(self) -> str:
+        return "detect_changes"
+
+    def displayName(self) -> str:  # noqa: N802 (QGIS API)
+        return "Detect changes"
+
+    def shortHelpString(self) -> str:  # noqa: N802 (QGIS API)
+        return (
+            "Detects changes between a before and an after raster with a kdmsi model file "
+            "(.kdmsi) and writes change polygons (fields: area, mean and max probability) and "
+            "optionally a float32 change-probability GeoTIFF. The after raster is warped onto "
+            "the before raster's grid; only their overlap (cut to the area, when given) is "
+            "analysed. Threshold: left empty, the model's own threshold is used. Runs on the "
+            "GPU with Device auto when PyTorch sees one."
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
+        self.add_pair_parameters()
+        self.add_model_run_parameters()
+        self.addParameter(number_parameter("MIN_AREA", "Minimum polygon area (m²)", 0.0, 0.0, True))
+        self.addParameter(
+            number_parameter(
+                "SIMPLIFY", "Simplification tolerance (m, 0: pixel edges)", 0.0, 0.0, True
+            )
+        )
+        self.addParameter(extent_parameter())
+        self.addParameter(
+            file_destination(
+                QgsProcessingParameterVectorDestination(
+                    "OUTPUT", "Change polygons", QgsProcessing.TypeVectorPolygon
+                )
+            )
+        )
+        self.addParameter(
+            file_destination(
+                QgsProcessingParameterRasterDestination(
+                    "PROBABILITY", "Change probability", optional=True, createByDefault=False
+                )
+            )
+        )
+        self.addOutput(QgsProcessingOutputNumber("POLYGON_COUNT", "Number of change polygons"))
+        self.addOutput(QgsProcessingOutputNumber("THRESHOLD_USED", "Threshold used"))
+        self.addOutput(
+            QgsProcessingOutputString(
+                "QUALITY_WARNING", "Warning about the two rasters' quality (empty: none)"
+            )
+        )
+
+    def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
+        self.prepare_pair(parameters, context)
+        self.files["output"] = self.output_file(parameters, "OUTPUT", context)
+        if self.files["output"] is None:
+            raise QgsProcessingException("OUTPUT: choose a file for the change polygons")
+        self.files["probability"] = self.output_file(parameters, "PROBABILITY", context)
+        return True
+
+    def processAlgorithm(  # noqa: N802 (QGIS API)
+        self,
+        parameters: Dict[str, Any],
+        context: QgsProcessingContext,
+        feedback: QgsProcessingFeedback,
+    ) -> Dict[str, Any]:
+        progress, cancelled = feedback_callbacks(feedback)
+        model = self.parameterAsFile(parameters, "MODEL", context)
+        with running_core(feedback):
+            from kdmsi.detect.pipeline import detect_changes
+
+            warning = quality_warning(self.files["before"], self.files["after"], model)
+            if warning:
+                feedback.pushWarning(warning)
+            result = detect_changes(
+                self.files["before"],
+                self.files["after"],
+                model,
+                self.files["output"],
+                self.files["probability"],
+                min_area_m2=self.parameterAsDouble(parameters, "MIN_AREA", context),
+                simplify_m=self.parameterAsDouble(parameters, "SIMPLIFY", context),
+                overwrite=True,  # Processing already confirmed the destination
+                progress=progress,
+                cancelled=cancelled,
+                **self.model_run_arguments(parameters, context),
+            )
+        feedback.pushInfo(
+            f"{result.polygon_count} change polygons at threshold {result.threshold:.3f} "
+            f"on {result.device}"
+        )
+        return {
+            "OUTPUT": str(result.vector_path),
+            "PROBABILITY": str(result.probability_path) if result.probability_path else None,
+            "POLYGON_COUNT": result.polygon_count,
+            "THRESHOLD_USED": result.threshold,
+            "QUALITY_WARNING": warning or "",
+        }
+
+    def postProcessAlgorithm(self, context, feedback):  # noqa: N802 (QGIS API)
+        self.style_on_load(context, self.files.get("output"), "changes")
+        self.style_on_load(context, self.files.get("probability"), "probability")
+        return {}
+
+
+def quality_warning(before: str, after: str, model: str) -> Optional[str]:
+    """`kdmsi.detect.quality.quality_warning` for a .kdmsi model; ONNX exports carry no such
+    flag."""
+    from kdmsi.detect.quality import quality_warning as check
+
+    if Path(model).suffix.lower() == ".onnx":
+        return None
+    return check(before, after, model)

@@ -1,0 +1,63 @@
+"""What the kdmsi Processing algorithms share besides their base class: the option lists behind
+their enum parameters (also the dialog's combo boxes), the training defaults, and small
+factories for the parameters several algorithms declare the same way.
+"""
+
+from __future__ import annotations
+
+from qgis.core import (
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+)
+
+DEVICES = ["auto", "cpu", "cuda"]
+RUNTIMES = ["auto", "torch", "onnx"]
+# kdmsi.choices / kdmsi.recipe, spelled out so that this module loads without kdmsi (the
+# plugin then says what to install); tests/test_plugin_processing.py checks they agree
+BACKBONES = ["efficientnet_lite0", "resnet18", "resnet34", "resnet50"]
+DETECTOR_BACKBONES = [*BACKBONES, "mobilenet_v3_large"]
+DEFAULT_BACKBONE = "efficientnet_lite0"
+KD_EPOCHS, CD_EPOCHS = 12, 6
+MODEL_FILTER = "kdmsi model (*.kdmsi *.KDMSI);;ONNX export of a kdmsi model (*.onnx *.ONNX)"
+METRICS = ("OA", "F1", "cIoU", "mIoU", "FP", "FN")
+
+
+def int_value(alg, parameters, name, context) -> int:
+    return int(alg.parameterAsInt(parameters, name, context))
+
+
+def number_parameter(name: str, label: str, default, minimum, double: bool = False, **kw):
+    kind = QgsProcessingParameterNumber.Double if double else QgsProcessingParameterNumber.Integer
+    return QgsProcessingParameterNumber(
+        name, label, type=kind, defaultValue=default, minValue=minimum, **kw
+    )
+
+
+def threshold_parameter() -> QgsProcessingParameterNumber:
+    return number_parameter(
+        "THRESHOLD",
+        "Probability threshold (empty: the model's)",
+        None,
+        0.0,
+        double=True,
+        optional=True,
+        maxValue=1.0,
+    )
+
+
+def model_parameter() -> QgsProcessingParameterFile:
+    return QgsProcessingParameterFile(
+        "MODEL", "Model file (.kdmsi, or its .onnx export)", fileFilter=MODEL_FILTER
+    )
+
+
+def extent_parameter() -> QgsProcessingParameterExtent:
+    return QgsProcessingParameterExtent(
+        "EXTENT", "Area to analyse (empty: the whole overlap)", optional=True
+    )
+
+
+def file_destination(parameter):
+    parameter.setSupportsNonFileBasedOutput(False)  # kdmsi writes the file itself
+    return parameter

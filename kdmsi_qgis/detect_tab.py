@@ -1,0 +1,99 @@
+"""The dialog's "Detect changes" tab: two rasters and a model file -> `kdmsi:detect_changes`.
+
+`DetectTab` is a mixin of `kdmsi_qgis.dialog.KdmsiDialog`: it builds the tab's widgets as
+attributes of the dialog, turns them into the algorithm's parameters, and adds the results to
+the project when the run (started by the dialog's `_start`) is done.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qgis.core import Qgis
+from qgis.PyQt.QtWidgets import QCheckBox, QFormLayout, QHBoxLayout, QPushButton, QWidget
+
+from .algorithms import DEVICES, MODEL_FILTER, RUNTIMES
+from .results import add_detection_results
+from .widgets import TEMPORARY, PairPicker, combo_box, double_box, file_widget, spin_box
+
+
+class DetectTab:
+    """The Detect tab's widgets, parameters and results (mixed into `KdmsiDialog`)."""
+
+    def _detect_tab(self) -> QWidget:
+        tab, form = QWidget(), QFormLayout()
+        tab.setLayout(form)
+        self.detect_pair = PairPicker(form)
+        self.model_file = file_widget(False, MODEL_FILTER)
+        form.addRow("Model file", self.model_file)
+        self.tile_size = spin_box(256, 32, 4096, 32)
+        self.overlap = spin_box(64, 0, 1024, 16)
+        self.batch_size = spin_box(4, 1, 256)
+        self.device = combo_box(DEVICES)
+        self.runtime = combo_box(RUNTIMES)
+        self.use_threshold = QCheckBox("own threshold")
+        self.threshold = double_box(0.5, 1.0)
+        self.threshold.setEnabled(False)
+        self.use_threshold.toggled.connect(self.threshold.setEnabled)
+        threshold_row = QHBoxLayout()
+        threshold_row.addWidget(self.use_threshold)
+        threshold_row.addWidget(self.threshold, 1)
+        self.min_area = double_box(0.0, 1e9, 1, " m²")
+        self.simplify = double_box(0.0, 1e4, 2, " m")
+        self.detect_output = file_widget(True, "GeoPackage (*.gpkg)")
+        self.detect_output.lineEdit().setPlaceholderText("[temporary file]")
+        self.write_probability = QCheckBox("also write the change-probability raster")
+        self.write_probability.setChecked(True)
+        for label, widget in (
+            ("Tile size (px)", self.tile_size),
+            ("Tile overlap (px)", self.overlap),
+            ("Batch size", self.batch_size),
+            ("Device", self.device),
+            ("Runtime", self.runtime),
+            ("Threshold", threshold_row),
+            ("Minimum area", self.min_area),
+            ("Simplify", self.simplify),
+            ("Change polygons", self.detect_output),
+            ("", self.write_probability),
+        ):
+            form.addRow(label, widget)
+        self.detect_button = QPushButton("Detect changes")
+        self.detect_button.clicked.connect(self.start_detection)
+        form.addRow(self.detect_button)
+        return tab
+
+    def detection_parameters(self) -> dict:
+        """Parameters of `kdmsi:detect_changes` from the Detect tab; ValueError when incomplete."""
+        params = self.detect_pair.parameters()
+        model = self.model_file.filePath()
+        if not model or not Path(model).is_file():
+            raise ValueError("choose a model file (.kdmsi) that exists")
+        params.update(
+            MODEL=model,
+            TILE_SIZE=self.tile_size.value(),
+            OVERLAP=self.overlap.value(),
+            BATCH_SIZE=self.batch_size.value(),
+            DEVICE=self.device.currentIndex(),
+            RUNTIME=self.runtime.currentIndex(),
+            THRESHOLD=self.threshold.value() if self.use_threshold.isChecked() else None,
+            MIN_AREA=self.min_area.value(),
+            SIMPLIFY=self.simplify.value(),
+            OUTPUT=self.detect_output.filePath() or TEMPORARY,
+            PROBABILITY=TEMPORARY if self.write_probability.isChecked() else None,
+        )
+        return params
+
+    def start_detection(self) -> None:
+        self._start("kdmsi:detect_changes", self.detection_parameters, self._detection_done)
+
+    def _detection_done(self, results: dict) -> None:
+        before = self.detect_pair.before.currentLayer()
+        after = self.detect_pair.after.currentLayer()
+        name = f"Changes {before.name()} → {after.name()}" if before and after else "Changes"
+        _, layers = add_detection_results(results, name)
+        count = int(results.get("POLYGON_COUNT") or 0)
+        self.notify(f"{count} change polygons added to the group '{name}'", Qgis.Success)
+        if results.get("QUALITY_WARNING"):
+            self.notify(results["QUALITY_WARNING"], Qgis.Warning)
+        if layers and self.iface is not None:
+            self.iface.mapCanvas().refresh()

@@ -1,0 +1,225 @@
+"""The dialog's "Train from tagged tiles" tab: the tile grid to tag (`kdmsi:create_tile_grid`),
+then training (`kdmsi:train_from_tags`), with the expected training time and the detector
+backbones' speed measured here (`kdmsi_qgis.tasks.SpeedProbe`).
+
+`TrainTab` is a mixin of `kdmsi_qgis.dialog.KdmsiDialog`: it builds the tab's widgets as
+attributes of the dialog, turns them into the algorithms' parameters, and handles their results
+once the runs (started by the dialog's `_start`) are done. It reads two widgets of the Detect
+tab: the tile overlap (for the speed probe) and the model file (set to the trained model).
+The texts it shows come from `kdmsi_qgis.estimates`.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+from qgis.core import Qgis, QgsRasterLayer
+from qgis.gui import QgsMapLayerComboBox
+from qgis.PyQt.QtCore import QUrl
+from qgis.PyQt.QtGui import QDesktopServices
+from qgis.PyQt.QtWidgets import QCheckBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QWidget
+
+from .algorithms import (
+    BACKBONES,
+    CD_EPOCHS,
+    DEFAULT_BACKBONE,
+    DETECTOR_BACKBONES,
+    DEVICES,
+    KD_EPOCHS,
+)
+from .estimates import measured_speed_text, reference_speed_text, training_time_text
+from .results import add_tile_grid
+from .tasks import SpeedProbe
+from .widgets import POLYGON_FILTER, TEMPORARY, PairPicker, combo_box, file_widget, spin_box
+
+
+class TrainTab:
+    """The Train tab's widgets, parameters, results and speed figures (mixed into
+    `KdmsiDialog`)."""
+
+    def _train_tab(self) -> QWidget:
+        tab, form = QWidget(), QFormLayout()
+        tab.setLayout(form)
+        self.train_pair = PairPicker(form)
+        self.grid_tile_size = spin_box(256, 32, 4096, 32)
+        form.addRow("Tile size (px)", self.grid_tile_size)
+        self.grid_output = file_widget(True, "GeoPackage (*.gpkg)")
+        self.grid_output.lineEdit().setPlaceholderText("[temporary file: save it to keep tags]")
+        form.addRow("Tile grid", self.grid_output)
+        self.grid_button = QPushButton("1. Create a tile grid to tag")
+        self.grid_button.clicked.connect(self.start_grid)
+        form.addRow(self.grid_button)
+        form.addRow(
+            QLabel(
+                "2. Set the field 'changed' of some tiles to 1 (changed) or 0 (not changed); "
+                "at least two of each."
+            )
+        )
+        self.tags = QgsMapLayerComboBox()
+        self.tags.setFilters(POLYGON_FILTER)
+        form.addRow("Tagged tiles", self.tags)
+        self.kd_backbone = combo_box(BACKBONES, BACKBONES.index(DEFAULT_BACKBONE))
+        self.detector_backbone = combo_box(
+            DETECTOR_BACKBONES, DETECTOR_BACKBONES.index(DEFAULT_BACKBONE)
+        )
+        self.speed_button = QPushButton("Measure speed here")
+        self.speed_button.clicked.connect(self.measure_speed)
+        self.speed_label = QLabel(reference_speed_text(DETECTOR_BACKBONES))
+        self.speed_label.setWordWrap(True)
+        self.speeds: Dict[str, tuple] = {}
+        self.detector_backbone.currentIndexChanged.connect(self.show_speed)
+        detector_row = QHBoxLayout()
+        detector_row.addWidget(self.detector_backbone, 1)
+        detector_row.addWidget(self.speed_button)
+        self.quality = QCheckBox("the two images differ in quality (resolution, blur, noise)")
+        self.write_report = QCheckBox("write a training report (HTML) beside the model")
+        self.write_report.setChecked(True)
+        self.kd_epochs = spin_box(KD_EPOCHS, 1, 1000)
+        self.cd_epochs = spin_box(CD_EPOCHS, 1, 1000)
+        self.train_batch = spin_box(8, 1, 256)
+        self.time_label = QLabel()
+        self.time_label.setWordWrap(True)
+        for signal in (
+            self.tags.layerChanged,
+            self.kd_epochs.valueChanged,
+            self.cd_epochs.valueChanged,
+            self.kd_backbone.currentIndexChanged,
+            self.detector_backbone.currentIndexChanged,
+            self.grid_tile_size.valueChanged,
+        ):
+            signal.connect(self.show_expected_time)
+        self.train_device = combo_box(DEVICES)
+        self.model_output = file_widget(True, "KD-MSI model (*.kdmsi)")
+        for label, widget in (
+            ("Teacher/student backbone", self.kd_backbone),
+            ("Detector backbone", detector_row),
+            ("", self.speed_label),
+            ("", self.quality),
+            ("Teacher/student epochs", self.kd_epochs),
+            ("Detector epochs", self.cd_epochs),
+            ("", self.time_label),
+            ("Batch size", self.train_batch),
+            ("Device", self.train_device),
+            ("Model file", self.model_output),
+            ("", self.write_report),
+        ):
+            form.addRow(label, widget)
+        self.train_button = QPushButton("3. Train the change detector")
+        self.train_button.clicked.connect(self.start_training)
+        self.report_button = QPushButton("Open the training report")
+        self.report_button.setEnabled(False)
+        self.report_button.clicked.connect(self.open_report)
+        self.report_path = ""
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.train_button, 1)
+        buttons.addWidget(self.report_button)
+        form.addRow(buttons)
+        return tab
+
+    def grid_parameters(self) -> dict:
+        params = self.train_pair.parameters()
+        params.update(
+            TILE_SIZE=self.grid_tile_size.value(), OUTPUT=self.grid_output.filePath() or TEMPORARY
+        )
+        return params
+
+    def training_parameters(self) -> dict:
+        params = self.train_pair.parameters()
+        tags = self.tags.currentLayer()
+        if tags is None:
+            raise ValueError("choose the tagged tile layer (create one with step 1)")
+        if tags.fields().indexOf("changed") < 0:
+            raise ValueError(f"{tags.name()} has no field 'changed': create the grid with step 1")
+        output = self.model_output.filePath()
+        if not output:
+            raise ValueError("choose where to save the model file (.kdmsi)")
+        if not output.lower().endswith(".kdmsi"):
+            output += ".kdmsi"
+        params.update(
+            TILES=tags.id(),
+            KD_BACKBONE=self.kd_backbone.currentIndex(),
+            DETECTOR_BACKBONE=self.detector_backbone.currentIndex(),
+            QUALITY_ROBUST=self.quality.isChecked(),
+            WRITE_REPORT=self.write_report.isChecked(),
+            KD_EPOCHS=self.kd_epochs.value(),
+            CD_EPOCHS=self.cd_epochs.value(),
+            BATCH_SIZE=self.train_batch.value(),
+            TILE_SIZE=0,  # the tagged tiles' own size
+            DEVICE=self.train_device.currentIndex(),
+            OUTPUT=output,
+        )
+        return params
+
+    def show_expected_time(self, *_) -> None:
+        """The expected training time of the tagged tiles with these settings (2 CPU cores)."""
+        before = self.train_pair.before.currentLayer()
+        pixel = before.rasterUnitsPerPixelX() if isinstance(before, QgsRasterLayer) else None
+        self.time_label.setText(
+            training_time_text(
+                self.tags.currentLayer(),
+                pixel,
+                self.grid_tile_size.value(),
+                self.kd_epochs.value(),
+                self.cd_epochs.value(),
+                BACKBONES[self.kd_backbone.currentIndex()],
+                DETECTOR_BACKBONES[self.detector_backbone.currentIndex()],
+            )
+        )
+
+    def start_grid(self) -> None:
+        self._start("kdmsi:create_tile_grid", self.grid_parameters, self._grid_done)
+
+    def start_training(self) -> None:
+        self._start("kdmsi:train_from_tags", self.training_parameters, self._training_done)
+
+    def _grid_done(self, results: dict) -> None:
+        layer = add_tile_grid(results["OUTPUT"])
+        self.tags.setLayer(layer)
+        self.notify(
+            f"{layer.featureCount()} tiles added as '{layer.name()}': tag them, then train",
+            Qgis.Success,
+        )
+
+    def _training_done(self, results: dict) -> None:
+        self.model_file.setFilePath(results["OUTPUT"])
+        self.notify(f"model saved to {results['OUTPUT']} and chosen for detection", Qgis.Success)
+        self.report_path = results.get("REPORT") or ""
+        self.report_button.setEnabled(bool(self.report_path))
+        if self.report_path:
+            self.log.appendPlainText(f"training report: {self.report_path}")
+
+    def open_report(self) -> None:
+        if self.report_path:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(self.report_path))
+
+    # ------------------------------------------------------------------------ speed
+    def measure_speed(self) -> None:
+        """Time every detector backbone here, in the background (a few seconds each)."""
+        if self.show_missing_dependencies():
+            return
+        self.speed_button.setEnabled(False)
+        self.speed_label.setText("Measuring each backbone on this machine…")
+        device = DEVICES[self.train_device.currentIndex()]
+        before = self.train_pair.before.currentLayer()
+        size = (before.width(), before.height()) if before is not None else None
+        tile = self.grid_tile_size.value()
+        overlap = self.overlap.value()  # the detect tab's, as detection will use it
+        self.probe = SpeedProbe(DETECTOR_BACKBONES, device, tile, size, overlap, parent=self)
+        self.probe.finished.connect(self._speed_measured)
+        self.probe.start()
+
+    def _speed_measured(self, seconds: dict, error: str) -> None:
+        self.speed_button.setEnabled(True)
+        if error:
+            self.speed_label.setText("Speed not measured")
+            self.notify(f"speed probe failed: {error}", Qgis.Warning)
+            return
+        self.speeds = seconds
+        self.show_speed()
+
+    def show_speed(self) -> None:
+        """Seconds per tile of each backbone and the expected detection time for this pair."""
+        if not self.speeds:
+            return
+        chosen = DETECTOR_BACKBONES[self.detector_backbone.currentIndex()]
+        self.speed_label.setText(measured_speed_text(self.speeds, chosen))
