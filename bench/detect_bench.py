@@ -126,7 +126,7 @@ def _model_only_seconds(
     import torch
 
     from kdmsi.data.pairs import Normalisation
-    from kdmsi.detect.tile_reader import TilePreparer
+    from kdmsi.data.tile_prep import TilePreparer
     from kdmsi.geo.align import align_pair
     from kdmsi.geo.raster import gdal_exceptions
     from kdmsi.geo.stretch import pair_stretches

@@ -138,11 +138,11 @@ def stage_pseudo(
     import torch
     from osgeo import gdal
 
+    from kdmsi.data.tagged import RasterTileDataset, read_tagged_windows
     from kdmsi.geo.align import align_pair
     from kdmsi.geo.stretch import pair_stretches
     from kdmsi.metrics.maps import collect_map_statistics, map_function
     from kdmsi.models.checkpoint import load_checkpoint, read_checkpoint
-    from kdmsi.training.from_tags import RasterTileDataset, read_tagged_windows
 
     student, meta = load_checkpoint(kd_model)
     summary = read_checkpoint(detector)["metadata"]["training"]

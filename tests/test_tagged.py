@@ -7,17 +7,12 @@ import pytest
 from osgeo import gdal, ogr, osr
 
 from kdmsi.data.synthetic import make_scene, write_scene
+from kdmsi.data.tagged import RasterTileDataset, TagError, read_tagged_windows
 from kdmsi.geo.align import align_pair
 from kdmsi.models.checkpoint import load_checkpoint
 from kdmsi.progress import Cancelled
 from kdmsi.training import CDConfig, KDConfig
-from kdmsi.training.from_tags import (
-    RasterTileDataset,
-    TagError,
-    TagTrainingConfig,
-    read_tagged_windows,
-    train_from_tags,
-)
+from kdmsi.training.from_tags import TagTrainingConfig, train_from_tags
 
 TILE = 64
 

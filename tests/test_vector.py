@@ -225,6 +225,6 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch, polygons):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(vector, "_ogr_features", broken)
-    with pytest.raises(RuntimeError, match="disk full"):
+    with pytest.raises(OSError, match=r"out.gpkg failed \(disk full\): free some disk space"):
         write_vector(polygons, tmp_path / "out.gpkg", wkt(32633))
     assert list(tmp_path.iterdir()) == []

@@ -58,7 +58,10 @@ def _ints(text: str) -> list[int]:
 
 
 def _bounds(text: str) -> list[float]:
-    values = _floats(text)
+    try:
+        values = _floats(text)
+    except ValueError:
+        values = []
     if len(values) != 4:
         raise argparse.ArgumentTypeError("give xmin,ymin,xmax,ymax (four numbers)")
     return values
@@ -80,10 +83,74 @@ def _threshold(text: str):
 
 
 def _check_new_file(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; choose another name or pass --overwrite")
-    if not path.parent.exists():
-        raise FileNotFoundError(f"folder {path.parent} does not exist; create it first")
+    """Refuse a model file that cannot be written, before any training."""
+    from ..geo.atomic import check_output_target
+
+    check_output_target(path, overwrite)
+
+
+OUTPUT_OPTIONS = {"out": "--out", "probability": "--probability", "kd_model": "--kd-model"}
+INPUT_OPTIONS = {
+    "before": "--before",
+    "after": "--after",
+    "model": "--model",
+    "tiles": "--tiles",
+    "reference": "--reference",
+    "data": "--data",
+    "labels": "--labels",
+    "val": "--val",
+    "teacher": "--teacher",
+    "weights": "--weights",
+    "pseudo_labels": "--pseudo-labels",
+}
+"""argparse dests of the files a verb writes and of those it reads."""
+
+
+def check_cli_options(args: argparse.Namespace) -> None:
+    """Check every option the verb has against `kdmsi.options` before any work starts:
+    numbers and their ranges, thresholds, scales, bands, bounds, the device, and outputs that
+    would overwrite an input. Normalised values are stored back on ``args``.
+
+    Raises:
+        OptionError: one line naming the option and what to give.
+    """
+    from ..options import (
+        NUMBERS,
+        THRESHOLD_WORDS,
+        check_bands,
+        check_bounds,
+        check_device,
+        check_number,
+        check_outputs_are_not_inputs,
+        check_scales,
+        check_threshold,
+    )
+
+    options = vars(args)
+    for name in NUMBERS:
+        if name != "threshold" and options.get(name) is not None:
+            setattr(args, name, check_number(name, options[name]))
+    if options.get("threshold") is not None:  # a float where the verb takes no words
+        value = options["threshold"]
+        args.threshold = check_threshold(value, () if isinstance(value, float) else THRESHOLD_WORDS)
+    if options.get("scales"):
+        check_scales(options["scales"])
+    if options.get("bands") is not None:
+        args.bands = check_bands(options["bands"])
+    if options.get("bounds") is not None:
+        args.bounds = check_bounds(options["bounds"])
+    if options.get("device") is not None:
+        args.device = check_device(options["device"])
+    inputs: dict[str, object] = {}
+    for dest, flag in INPUT_OPTIONS.items():
+        value = options.get(dest)
+        for i, path in enumerate(value if isinstance(value, list) else [value]):
+            if path is not None and not (dest == "weights" and path in ("imagenet", "none")):
+                inputs[flag if i == 0 else f"{flag} #{i + 1}"] = path
+    outputs = {flag: options.get(dest) for dest, flag in OUTPUT_OPTIONS.items()}
+    if options.get("report") is not None:
+        outputs["--report"] = options["report"]
+    check_outputs_are_not_inputs(outputs, inputs)
 
 
 def _report_dir(args, model_path: Path) -> Optional[Path]:
@@ -99,6 +166,16 @@ def _report_dir(args, model_path: Path) -> Optional[Path]:
     check_folder_target(folder, args.overwrite)
     require_report_dependencies()
     return folder
+
+
+def _check_weights_file(args) -> None:
+    """Read a ``--weights`` file before any training (it is refused in one line when it is
+    not a plain state dict), not when the first network is built."""
+    weights = getattr(args, "weights", None)
+    if weights not in (None, "imagenet", "none"):
+        from ..models.pretrained import read_state_file
+
+        read_state_file(weights)
 
 
 def _dataset(args, root, label_dir=None, augment=False, bands=None, normalisation=None):

@@ -8,19 +8,27 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
-from typing import Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
 from . import detect, evaluate, train_steps, train_tags
 
 EXIT_USAGE = 2
-EXIT_CANCELLED = 130
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse answering a usage error with one line: what is wrong, and where to look
+    (its subcommand parsers are of this class too)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="kdmsi", description="Weakly supervised change detection (KD-MSI)"
     )
     parser.add_argument("--version", action="version", version=f"kdmsi {__version__}")
@@ -44,17 +52,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         stream=sys.stderr,
         force=True,
     )
-    from ..progress import Cancelled
+    from ..progress import Cancelled, stop_signal, watch_stop_signals
     from ..runtime.onnx_runner import keep_triton_out
+    from .common import check_cli_options
 
     keep_triton_out()  # kdmsi never compiles kernels; see its docstring
-    try:
-        return args.func(args)
-    except (Cancelled, KeyboardInterrupt):
-        print("kdmsi: cancelled; no partial output was kept", file=sys.stderr)
-        return EXIT_CANCELLED
-    # CheckpointError, DatasetError, BackboneError, RuntimeUnavailable... are ValueErrors (not
-    # imported here: they would import torch, which an ONNX model's detect never needs)
-    except (ValueError, OSError, MemoryError) as exc:
-        print(f"kdmsi {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    with watch_stop_signals():
+        try:
+            check_cli_options(args)
+            return args.func(args)
+        except (Cancelled, KeyboardInterrupt):
+            return _cancelled(stop_signal())
+        # CheckpointError, DatasetError, BackboneError, RuntimeUnavailable... are ValueErrors
+        # (not imported here: they would import torch, which an ONNX model's detect never needs)
+        except (ValueError, OSError, MemoryError) as exc:
+            if stop_signal():  # an interrupt GDAL reported as a write error
+                return _cancelled(stop_signal())
+            print(f"kdmsi {args.command}: error: {one_line(exc)}", file=sys.stderr)
+            return EXIT_USAGE
+        except RuntimeError:  # GDAL's "User terminated" when the interrupt hit its callback
+            if stop_signal():
+                return _cancelled(stop_signal())
+            raise
+
+
+def _cancelled(signum: int) -> int:
+    """Exit status 130 after Ctrl+C (SIGINT), 143 after SIGTERM; outputs were cleaned up."""
+    signum = signum or signal.SIGINT
+    name = signal.Signals(signum).name
+    print(f"kdmsi: cancelled ({name}); no partial output was kept", file=sys.stderr)
+    return 128 + int(signum)
+
+
+def one_line(exc: BaseException) -> str:
+    """An error message on one line (library messages may carry a second line of detail)."""
+    return " ".join(str(exc).split())

@@ -9,6 +9,7 @@ from pathlib import Path
 from .common import (
     WEIGHTS_HELP,
     _check_new_file,
+    _check_weights_file,
     _common_options,
     _dataset,
     _floats,
@@ -31,6 +32,7 @@ def cmd_train_kd(args) -> int:
     out = Path(args.out)
     _check_new_file(out, args.overwrite)
     report_dir = _report_dir(args, out)
+    _check_weights_file(args)
     train = _dataset(args, args.data)
     val = _dataset(args, args.val, bands=train.bands) if args.val else None
     config = KDConfig(
@@ -116,6 +118,7 @@ def cmd_train_cd(args) -> int:
     out = Path(args.out)
     _check_new_file(out, args.overwrite)
     report_dir = _report_dir(args, out)
+    _check_weights_file(args)
     labels = Path(args.labels)
     train = _dataset(args, args.data, label_dir=labels)
     if not train.has_masks:

@@ -11,6 +11,7 @@ from typing import Optional
 from .common import (
     WEIGHTS_HELP,
     _check_new_file,
+    _check_weights_file,
     _common_options,
     _dataset,
     _norm,
@@ -67,6 +68,7 @@ def cmd_train(args) -> int:
         ),
     )
     report_dir = _report_dir(args, Path(args.out))
+    _check_weights_file(args)
     summary = _run_with_bar(
         "train",
         train_from_tags,

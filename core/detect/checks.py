@@ -8,6 +8,15 @@ from typing import Any, Optional, Sequence, Union
 from ..geo.atomic import check_output_target
 from ..geo.raster import RasterInputError, gdal_exceptions, open_raster
 from ..geo.vector import vector_driver
+from ..options import (
+    OptionError,
+    check_bands,
+    check_bounds,
+    check_device,
+    check_number,
+    check_outputs_are_not_inputs,
+    check_scales,
+)
 
 PathLike = Union[str, Path]
 
@@ -20,16 +29,27 @@ class DetectOutputError(ValueError):
 
 
 def check_outputs(
-    out_vector: PathLike, out_probability: Optional[PathLike], overwrite: bool
+    out_vector: PathLike,
+    out_probability: Optional[PathLike],
+    overwrite: bool,
+    inputs: Optional[dict[str, Optional[PathLike]]] = None,
 ) -> tuple[Path, Optional[Path]]:
     """Check both outputs before any compute; return them as Paths.
 
+    Args:
+        inputs: option name -> input path (rasters, model, reference); an output naming one
+            of them, by any spelling, is refused even with ``overwrite``.
+
     Raises:
+        OptionError: an output is one of ``inputs``.
         VectorOutputError: unknown vector extension.
         DetectOutputError: probability not ``.tif``/``.tiff``, or both paths the same file.
-        FileExistsError, FileNotFoundError, IsADirectoryError, OutputNotWritableError: see
-            `kdmsi.geo.atomic.check_output_target`.
+        FileExistsError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+            OutputNotWritableError: see `kdmsi.geo.atomic.check_output_target`.
     """
+    check_outputs_are_not_inputs(
+        {"--out": out_vector, "--probability": out_probability}, inputs or {}
+    )
     vector = Path(out_vector)
     vector_driver(vector)
     check_output_target(vector, overwrite)
@@ -93,14 +113,67 @@ def _csv(values: Any) -> str:
     return ",".join(str(v) for v in values)
 
 
-def check_numbers(tile_size: int, overlap_px: int, batch_size: int, threshold: float) -> None:
-    if tile_size < 16:
-        raise ValueError(f"--tile-size must be at least 16 pixels, got {tile_size}")
+def check_numbers(
+    tile_size: int,
+    overlap_px: int,
+    batch_size: int,
+    threshold: float,
+    min_area_m2: float = 0.0,
+    simplify_m: float = 0.0,
+) -> None:
+    """Detect's numbers against `kdmsi.options.NUMBERS`, and the overlap against the tile.
+
+    Raises:
+        OptionError: naming the option and its range.
+    """
+    tile_size = check_number("tile_size", tile_size)
+    check_number("overlap", overlap_px)
     if not 0 <= overlap_px < tile_size:
-        raise ValueError(
-            f"--overlap must be between 0 and the tile size - 1 ({tile_size - 1}), got {overlap_px}"
+        raise OptionError(
+            f"--overlap must be from 0 to the tile size - 1 ({tile_size - 1}), not {overlap_px}"
         )
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"--threshold must be a probability in [0, 1], got {threshold}")
+    check_number("batch_size", batch_size)
+    check_number("threshold", threshold)
+    check_number("min_area", min_area_m2)
+    check_number("simplify", simplify_m)
+
+
+def check_detect_options(
+    *,
+    device: str,
+    tile_size: Optional[int],
+    overlap_px: Optional[int],
+    batch_size: int,
+    threshold: Optional[float],
+    min_area_m2: float,
+    simplify_m: float,
+    bands: Optional[Sequence[int]],
+    scales: Optional[Sequence[float]],
+    bounds: Optional[Sequence[float]],
+) -> None:
+    """Every option of `detect_changes` that can be checked before opening a file (the CLI,
+    the Processing algorithm and the dialog all pass through here).
+
+    Raises:
+        OptionError: naming the option and what to give.
+    """
+    check_device(device)
+    if tile_size is not None:
+        check_number("tile_size", tile_size)
+    if overlap_px is not None:
+        check_number("overlap", overlap_px)
+        if tile_size is not None and overlap_px >= tile_size:
+            raise OptionError(
+                f"--overlap must be from 0 to the tile size - 1 ({tile_size - 1}), not {overlap_px}"
+            )
+    check_number("batch_size", batch_size)
+    if threshold is not None:
+        check_number("threshold", threshold)
+    check_number("min_area", min_area_m2)
+    check_number("simplify", simplify_m)
+    if bands is not None:
+        check_bands(bands)
+    if scales is not None:
+        check_scales(scales)
+    if bounds is not None:
+        check_bounds(bounds)

@@ -42,7 +42,7 @@ from typing import Optional, Sequence, Union
 from ..progress import CancelCheck, ProgressCallback
 from ..runtime.load import load_runner, model_threshold
 from ..runtime.onnx_runner import is_onnx_path
-from .checks import check_outputs, resolve_bands
+from .checks import check_detect_options, check_outputs, resolve_bands
 from .run import (
     DEFAULT_OVERLAP,
     DetectResult,
@@ -119,7 +119,24 @@ def detect_changes(
         VectorOutputError, DetectOutputError, FileExistsError, OutputNotWritableError,
         Cancelled. Nothing is left at the output paths when any of them is raised.
     """
-    check_outputs(out_vector, out_probability, overwrite)
+    check_detect_options(
+        device=device,
+        tile_size=tile_size,
+        overlap_px=overlap_px,
+        batch_size=batch_size,
+        threshold=threshold,
+        min_area_m2=min_area_m2,
+        simplify_m=simplify_m,
+        bands=bands,
+        scales=scales,
+        bounds=bounds,
+    )
+    check_outputs(
+        out_vector,
+        out_probability,
+        overwrite,
+        {"--before": before, "--after": after, "--model": model_path},
+    )
     with contextlib.ExitStack() as stack:
         model = load_runner(
             model_path,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 from ..data.normalisation import Normalisation
+from ..data.tile_prep import TilePreparer
 from ..geo.align import align_pair
 from ..geo.atomic import atomic_output
 from ..geo.probability_raster import finalize_probability_raster
@@ -29,7 +30,6 @@ from ..runtime.runners import BatchRunner, Predict, torch_batch_runner
 from .checks import check_numbers, check_outputs
 from .outputs import output_metadata, polygon_strip_rows, write_polygons
 from .tile_loop import predict_probability_raster
-from .tile_reader import TilePreparer
 
 PathLike = Union[str, Path]
 
@@ -199,9 +199,11 @@ def detect_with_runner(
     """
     timing: dict[str, float] = {}
     start = time.perf_counter()
-    vector_target, prob_target = check_outputs(out_vector, out_probability, overwrite)
+    vector_target, prob_target = check_outputs(
+        out_vector, out_probability, overwrite, {"--before": before, "--after": after}
+    )
     overlap_px = overlap_or_default(overlap_px, tile_size)
-    check_numbers(tile_size, overlap_px, batch_size, threshold)
+    check_numbers(tile_size, overlap_px, batch_size, threshold, min_area_m2, simplify_m)
     with contextlib.ExitStack() as stack:
         stack.enter_context(gdal_exceptions())  # on for the reader thread too (process-wide)
         if prob_target is not None:
@@ -241,6 +243,12 @@ def detect_with_runner(
             progress=sub_progress(progress, _ALIGN_END, _TILES_END),
             cancelled=cancelled,
         )
+        if stats.tiles_computed == 0:  # an empty map is not a result: say why
+            raise RasterInputError(
+                f"{before} and {after} share no valid pixel in the analysed area (nodata, "
+                "masked or NaN everywhere in one or both): check their nodata values and masks, "
+                "or choose another area with --bounds"
+            )
         timing["tiles"] = time.perf_counter() - tiles_start
         timing["predict"] = stats.predict_s
         timing["reader_cpu"] = stats.reader_cpu_s

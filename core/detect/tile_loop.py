@@ -10,6 +10,7 @@ from typing import Any, Iterator, Optional, Union
 
 import numpy as np
 
+from ..data.tile_prep import TilePreparer
 from ..geo.align import AlignedPair
 from ..geo.probability_raster import create_probability_raster
 from ..geo.tiling import (
@@ -20,7 +21,7 @@ from ..geo.tiling import (
 )
 from ..progress import CancelCheck, ProgressCallback, check_cancel, report
 from ..runtime.runners import BatchRunner
-from .tile_reader import TilePreparer, TileReader
+from .tile_reader import TileReader
 
 PathLike = Union[str, Path]
 

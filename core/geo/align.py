@@ -120,8 +120,8 @@ class AlignedPair:
             pre: [C, h, w] in the before raster's data type.
             post: [C, h, w] in the after raster's data type (bilinear-resampled).
             valid: bool [h, w], False where any selected band of either date is nodata or
-            masked (per-band nodata, per-dataset mask, alpha band) or outside the after
-            raster's footprint.
+            masked (per-band nodata, per-dataset mask, alpha band), not finite (NaN, +-inf)
+            or outside the after raster's footprint.
         """
         if self._closed:
             raise ValueError("this AlignedPair is closed")
@@ -139,6 +139,9 @@ class AlignedPair:
         for band, nodata in zip(post, self.after_nodata):
             if nodata is not None:
                 valid &= ~_equals_nodata(band, nodata)
+        for image in (pre, post):  # NaN and +-inf are nodata, declared or not
+            if image.dtype.kind in "fc":
+                valid &= np.isfinite(image).all(axis=0)
         return pre, post, valid
 
     def close(self) -> None:

@@ -56,6 +56,10 @@ def check_output_target(path: PathLike, overwrite: bool) -> Path:
             f"output {target} already exists: choose another name or pass --overwrite "
             "(overwrite=True) to replace it"
         )
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(
+            f"output {target}: {folder} is a file, not a folder: choose a path inside a folder"
+        )
     if not folder.is_dir():
         raise FileNotFoundError(f"output folder {folder} does not exist: create it first")
     if not os.access(folder, os.W_OK | os.X_OK):
@@ -65,15 +69,75 @@ def check_output_target(path: PathLike, overwrite: bool) -> Path:
     return folder
 
 
+def temp_prefix(name: str) -> str:
+    """``.<name>.tmp-<pid>-`` (``name``: a file's stem, a folder's name): temporary names carry
+    the writing process's id, so a later run can tell a killed run's leftovers from the files
+    of a live writer."""
+    return f".{name}.tmp-{os.getpid()}-"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's) or cannot tell: keep its files
+    return True
+
+
+def remove_stale_temps(name: str, folder: Path) -> list[Path]:
+    """Remove the temporary files (or folders) of the output ``name`` (a file's stem, a
+    folder's name) in ``folder`` left by runs that were killed
+    (SIGKILL, power loss) and name them in a warning; return what was removed.
+
+    Only names of the form ``.<stem>.tmp-<pid>-*`` whose process no longer exists are removed;
+    older names without a process id are only named.
+    """
+    removed, unknown = [], []
+    for path in folder.glob(f".{glob_escape(name)}.tmp-*"):
+        rest = path.name[len(f".{name}.tmp-") :]
+        pid = rest.split("-", 1)[0]
+        if not (pid.isdigit() and "-" in rest):
+            unknown.append(path)
+            continue
+        if int(pid) == os.getpid() or _process_alive(int(pid)):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            _remove_quietly(path)
+        removed.append(path)
+    if removed:
+        log.warning(
+            "removed %d temporary file(s) left by an interrupted run: %s",
+            len(removed),
+            ", ".join(p.name for p in removed),
+        )
+    if unknown:
+        log.warning(
+            "%s: temporary file(s) of an earlier run; delete them if no kdmsi run is writing to %s",
+            ", ".join(p.name for p in unknown),
+            folder,
+        )
+    return removed
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with glob's special characters taken literally."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
 def _reserve_temp_path(target: Path, folder: Path) -> Path:
-    """A fresh, unused temporary name ``.<stem>.tmp-XXXX<suffix>`` in ``folder``.
+    """A fresh, unused temporary name ``.<stem>.tmp-<pid>-XXXX<suffix>`` in ``folder``.
 
     The file is created (which proves the folder is writable) and removed again, so the writer
     creates it from scratch (some drivers refuse to open an existing empty file).
     """
+    remove_stale_temps(target.stem, folder)
     try:
         fd, name = tempfile.mkstemp(
-            prefix=f".{target.stem}.tmp-", suffix=target.suffix, dir=str(folder)
+            prefix=temp_prefix(target.stem), suffix=target.suffix, dir=str(folder)
         )
     except PermissionError as exc:
         raise OutputNotWritableError(
@@ -169,7 +233,8 @@ def atomic_folder(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
     parent = target.parent if str(target.parent) else Path(".")
     check_folder_target(target, overwrite)
     try:
-        temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=str(parent)))
+        remove_stale_temps(target.name, parent)
+        temp = Path(tempfile.mkdtemp(prefix=temp_prefix(target.name), dir=str(parent)))
         os.chmod(temp, 0o755)  # mkdtemp makes it private (0700); an output folder is not
     except PermissionError as exc:
         raise OutputNotWritableError(

@@ -31,7 +31,14 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 from osgeo import gdal, ogr
 
-from ..progress import CancelCheck, ProgressCallback, check_cancel, report
+from ..progress import (
+    CancelCheck,
+    ProgressCallback,
+    check_cancel,
+    interrupts_deferred,
+    report,
+    stop_signal,
+)
 from .probability_raster import scratch_compression
 from .raster import gdal_exceptions, open_raster, raster_extent, srs_from_wkt
 from .vector import AreaCalculator, ChangePolygon, vector_driver, write_features
@@ -55,7 +62,7 @@ def _gdal_callback(
 ):
     def callback(fraction: float, _msg: Any, _data: Any) -> int:
         report(progress, lo + (hi - lo) * fraction, message)
-        return 0 if cancel is not None and cancel() else 1
+        return 0 if stop_signal() or (cancel is not None and cancel()) else 1
 
     return callback
 
@@ -229,7 +236,7 @@ def polygonize_changes(
     """
     if connectedness not in (4, 8):
         raise ValueError(f"connectedness must be 4 or 8, got {connectedness}")
-    with contextlib.ExitStack() as stack, gdal_exceptions():
+    with interrupts_deferred(), contextlib.ExitStack() as stack, gdal_exceptions():
         if isinstance(prob, np.ndarray):
             prob_ds = _array_dataset(prob, geotransform, crs_wkt)
             workdir = None
@@ -288,7 +295,7 @@ def write_change_polygons(
     if connectedness not in (4, 8):
         raise ValueError(f"connectedness must be 4 or 8, got {connectedness}")
     vector_driver(out)
-    with contextlib.ExitStack() as stack, gdal_exceptions():
+    with interrupts_deferred(), contextlib.ExitStack() as stack, gdal_exceptions():
         prob_ds = open_raster(prob)
         workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="kdmsi-poly-"))
         crs = prob_ds.GetProjection()

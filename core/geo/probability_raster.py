@@ -9,7 +9,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 from osgeo import gdal
 
-from ..progress import CancelCheck, ProgressCallback, check_cancel
+from ..progress import CancelCheck, ProgressCallback, check_cancel, interrupts_deferred, stop_signal
 from .metadata import decode_metadata, metadata_strings
 from .raster import PROB_NODATA, gdal_exceptions
 
@@ -189,10 +189,10 @@ def finalize_probability_raster(
     def callback(fraction: float, _msg: Any, _data: Any) -> int:
         if progress is not None:
             progress(fraction, "building overviews")
-        return 0 if cancel is not None and cancel() else 1
+        return 0 if stop_signal() or (cancel is not None and cancel()) else 1
 
     check_cancel(cancel)
-    with gdal_exceptions():
+    with interrupts_deferred(), gdal_exceptions():
         ds = gdal.OpenEx(str(path), gdal.OF_RASTER | gdal.OF_UPDATE)
         levels = overview_levels(ds.RasterXSize, ds.RasterYSize)
         if levels:

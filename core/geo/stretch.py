@@ -90,6 +90,7 @@ def compute_stretch(
     high_pct: float = 98.0,
     max_samples: int = 1_000_000,
     alpha_band: Optional[int] = None,
+    name: Optional[str] = None,
 ) -> BandStretch:
     """Per-band stretch of ``dataset``: identity for 8-bit, percentiles otherwise.
 
@@ -104,6 +105,7 @@ def compute_stretch(
         low_pct, high_pct: percentiles mapped to 0 and 255.
         max_samples: pixels per band read for the statistics.
         alpha_band: 1-based band whose zeros also mark invalid pixels.
+        name: the raster's file, for messages (default: the dataset's description).
 
     Raises:
         RasterInputError: a band has no valid pixel.
@@ -139,8 +141,9 @@ def compute_stretch(
             values = values[ok]
             if values.size == 0:
                 raise RasterInputError(
-                    f"band {b} of {dataset.GetDescription() or 'the raster'} has no valid pixel "
-                    "in the analysed area: check its nodata value and mask"
+                    f"band {b} of {name or dataset.GetDescription() or 'the raster'} has no "
+                    "valid pixel in the analysed area (all nodata, masked or NaN): check its "
+                    "nodata value and mask, or choose another area with --bounds"
                 )
             low, high = np.percentile(values, [low_pct, high_pct])
             if high <= low:
@@ -161,7 +164,9 @@ def pair_stretches(
     bilinear-warping the whole raster.
     """
     c = pair.band_count
-    before = compute_stretch(pair.before, None, low_pct, high_pct, max_samples)
+    before = compute_stretch(
+        pair.before, None, low_pct, high_pct, max_samples, name=pair.before_path or None
+    )
     with gdal_exceptions():
         if {pair.after_source.GetRasterBand(b).DataType for b in range(1, c + 1)} == {
             gdal.GDT_Byte
@@ -173,5 +178,7 @@ def pair_stretches(
         small = warp_onto(
             pair.after_source, small_gt, bw, bh, pair.crs_wkt, pair.after_nodata, "near"
         )
-    after = compute_stretch(small, list(range(1, c + 1)), low_pct, high_pct, max_samples, c + 1)
+    after = compute_stretch(
+        small, list(range(1, c + 1)), low_pct, high_pct, max_samples, c + 1, pair.after_path or None
+    )
     return before, after

@@ -131,8 +131,8 @@ def blend_window(tile_size: int, overlap_px: int) -> np.ndarray:
         raise ValueError(
             f"need tile_size >= 1 and 0 <= overlap_px < tile_size, got {tile_size}, {overlap_px}"
         )
-    ramp = _ramp(tile_size, overlap_px)
-    return np.outer(ramp, ramp).astype(np.float32)
+    ramp = _ramp(tile_size, overlap_px).astype(np.float32)  # the window itself: no float64
+    return np.outer(ramp, ramp)
 
 
 class StitchAccumulator:

@@ -5,12 +5,13 @@ vector files: GeoPackage, Shapefile, GeoJSON, FlatGeobuf.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
-from osgeo import ogr, osr
+from osgeo import gdal, ogr, osr
 
 from .atomic import atomic_output
 from .raster import gdal_exceptions, srs_from_wkt
@@ -192,26 +193,49 @@ def write_features(
     """
     target = Path(target)
     driver = vector_driver(target)
-    with atomic_output(target, overwrite) as temp, gdal_exceptions():
-        source = ogr.GetDriverByName(driver).CreateDataSource(str(temp))
-        sink = source.CreateLayer(
-            layer or target.stem,  # not the temporary file's name
-            srs_from_wkt(crs_wkt),
-            ogr.wkbMultiPolygon if multi else ogr.wkbPolygon,
-        )
-        for name, kind in _FIELD_TYPES.items():
-            sink.CreateField(ogr.FieldDefn(name, kind))
-        transaction = bool(source.TestCapability(ogr.ODsCTransactions))
-        if transaction:
-            source.StartTransaction()
-        count = 0
-        for feature in _ogr_features(features, sink.GetLayerDefn(), multi):
-            sink.CreateFeature(feature)
-            count += 1
-        if transaction:
-            source.CommitTransaction()
-        sink = source = None  # closes and flushes the file
+    with atomic_output(target, overwrite) as temp, gdal_exceptions(), fixed_write_date():
+        try:
+            source = ogr.GetDriverByName(driver).CreateDataSource(str(temp))
+            sink = source.CreateLayer(
+                layer or target.stem,  # not the temporary file's name
+                srs_from_wkt(crs_wkt),
+                ogr.wkbMultiPolygon if multi else ogr.wkbPolygon,
+            )
+            for name, kind in _FIELD_TYPES.items():
+                sink.CreateField(ogr.FieldDefn(name, kind))
+            transaction = bool(source.TestCapability(ogr.ODsCTransactions))
+            if transaction:
+                source.StartTransaction()
+            count = 0
+            for feature in _ogr_features(features, sink.GetLayerDefn(), multi):
+                sink.CreateFeature(feature)
+                count += 1
+            if transaction:
+                source.CommitTransaction()
+            sink = source = None  # closes and flushes the file
+        except RuntimeError as exc:  # GDAL: disk full, quota, file system gone
+            sink = source = None
+            reason = " ".join(str(exc).split()) or "GDAL gave no reason"
+            raise OSError(
+                f"writing {target} failed ({reason}): free some disk space or choose another folder"
+            ) from exc
     return count
+
+
+WRITE_DATE = "2000-01-01T00:00:00Z"
+"""The date a GeoPackage records as its last change (``gpkg_contents.last_change``): fixed, so
+identical runs give byte-identical files that users can diff."""
+
+
+@contextlib.contextmanager
+def fixed_write_date() -> Iterator[None]:
+    """GDAL's ``OGR_CURRENT_DATE`` set to `WRITE_DATE` for this thread, then restored."""
+    previous = gdal.GetThreadLocalConfigOption("OGR_CURRENT_DATE", None)
+    gdal.SetThreadLocalConfigOption("OGR_CURRENT_DATE", WRITE_DATE)
+    try:
+        yield
+    finally:
+        gdal.SetThreadLocalConfigOption("OGR_CURRENT_DATE", previous)
 
 
 _FIELD_TYPES = {

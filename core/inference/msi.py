@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..losses.kd import cam
+from ..options import check_device
 
 DEFAULT_SCALES = (0.5, 1.0, 1.5, 2.0)
 LogitModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -138,10 +139,25 @@ def teacher_cam(model: LogitModel, pre: torch.Tensor, post: torch.Tensor) -> tor
 
 def pick_device(requested: str = "auto") -> torch.device:
     """The device to run on: CUDA, then Apple MPS, then CPU for ``auto``; else as requested."""
+    requested = check_device(requested)
     if requested != "auto":
         device = torch.device(requested)
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for, but this PyTorch build sees no CUDA GPU")
+            raise ValueError(
+                f"--device {requested} was asked for, but this PyTorch build sees no CUDA GPU: "
+                "use --device cpu (or auto)"
+            )
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise ValueError(
+                f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                f"numbered from 0: choose one of them, or --device auto"
+            )
+        mps = getattr(torch.backends, "mps", None)
+        if device.type == "mps" and not (mps is not None and mps.is_available()):
+            raise ValueError(
+                "--device mps was asked for, but this machine has no Apple GPU: use --device "
+                "cpu (or auto)"
+            )
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")

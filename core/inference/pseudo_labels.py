@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -20,6 +18,7 @@ import numpy as np
 import torch
 
 from ..data.pairs import IGNORE_INDEX, PairDataset, image_size, write_image
+from ..geo.atomic import atomic_folder
 from ..metrics.maps import collect_map_statistics, map_function
 from ..models.fold import for_inference
 from ..progress import CancelCheck, ProgressCallback, sub_progress
@@ -181,19 +180,12 @@ def generate_pseudo_labels(
     )
     check_pseudo_labels(masks, dataset.labels, choice)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir, overwrite=True) as tmp:  # `overwrite` was checked up front
         summary = _write_labels(dataset, masks, choice, tmp)
         summary["scales"], summary["flip"] = list(scales), flip
         summary["msi_histogram"] = coarse_histograms(hists, SAVED_HISTOGRAM_BINS)
         summary.update(record or {})
         (tmp / "pseudo_labels.json").write_text(json.dumps(summary, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if progress:
         progress(1.0, f"pseudo labels written: {choice.describe()}")
     return summary

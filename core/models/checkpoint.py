@@ -16,7 +16,6 @@ also carry ``quality_robust`` (bool) and, when known, ``method`` (e.g. ``hicd``)
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -25,6 +24,7 @@ import torch
 
 from .. import __version__
 from ..data.normalisation import Normalisation
+from ..geo.atomic import atomic_output
 from . import MODEL_KINDS, build_model
 
 FORMAT = "kdmsi-checkpoint"
@@ -61,14 +61,8 @@ def save_checkpoint(
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise CheckpointError(f"cannot write {path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path, overwrite=True) as tmp:  # callers refuse existing files up front
+        torch.save(payload, tmp)
     return path
 
 

@@ -2,7 +2,7 @@
 
 Works on any dataset whose items look like `kdmsi.data.pairs.PairDataset`'s (``pre``/``post``
 normalised [C, T, T], ``label``, ``key``) and that has ``labels`` and ``normalisation``, e.g.
-`PairDataset` and `kdmsi.training.from_tags.RasterTileDataset`.
+`PairDataset` and `kdmsi.data.tagged.RasterTileDataset`.
 """
 
 from __future__ import annotations

@@ -254,7 +254,7 @@ class DegradedPairDataset(Dataset):
 
     Wraps any dataset with ``pre``/``post`` float32 [C, T, T] tensors normalised by its
     ``normalisation`` (`kdmsi.data.pairs.PairDataset`,
-    `kdmsi.training.from_tags.RasterTileDataset`). Each item
+    `kdmsi.data.tagged.RasterTileDataset`). Each item
     gains ``post_clean`` (the original after image) and its ``post`` is denormalised to the
     0-255 scale, degraded (see the module docstring) and normalised again. Item `i` of epoch
     `e` uses `tile_rng(seed, i, e if vary_per_epoch else 0)`, so evaluation sets are fixed and

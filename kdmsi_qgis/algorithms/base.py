@@ -104,9 +104,9 @@ class KdmsiAlgorithm(QgsProcessingAlgorithm):
     def add_model_run_parameters(self) -> None:
         """MODEL and how to run it: tile size, overlap, batch, device, runtime, threshold."""
         self.addParameter(model_parameter())
-        self.addParameter(number_parameter("TILE_SIZE", "Tile size (px)", 256, 16))
-        self.addParameter(number_parameter("OVERLAP", "Tile overlap (px)", 64, 0))
-        self.addParameter(number_parameter("BATCH_SIZE", "Batch size", 4, 1))
+        self.addParameter(number_parameter("TILE_SIZE", "Tile size (px)", 256, 16, maxValue=4096))
+        self.addParameter(number_parameter("OVERLAP", "Tile overlap (px)", 64, 0, maxValue=4095))
+        self.addParameter(number_parameter("BATCH_SIZE", "Batch size", 4, 1, maxValue=1024))
         self.addParameter(
             QgsProcessingParameterEnum("DEVICE", "Device", options=DEVICES, defaultValue=0)
         )

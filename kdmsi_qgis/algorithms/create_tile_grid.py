@@ -25,7 +25,7 @@ class CreateTileGridAlgorithm(KdmsiAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
         self.add_pair_parameters()
-        self.addParameter(number_parameter("TILE_SIZE", "Tile size (px)", 256, 1))
+        self.addParameter(number_parameter("TILE_SIZE", "Tile size (px)", 256, 16, maxValue=4096))
         self.addParameter(extent_parameter())
         self.addParameter(
             file_destination(

@@ -77,11 +77,17 @@ class TrainFromTagsAlgorithm(KdmsiAlgorithm):
                 defaultValue=False,
             )
         )
-        self.addParameter(number_parameter("KD_EPOCHS", "Teacher/student epochs", KD_EPOCHS, 1))
-        self.addParameter(number_parameter("CD_EPOCHS", "Detector epochs", CD_EPOCHS, 1))
-        self.addParameter(number_parameter("BATCH_SIZE", "Batch size", 8, 1))
         self.addParameter(
-            number_parameter("TILE_SIZE", "Tile size (px; 0: the tagged tiles' own size)", 0, 0)
+            number_parameter("KD_EPOCHS", "Teacher/student epochs", KD_EPOCHS, 1, maxValue=100_000)
+        )
+        self.addParameter(
+            number_parameter("CD_EPOCHS", "Detector epochs", CD_EPOCHS, 1, maxValue=100_000)
+        )
+        self.addParameter(number_parameter("BATCH_SIZE", "Batch size", 8, 1, maxValue=1024))
+        self.addParameter(
+            number_parameter(
+                "TILE_SIZE", "Tile size (px; 0: the tagged tiles' own size)", 0, 0, maxValue=4096
+            )
         )
         self.addParameter(
             QgsProcessingParameterEnum("DEVICE", "Device", options=DEVICES, defaultValue=0)

@@ -1,0 +1,506 @@
+"""Hostile but realistic input: every case ends with one line naming the problem and the fix,
+exit status 2 (130 on Ctrl+C, 143 on SIGTERM), no traceback, nothing left in the output folder
+and no input touched."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pytest
+import torch
+from osgeo import gdal, osr
+
+from kdmsi.cli import main
+from kdmsi.data.pairs import Normalisation
+from kdmsi.models import SiameseDeepLabV3Plus
+from kdmsi.models.checkpoint import save_detector
+
+GT = (500000.0, 10.0, 0.0, 5000000.0, 0.0, -10.0)
+SIZE = 96
+
+
+def write_raster(
+    path: Path, data: np.ndarray, nodata: Optional[float] = None, dtype: int = gdal.GDT_Byte
+) -> Path:
+    c, h, w = data.shape
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), w, h, c, dtype)
+    ds.SetGeoTransform(GT)
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32633)
+    ds.SetProjection(srs.ExportToWkt())
+    for i in range(c):
+        band = ds.GetRasterBand(i + 1)
+        band.WriteArray(data[i])
+        if nodata is not None:
+            band.SetNoDataValue(nodata)
+    ds = None
+    return path
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (hidden ones included) -> its content hash."""
+    return {str(p.relative_to(folder)): digest(p) for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    """A random-init ResNet-18 detector for 3 bands and tiles of 64 (nothing here needs skill)."""
+    torch.manual_seed(0)
+    net = SiameseDeepLabV3Plus("resnet18", in_channels=3)
+    path = tmp_path_factory.mktemp("model") / "detector.kdmsi"
+    return save_detector(path, net, [1, 2, 3], Normalisation.default(3), 64)
+
+
+@pytest.fixture
+def work(tmp_path, model) -> dict[str, Path]:
+    rng = np.random.default_rng(0)
+    pre = rng.integers(40, 120, (3, SIZE, SIZE), dtype=np.uint8)
+    post = pre.copy()
+    post[:, 30:60, 30:60] = 220
+    out = tmp_path / "out"
+    out.mkdir()
+    return {
+        "before": write_raster(tmp_path / "before.tif", pre),
+        "after": write_raster(tmp_path / "after.tif", post),
+        "model": model,
+        "out": out,
+        "root": tmp_path,
+    }
+
+
+def detect_argv(work: dict[str, Path], *extra: str, out: Optional[str] = None) -> list[str]:
+    return [
+        "detect",
+        "--before",
+        str(work["before"]),
+        "--after",
+        str(work["after"]),
+        "--model",
+        str(work["model"]),
+        "--out",
+        out or str(work["out"] / "changes.gpkg"),
+        *extra,
+    ]
+
+
+def refused(argv: list[str], capsys, expected: str, status: int = 2) -> str:
+    """Run the CLI; assert the exit status and one line on stderr that holds ``expected``."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and "%|" not in line]
+    assert code == status, (argv, err)
+    assert expected in err, (expected, err)
+    assert "Traceback" not in err
+    errors = [line for line in lines if "error" in line or "cancelled" in line]
+    assert len(errors) == 1, err
+    return err
+
+
+def exits_with_usage(argv: list[str], capsys, expected: str) -> None:
+    """argparse-level refusals exit through SystemExit(2) with one line."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and expected in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+# ---------------------------------------------------------------------- numbers and choices
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--tile-size", "0"], "--tile-size must be an integer from 16 to 4096"),
+        (["--tile-size", "100000"], "--tile-size must be an integer from 16 to 4096"),
+        (["--tile-size", "-5"], "--tile-size must be"),
+        (["--overlap", "-1"], "--overlap must be an integer from 0"),
+        (["--tile-size", "64", "--overlap", "64"], "--overlap must be from 0 to the tile size"),
+        (["--batch-size", "0"], "--batch-size must be an integer from 1"),
+        (["--threshold", "1.5"], "--threshold must be a probability from 0 to 1"),
+        (["--threshold", "nan"], "--threshold must be a probability"),
+        (["--min-area", "-5"], "--min-area must be a number from 0"),
+        (["--simplify", "-1"], "--simplify must be a number from 0"),
+        (["--min-area", "inf"], "--min-area must be"),
+        (["--device", "banana"], "--device 'banana' is not a device"),
+        (["--device", "cuda:x"], "is not a device"),
+        (["--scales=-1,abc"], "--scales takes numbers above 0"),
+        (["--scales", "9"], "--scales takes numbers above 0 and at most 4"),
+        (["--bands", "0,1,2"], "--bands takes 1-based band numbers"),
+        (["--bounds", "5,5,1,1"], "--bounds 5,5,1,1 is empty"),
+    ],
+)
+def test_detect_refuses_bad_numbers_before_any_work(work, capsys, extra, expected):
+    refused(detect_argv(work, *extra), capsys, expected)
+    assert snapshot(work["out"]) == {}
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--tile-size", "abc"], "argument --tile-size: invalid int value: 'abc'"),
+        (["--bounds", "1,2,3"], "give xmin,ymin,xmax,ymax"),
+        (["--runtime", "gpu"], "argument --runtime: invalid choice"),
+    ],
+)
+def test_argparse_errors_are_one_line(work, capsys, extra, expected):
+    exits_with_usage(detect_argv(work, *extra), capsys, expected)
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["train-kd", "--epochs", "0"], "--epochs must be an integer from 1"),
+        (["train-kd", "--lr", "0"], "--lr must be a number above 0"),
+        (["train-kd", "--holdout", "1.5"], "--holdout must be a number from 0 to 0.9"),
+        (["train-kd", "--batch-size", "-2"], "--batch-size must be"),
+        (["train-cd", "--labels", "x", "--seed", "-1"], "--seed must be an integer from 0"),
+        (["train-cd", "--labels", "x", "--epochs", "0"], "--epochs must be"),
+    ],
+)
+def test_training_refuses_bad_numbers(work, capsys, argv, expected):
+    data = work["root"] / "data"
+    refused([*argv, "--data", str(data), "--out", str(work["out"] / "m.kdmsi")], capsys, expected)
+    assert snapshot(work["out"]) == {}
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--kd-epochs", "-1"], "--kd-epochs must be an integer from 1"),
+        (["--cd-epochs", "0"], "--cd-epochs must be"),
+        (["--batch-size", "0"], "--batch-size must be"),
+        (["--kd-lr", "-1"], "--kd-lr must be a number above 0"),
+        (["--threshold", "banana"], "--threshold must be auto, otsu, unchanged-quantile or"),
+        (["--device", "gpu"], "--device 'gpu' is not a device"),
+    ],
+)
+def test_train_from_tags_refuses_bad_options(work, capsys, extra, expected):
+    argv = ["train", "--before", str(work["before"]), "--after", str(work["after"])]
+    argv += ["--tiles", str(work["root"] / "tiles.gpkg"), "--out", str(work["out"] / "m.kdmsi")]
+    refused([*argv, *extra], capsys, expected)
+    assert snapshot(work["out"]) == {}
+
+
+def test_evaluate_and_pseudo_labels_refuse_bad_thresholds(work, capsys):
+    data = work["root"] / "data"
+    model = str(work["model"])
+    refused(
+        ["evaluate", "--model", model, "--data", str(data), "--threshold", "banana"],
+        capsys,
+        "--threshold must be auto, otsu, unchanged-quantile or a probability from 0 to 1",
+    )
+    argv = ["pseudo-labels", "--model", model, "--data", str(data)]
+    refused([*argv, "--out", str(work["out"] / "p"), "--threshold", "2"], capsys, "--threshold")
+    assert snapshot(work["out"]) == {}
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["synth", "--scenes", "0"], "--scenes must be an integer from 1"),
+        (["synth", "--size", "10"], "--size must be an integer from 32"),
+        (["synth", "--tile-size", "8"], "--tile-size must be"),
+    ],
+)
+def test_synth_refuses_bad_numbers(work, capsys, argv, expected):
+    refused([*argv, "--out", str(work["out"] / "synth")], capsys, expected)
+    assert snapshot(work["out"]) == {}
+
+
+def test_export_onnx_refuses_bad_numbers(work, capsys):
+    argv = ["export-onnx", str(work["model"]), str(work["out"] / "m.onnx")]
+    refused([*argv, "--opset", "3"], capsys, "--opset must be an integer from 11")
+    refused([*argv, "--batch-size", "0"], capsys, "--batch-size must be")
+    assert snapshot(work["out"]) == {}
+
+
+# ------------------------------------------------------------------------------------ paths
+
+
+def test_an_output_never_overwrites_an_input(work, capsys, monkeypatch):
+    before, after, model = work["before"], work["after"], work["model"]
+    inputs = {p: digest(p) for p in (before, after, model)}
+    root = work["root"]
+    (root / "link.tif").symlink_to(before)
+    os.link(after, root / "hard.tif")
+    monkeypatch.chdir(root)
+    for probability, named in [
+        (str(before), "--before"),
+        ("./before.tif", "--before"),
+        ("out/../after.tif", "--after"),
+        (str(root / "link.tif"), "--before"),
+        (str(root / "hard.tif"), "--after"),
+    ]:
+        argv = detect_argv(work, "--probability", probability, "--overwrite")
+        refused(argv, capsys, f"is the same file as {named}")
+    refused(detect_argv(work, "--overwrite", out=str(model)), capsys, "--out")
+    refused(["export-onnx", str(model), str(model), "--overwrite"], capsys, "same file as --model")
+    weights = root / "w.pth"
+    torch.save({"x": torch.zeros(1)}, weights)
+    refused(
+        ["train-kd", "--data", str(root), "--out", str(weights), "--weights", str(weights)],
+        capsys,
+        "is the same file as --weights",
+    )
+    assert {p: digest(p) for p in (before, after, model)} == inputs
+
+
+def test_output_paths_that_cannot_be_written(work, capsys):
+    refused(
+        detect_argv(work, out=str(work["before"] / "x.gpkg")),
+        capsys,
+        "is a file, not a folder",
+    )
+    refused(detect_argv(work, out=str(work["root"] / "no" / "x.gpkg")), capsys, "does not exist")
+    refused(detect_argv(work, out=str(work["out"] / "x.txt")), capsys, "x.txt")
+    refused(
+        detect_argv(work, "--probability", str(work["out"] / "p.png")), capsys, "must be a GeoTIFF"
+    )
+    refused(
+        ["train-kd", "--data", str(work["root"]), "--out", str(work["before"] / "m.kdmsi")],
+        capsys,
+        "is a file, not a folder",
+    )
+    assert snapshot(work["out"]) == {}
+
+
+def test_missing_inputs_are_named(work, capsys):
+    missing = str(work["root"] / "missing.tif")
+    argv = detect_argv(work)
+    argv[argv.index("--before") + 1] = missing
+    refused(argv, capsys, "missing.tif")
+    argv = detect_argv(work)
+    argv[argv.index("--model") + 1] = str(work["root"] / "missing.kdmsi")
+    refused(argv, capsys, "missing.kdmsi")
+    assert snapshot(work["out"]) == {}
+
+
+# ---------------------------------------------------------------------------------- rasters
+
+
+def float_pair(work: dict[str, Path], pre: np.ndarray, post: np.ndarray) -> dict[str, Path]:
+    root = work["root"]
+    return {
+        **work,
+        "before": write_raster(root / "fb.tif", pre, dtype=gdal.GDT_Float32),
+        "after": write_raster(root / "fa.tif", post, dtype=gdal.GDT_Float32),
+    }
+
+
+def test_nan_and_inf_pixels_are_nodata(work, capsys):
+    pre = np.random.default_rng(1).uniform(0, 1, (3, SIZE, SIZE)).astype(np.float32)
+    post = pre.copy()
+    post[:, 0:40, 0:40] = np.nan
+    post[:, 60:80, 60:80] = np.inf
+    pair = float_pair(work, pre, post)
+    probability = work["out"] / "p.tif"
+    argv = detect_argv(pair, "--probability", str(probability), "--threshold", "0")
+    assert main(argv) == 0, capsys.readouterr().err
+    ds = gdal.Open(str(probability))
+    band = ds.GetRasterBand(1)
+    prob = band.ReadAsArray()
+    nodata = band.GetNoDataValue()
+    assert (prob[0:40, 0:40] == nodata).all() and (prob[60:80, 60:80] == nodata).all()
+    assert (prob[45:55, 45:55] != nodata).all()
+    from kdmsi.geo.polygons import polygonize_changes
+
+    cells = sum(p.area_m2 for p in polygonize_changes(str(probability), threshold=0.0)) / 100
+    assert cells == pytest.approx(SIZE * SIZE - 40 * 40 - 20 * 20, rel=2e-3)  # ellipsoidal m²
+
+
+def test_an_all_nan_raster_is_named(work, capsys):
+    pre = np.full((3, SIZE, SIZE), np.nan, np.float32)
+    pair = float_pair(work, pre, np.ones((3, SIZE, SIZE), np.float32))
+    refused(detect_argv(pair), capsys, "fb.tif has no valid pixel")
+    assert snapshot(work["out"]) == {}
+
+
+def test_an_all_nodata_raster_is_an_error_not_an_empty_map(work, capsys):
+    zeros = np.zeros((3, SIZE, SIZE), np.uint8)
+    pair = {**work, "before": write_raster(work["root"] / "nd.tif", zeros, nodata=0)}
+    refused(detect_argv(pair), capsys, "share no valid pixel")
+    assert snapshot(work["out"]) == {}
+
+
+# ----------------------------------------------------------------------------------- models
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_files_never_run_and_get_one_line(work, capsys):
+    marker = work["root"] / "pwned"
+    Payload.marker = marker
+    evil = work["root"] / "evil.pth"
+    evil.write_bytes(pickle.dumps({"weights": Payload()}))
+    data = work["root"] / "data"
+    main(["synth", "--out", str(data), "--scenes", "1", "--size", "64", "--tile-size", "64"])
+    capsys.readouterr()
+    argv = ["train-kd", "--data", str(data), "--out", str(work["out"] / "m.kdmsi")]
+    err = refused([*argv, "--weights", str(evil)], capsys, "pickled code, which kdmsi never runs")
+    assert "weights_only=False" not in err
+    evil_model = work["root"] / "evil.kdmsi"
+    torch.save({"format": Payload()}, evil_model)
+    argv = detect_argv(work)
+    argv[argv.index("--model") + 1] = str(evil_model)
+    refused(argv, capsys, "not a readable kdmsi model file")
+    assert not marker.exists()
+    assert snapshot(work["out"]) == {}
+
+
+# ------------------------------------------------------------------------ signals and faults
+
+
+def send_once(monkeypatch, module, name: str, signum: int) -> None:
+    """Send ``signum`` to this process the first time ``module.name`` is called."""
+    real = getattr(module, name)
+    sent = []
+
+    def wrapper(*args, **kwargs):
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signum)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+
+
+def test_ctrl_c_while_polygonizing_exits_130_and_leaves_nothing(work, capsys, monkeypatch):
+    import kdmsi.geo.polygons as polygons
+
+    real = polygons._gdal_callback
+
+    def interrupting(*args, **kwargs):
+        callback = real(*args, **kwargs)
+        sent = []
+
+        def inner(fraction, msg, data):
+            if not sent:
+                sent.append(True)
+                os.kill(os.getpid(), signal.SIGINT)  # lands inside GDAL's Polygonize
+            return callback(fraction, msg, data)
+
+        return inner
+
+    monkeypatch.setattr(polygons, "_gdal_callback", interrupting)
+    probability = str(work["out"] / "p.tif")
+    refused(
+        detect_argv(work, "--probability", probability), capsys, "cancelled (SIGINT)", status=130
+    )
+    assert snapshot(work["out"]) == {}
+
+
+def test_sigterm_is_a_cancel_exit_143_and_leaves_nothing(work, capsys, monkeypatch):
+    import kdmsi.detect.tile_loop as tile_loop
+
+    send_once(monkeypatch, tile_loop, "crop_tile", signal.SIGTERM)
+    probability = str(work["out"] / "p.tif")
+    refused(
+        detect_argv(work, "--probability", probability), capsys, "cancelled (SIGTERM)", status=143
+    )
+    assert snapshot(work["out"]) == {}
+
+
+def test_sigterm_from_outside_the_process(work, tmp_path):
+    """A real `timeout`-style SIGTERM on the console script, during the tile loop."""
+    big = np.random.default_rng(2).integers(0, 255, (3, 1024, 1024), dtype=np.uint8)
+    before = write_raster(tmp_path / "bb.tif", big)
+    after = write_raster(tmp_path / "ba.tif", big[::-1].copy())
+    out = work["out"]
+    argv = detect_argv({**work, "before": before, "after": after}, "--probability")
+    argv.append(str(out / "p.tif"))
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "kdmsi"), *argv],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for _ in range(600):  # wait for the temporary probability raster to appear
+        if any(p.name.startswith(".p.tmp-") for p in out.iterdir()) or proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("detect finished before the signal")
+    assert proc.returncode == 143, err
+    assert "cancelled (SIGTERM)" in err and "Traceback" not in err
+    assert snapshot(out) == {}
+
+
+def test_stale_temporary_files_of_a_killed_run_are_removed_and_named(work, capsys, caplog):
+    dead = 2**22 + 12345  # above the default pid_max: no such process
+    stale = work["out"] / f".changes.tmp-{dead}-abcd.gpkg"
+    stale.write_bytes(b"half a file")
+    live = work["out"] / f".changes.tmp-{os.getppid()}-efgh.gpkg"
+    live.write_bytes(b"a live writer's file")
+    assert main(detect_argv(work)) == 0
+    err = capsys.readouterr().err
+    assert f"removed 1 temporary file(s) left by an interrupted run: {stale.name}" in err
+    assert not stale.exists() and live.exists()
+
+
+def test_disk_full_while_writing_the_geopackage(work, capsys):
+    full = work["root"] / "full"
+    full.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(full)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        refused(detect_argv(work, out=str(full / "changes.gpkg")), capsys, "free some disk space")
+        assert os.listdir(full) == []
+    finally:
+        subprocess.run(["umount", str(full)], check=True)
+
+
+def test_identical_runs_give_byte_identical_geopackages(work, capsys):
+    (work["out"] / "a").mkdir()
+    (work["out"] / "b").mkdir()
+    first, second = work["out"] / "a" / "changes.gpkg", work["out"] / "b" / "changes.gpkg"
+    assert main(detect_argv(work, "--threshold", "0.3", out=str(first))) == 0
+    assert main(detect_argv(work, "--threshold", "0.3", out=str(second))) == 0
+    capsys.readouterr()
+    assert digest(first) == digest(second)
+
+
+def test_training_checks_its_outputs_before_training(work, capsys):
+    """A model file that cannot be written is refused at once, not after training."""
+    data = work["root"] / "data"
+    main(["synth", "--out", str(data), "--scenes", "1", "--size", "64", "--tile-size", "64"])
+    capsys.readouterr()
+    for verb in (["train-kd"], ["train-cd", "--labels", str(data / "label")]):
+        err = refused(
+            [*verb, "--data", str(data), "--out", str(work["before"] / "m.kdmsi")],
+            capsys,
+            "is a file, not a folder",
+        )
+        assert "training on" not in err
+    argv = ["train-hicd", "--teacher", str(work["model"]), "--data", str(data)]
+    refused([*argv, "--out", str(work["root"] / "no" / "m.kdmsi")], capsys, "does not exist")
