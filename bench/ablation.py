@@ -4,7 +4,7 @@ sample pairs in ``../shared/data/real`` (skipped when absent).
 
 Per domain the whole method runs unchanged, from random weights: teacher + student (KD) on the
 training tiles' image labels, MSI pseudo labels (threshold chosen without pixel truth),
-Siamese DeepLabV3+ on the pseudo labels; then `kdmsi.metrics.ablation` scores every map on the
+Siamese DeepLabV3+ on the pseudo labels; then `kdmsi.reports.ablation` scores every map on the
 held-out
 tiles, and the pseudo labels actually generated are scored against the training tiles' truth.
 A training report (`kdmsi.reports.page`) of each domain goes to the work folder.
@@ -38,8 +38,8 @@ from kdmsi.data.synthetic import make_scene, write_tile_dataset
 from kdmsi.geo.atomic import atomic_output
 from kdmsi.inference.pseudo_labels import generate_pseudo_labels, histograms_from_summary
 from kdmsi.inference.thresholds import ThresholdChoice
-from kdmsi.metrics.ablation import ABLATION_ROWS, ROW_TITLES, ablation_rows, ablation_statistics
 from kdmsi.metrics.change import ConfusionCounts
+from kdmsi.reports.ablation import ABLATION_ROWS, ROW_TITLES, ablation_rows, ablation_statistics
 from kdmsi.reports.page import write_training_report
 from kdmsi.reports.runs import label_metrics
 from kdmsi.reports.tiles import build_report, dataset_truth

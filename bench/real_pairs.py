@@ -141,7 +141,7 @@ def stage_pseudo(
     from kdmsi.data.tagged import RasterTileDataset, read_tagged_windows
     from kdmsi.geo.align import align_pair
     from kdmsi.geo.stretch import pair_stretches
-    from kdmsi.metrics.maps import collect_map_statistics, map_function
+    from kdmsi.inference.maps import collect_map_statistics, map_function
     from kdmsi.models.checkpoint import load_checkpoint, read_checkpoint
 
     student, meta = load_checkpoint(kd_model)

@@ -1,4 +1,4 @@
-"""Metrics against a reference mask raster or polygon layer (`kdmsi.metrics.reference`)."""
+"""Metrics against a reference mask raster or polygon layer (`kdmsi.detect.reference`)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ from osgeo import gdal, ogr, osr
 
 from kdmsi.data.pairs import Normalisation
 from kdmsi.data.synthetic import make_scene, write_scene
-from kdmsi.geo.align import align_pair
-from kdmsi.geo.raster import PROB_NODATA, RasterInputError
-from kdmsi.metrics.change import ConfusionCounts
-from kdmsi.metrics.reference import (
+from kdmsi.detect.reference import (
     ReferenceError,
     compare_probability,
     evaluate_model,
     open_reference,
 )
+from kdmsi.geo.align import align_pair
+from kdmsi.geo.raster import PROB_NODATA, RasterInputError
+from kdmsi.metrics.change import ConfusionCounts
 from kdmsi.models import SiameseDeepLabV3Plus
 from kdmsi.models.checkpoint import save_detector
 

@@ -168,9 +168,9 @@ def test_tile_rows_run_every_model_on_the_sampled_tiles(tmp_path):
 
 
 def test_ablation_rows_use_the_pseudo_label_threshold_and_report_the_best():
+    from kdmsi.inference.maps import MapStatistics
     from kdmsi.inference.thresholds import ThresholdChoice
-    from kdmsi.metrics.ablation import ABLATION_ROWS, ablation_rows, format_ablation
-    from kdmsi.metrics.maps import MapStatistics
+    from kdmsi.reports.ablation import ABLATION_ROWS, ablation_rows, format_ablation
 
     rng = np.random.default_rng(0)
     truth = np.zeros((32, 32), np.uint8)

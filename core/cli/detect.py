@@ -94,7 +94,7 @@ def cmd_export_onnx(args) -> int:
 
 def cmd_evaluate_detection(args) -> int:
     from ..detect.process import limit_gdal_cache
-    from ..metrics.reference import evaluate_model
+    from ..detect.reference import evaluate_model
 
     limit_gdal_cache()
     evaluation = _run_with_bar(

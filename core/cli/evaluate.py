@@ -10,14 +10,14 @@ from .common import _common_options, _dataset, _floats, _norm, _run_with_bar, _t
 
 
 def cmd_evaluate(args) -> int:
-    from ..inference.msi import pick_device
-    from ..metrics.change import format_table
-    from ..metrics.maps import (
+    from ..inference.maps import (
         KD_MAPS,
         collect_map_statistics,
         map_function,
         metrics_from_statistics,
     )
+    from ..inference.msi import pick_device
+    from ..metrics.change import format_table
     from ..models.checkpoint import load_checkpoint
 
     if args.ablation:
@@ -72,13 +72,13 @@ def _evaluate_ablation(args) -> int:
     """`evaluate --ablation`: the paper's ablation table of a KD model (+ detector)."""
     from ..inference.msi import pick_device
     from ..inference.thresholds import ThresholdChoice
-    from ..metrics.ablation import (
+    from ..models.checkpoint import load_checkpoint, read_checkpoint
+    from ..reports.ablation import (
         ablation_rows,
         ablation_statistics,
         format_ablation,
         save_ablation,
     )
-    from ..models.checkpoint import load_checkpoint, read_checkpoint
 
     device = pick_device(args.device)
     kd_path = detector_path = None

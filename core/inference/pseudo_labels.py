@@ -19,9 +19,9 @@ import torch
 
 from ..data.pairs import IGNORE_INDEX, PairDataset, image_size, write_image
 from ..geo.atomic import atomic_folder
-from ..metrics.maps import collect_map_statistics, map_function
 from ..models.fold import for_inference
 from ..progress import CancelCheck, ProgressCallback, sub_progress
+from .maps import collect_map_statistics, map_function
 from .msi import DEFAULT_SCALES
 from .thresholds import ProbabilityHistograms, ThresholdChoice, choose_threshold
 

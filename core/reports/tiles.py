@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from ..data.pairs import IGNORE_INDEX, Normalisation
+from ..inference.maps import map_function
 from ..inference.msi import DEFAULT_SCALES
-from ..metrics.maps import map_function
 from ..training.common import subset
 from .page import PANELS, TileRow, TrainingReport
 

@@ -17,9 +17,9 @@ from torch.utils.data import Dataset
 
 from .. import recipe
 from ..choices import DEFAULT_BACKBONE
+from ..inference.maps import collect_map_statistics, map_function
 from ..inference.msi import pick_device
 from ..losses.kd import DEFAULT_KD_WEIGHT, classification_loss, kd_loss
-from ..metrics.maps import collect_map_statistics, map_function
 from ..models import SiameseCAMNet
 from ..progress import CancelCheck, ProgressCallback, check_cancel, no_progress
 from .common import (

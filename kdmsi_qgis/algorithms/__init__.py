@@ -3,7 +3,7 @@
 * `detect_changes`   -> `kdmsi.detect.pipeline.detect_changes`
 * `create_tile_grid` -> `kdmsi.geo.tile_layer.make_tile_grid`
 * `train_from_tags`  -> `kdmsi.training.from_tags.train_from_tags`
-* `evaluate_changes` -> `kdmsi.metrics.reference.evaluate_model`
+* `evaluate_changes` -> `kdmsi.detect.reference.evaluate_model`
 
 Threading: every algorithm resolves its layer parameters to files in `prepareAlgorithm`,
 which Processing calls on the main thread (a layer with unsaved edits or in memory is written

@@ -1,4 +1,4 @@
-"""`kdmsi:evaluate_changes` -> `kdmsi.metrics.reference.evaluate_model`, and the metrics table
+"""`kdmsi:evaluate_changes` -> `kdmsi.detect.reference.evaluate_model`, and the metrics table
 as an HTML page."""
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class EvaluateChangesAlgorithm(KdmsiAlgorithm):
         progress, cancelled = feedback_callbacks(feedback)
         model = self.parameterAsFile(parameters, "MODEL", context)
         with running_core(feedback):
-            from kdmsi.metrics.reference import evaluate_model
+            from kdmsi.detect.reference import evaluate_model
 
             evaluation = evaluate_model(
                 self.files["before"],

@@ -24,8 +24,8 @@ from osgeo import gdal
 
 from ..geo.atomic import PathLike
 from ..geo.raster import PROB_NODATA, RasterInputError, gdal_exceptions
+from ..metrics.change import ConfusionCounts, format_table
 from ..progress import CancelCheck, ProgressCallback, check_cancel, report, sub_progress
-from .change import ConfusionCounts, format_table
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def evaluate_model(
     elsewhere. Arguments are those of `detect_changes`; ``reference`` as in
     `compare_probability`.
     """
-    from ..detect.pipeline import detect_changes
+    from .pipeline import detect_changes
 
     open_reference(reference)  # a bad reference is reported before minutes of compute
     with tempfile.TemporaryDirectory(prefix="kdmsi-evaluate-") as scratch:

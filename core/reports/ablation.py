@@ -20,15 +20,15 @@ import torch
 
 from ..data.pairs import PairDataset
 from ..geo.atomic import atomic_output, check_output_target
-from ..inference.msi import DEFAULT_SCALES, multiscale_maps
-from ..inference.thresholds import ThresholdChoice, choose_threshold
-from ..progress import CancelCheck, ProgressCallback
-from .maps import (
+from ..inference.maps import (
     MapStatistics,
     collect_map_statistics,
     map_function,
     metrics_from_statistics,
 )
+from ..inference.msi import DEFAULT_SCALES, multiscale_maps
+from ..inference.thresholds import ThresholdChoice, choose_threshold
+from ..progress import CancelCheck, ProgressCallback
 
 ABLATION_ROWS = ("teacher-cam", "student", "mi", "msi", "pseudo-labels", "detector")
 ROW_TITLES = {

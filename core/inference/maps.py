@@ -17,22 +17,22 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data.pairs import IGNORE_INDEX, PairDataset
-from ..inference.msi import (
+from ..metrics.change import ConfusionCounts
+from ..models.checkpoint import DETECTOR_THRESHOLD
+from ..progress import CancelCheck, ProgressCallback, check_cancel, no_progress
+from .msi import (
     DEFAULT_SCALES,
     multiscale_inference,
     multiscale_sigmoid_inference,
     single_scale_probability,
     teacher_cam,
 )
-from ..inference.thresholds import (
+from .thresholds import (
     HIST_BINS,
     ProbabilityHistograms,
     ThresholdChoice,
     choose_threshold,
 )
-from ..models.checkpoint import DETECTOR_THRESHOLD
-from ..progress import CancelCheck, ProgressCallback, check_cancel, no_progress
-from .change import ConfusionCounts
 
 KD_MAPS = ("teacher-cam", "student", "mi", "msi")
 
