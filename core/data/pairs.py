@@ -8,6 +8,7 @@ is changed when it holds any changed pixel).
 
 from __future__ import annotations
 
+import copy
 import csv
 import os
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from .normalisation import IMAGENET_MEAN, IMAGENET_STD, Normalisation  # noqa: F401 (re-export)
 
@@ -327,3 +328,11 @@ def write_image(path: PathLike, image: np.ndarray) -> None:
     aux = Path(f"{path}.aux.xml")
     if aux.exists():
         aux.unlink()
+
+
+def subset(dataset: Dataset, indices: Sequence[int], augment: Optional[bool] = None) -> Subset:
+    """A Subset; with `augment` set, over a shallow copy of the dataset with that flag."""
+    if augment is not None and getattr(dataset, "augment", None) != augment:
+        dataset = copy.copy(dataset)
+        dataset.augment = augment
+    return Subset(dataset, list(indices))

@@ -12,10 +12,9 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..data.pairs import IGNORE_INDEX, Normalisation
+from ..data.pairs import IGNORE_INDEX, Normalisation, subset
 from ..inference.maps import map_function
 from ..inference.msi import DEFAULT_SCALES
-from ..training.common import subset
 from .page import PANELS, TileRow, TrainingReport
 
 DEFAULT_SAMPLE_TILES = 6

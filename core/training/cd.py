@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from .. import recipe
 from ..choices import DEFAULT_BACKBONE
-from ..data.pairs import IGNORE_INDEX
+from ..data.pairs import IGNORE_INDEX, subset
 from ..inference.msi import pick_device
 from ..metrics.change import ConfusionCounts
 from ..models import SiameseDeepLabV3Plus
@@ -26,7 +26,6 @@ from .common import (
     poly_lr,
     seed_everything,
     set_train_mode,
-    subset,
     to_device,
     train_loader,
 )

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 import random
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from ..choices import OPTIMIZERS
 
@@ -72,14 +71,6 @@ def stratified_holdout(
         train += idx[n_held:]
     train += [i for i, label in enumerate(labels) if label is None]
     return sorted(train), sorted(held)
-
-
-def subset(dataset: Dataset, indices: Sequence[int], augment: Optional[bool] = None) -> Subset:
-    """A Subset; with `augment` set, over a shallow copy of the dataset with that flag."""
-    if augment is not None and getattr(dataset, "augment", None) != augment:
-        dataset = copy.copy(dataset)
-        dataset.augment = augment
-    return Subset(dataset, list(indices))
 
 
 def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -26,13 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..data.pairs import IGNORE_INDEX
+from ..data.pairs import IGNORE_INDEX, subset
 from ..inference.msi import pick_device
 from ..losses.hicd import HiCDLoss, HiCDLossConfig, feature_mse_loss
 from ..models import SiameseDeepLabV3Plus
 from ..progress import CancelCheck, ProgressCallback, check_cancel, no_progress
 from .cd import detector_change_iou
-from .common import cpu_state, poly_lr, seed_everything, sgd, subset, train_loader
+from .common import cpu_state, poly_lr, seed_everything, sgd, train_loader
 from .degrade import DegradedPairDataset, check_preset
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from .. import recipe
 from ..choices import DEFAULT_BACKBONE
+from ..data.pairs import subset
 from ..inference.maps import collect_map_statistics, map_function
 from ..inference.msi import pick_device
 from ..losses.kd import DEFAULT_KD_WEIGHT, classification_loss, kd_loss
@@ -31,7 +32,6 @@ from .common import (
     seed_everything,
     set_train_mode,
     stratified_holdout,
-    subset,
     to_device,
     train_loader,
 )
