@@ -504,3 +504,75 @@ def test_training_checks_its_outputs_before_training(work, capsys):
         assert "training on" not in err
     argv = ["train-hicd", "--teacher", str(work["model"]), "--data", str(data)]
     refused([*argv, "--out", str(work["root"] / "no" / "m.kdmsi")], capsys, "does not exist")
+
+
+# ---------------------------------------------------------------------------------- tag layers
+
+
+def tag_layer(path: Path, values: list, field: str = "changed", crs: bool = True) -> Path:
+    """A GeoPackage of 32 px tiles over the pair, with ``field`` set to ``values`` in turn."""
+    from osgeo import ogr
+
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32633)
+    source = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    layer = source.CreateLayer("tiles", srs if crs else None, ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn(field, ogr.OFTInteger))
+    x0, y0, step = GT[0], GT[3], 320.0
+    for i, value in enumerate(values):
+        col, row = i % 3, i // 3
+        ring = ogr.Geometry(ogr.wkbLinearRing)
+        for dx, dy in ((0, 0), (1, 0), (1, 1), (0, 1), (0, 0)):
+            ring.AddPoint_2D(x0 + (col + dx) * step, y0 - (row + dy) * step)
+        polygon = ogr.Geometry(ogr.wkbPolygon)
+        polygon.AddGeometry(ring)
+        feature = ogr.Feature(layer.GetLayerDefn())
+        feature.SetGeometry(polygon)
+        if value is not None:
+            feature.SetField(field, value)
+        layer.CreateFeature(feature)
+    source = None
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda p: tag_layer(p, [1, 0, 1], field="tag"), "has no field 'changed'"),
+        (lambda p: tag_layer(p, [1, 2, 0]), "has changed=2; use 1, 0 or leave it empty"),
+        (lambda p: tag_layer(p, [1, 0, 1], crs=False), "has no CRS"),
+        (lambda p: p.write_text("not a vector file"), "cannot open tile layer"),
+        (lambda p: None, "the file does not exist"),
+    ],
+)
+def test_bad_tag_layers_are_named_before_training(work, capsys, make, expected):
+    tiles = work["root"] / "tiles.gpkg"
+    make(tiles)
+    argv = ["train", "--before", str(work["before"]), "--after", str(work["after"])]
+    argv += ["--tiles", str(tiles), "--out", str(work["out"] / "m.kdmsi"), "--no-report"]
+    err = refused(argv, capsys, expected)
+    assert "tiles.gpkg" in err and "epoch" not in err
+    assert snapshot(work["out"]) == {}
+
+
+def test_tag_layer_as_output_is_refused(work, capsys):
+    tiles = tag_layer(work["root"] / "tiles.gpkg", [1, 0, 1])
+    original = digest(tiles)
+    argv = ["train", "--before", str(work["before"]), "--after", str(work["after"])]
+    argv += ["--tiles", str(tiles), "--out", str(work["out"] / "m.kdmsi")]
+    refused([*argv, "--kd-model", str(tiles), "--overwrite"], capsys, "same file as --tiles")
+    refused(
+        [
+            "tile-grid",
+            "--before",
+            str(work["before"]),
+            "--after",
+            str(work["after"]),
+            "--out",
+            str(work["before"]),
+            "--overwrite",
+        ],  # fmt: skip
+        capsys,
+        "same file as --before",
+    )
+    assert digest(tiles) == original

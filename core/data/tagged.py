@@ -88,7 +88,8 @@ def _tagged_extents(
             "(or add an integer field 'changed') and tag tiles 1 (changed) / 0 (not changed)"
         )
     layer_srs = layer.GetSpatialRef()
-    if layer_srs is None:
+    # a GeoPackage layer made without a CRS reports "Undefined geographic/cartesian SRS"
+    if layer_srs is None or (layer_srs.GetName() or "").startswith("Undefined"):
         raise TagError(f"{tiles_path} has no CRS; assign the rasters' CRS to the tile layer")
     target = osr.SpatialReference()
     target.ImportFromWkt(pair.crs_wkt)
