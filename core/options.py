@@ -146,13 +146,16 @@ def check_threshold(value: Any, words: Sequence[str] = THRESHOLD_WORDS) -> Union
         ) from None
 
 
+def _list_items(value: Union[str, Iterable[Any]]) -> list[Any]:
+    """The items of a comma-separated text (blank ones dropped) or of a sequence."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [item for item in items if not (isinstance(item, str) and not item.strip())]
+
+
 def check_scales(value: Union[str, Iterable[Any]]) -> list[float]:
     """MSI scales: comma-separated numbers above 0 and at most `MAX_SCALE`."""
-    items = value.split(",") if isinstance(value, str) else list(value)
     scales = []
-    for item in items:
-        if isinstance(item, str) and not item.strip():
-            continue
+    for item in _list_items(value):
         try:
             scale = float(item)
         except (TypeError, ValueError):
@@ -170,11 +173,8 @@ def check_scales(value: Union[str, Iterable[Any]]) -> list[float]:
 
 def check_bands(value: Union[str, Iterable[Any]]) -> list[int]:
     """1-based band indices, e.g. ``4,3,2``."""
-    items = value.split(",") if isinstance(value, str) else list(value)
     bands = []
-    for item in items:
-        if isinstance(item, str) and not item.strip():
-            continue
+    for item in _list_items(value):
         if isinstance(item, bool) or not _is_int_text(str(item)) or int(item) < 1:
             raise OptionError(
                 f"--bands takes 1-based band numbers, e.g. 1,2,3; {str(item).strip()!r} is not one"

@@ -88,6 +88,14 @@ def wait_for_results(dialog, waited_s: float) -> None:
 
 
 def grab_results() -> None:
+    root = QgsProject.instance().layerTreeRoot()
+    for layer in QgsProject.instance().mapLayersByName("before (2019)"):
+        root.findLayer(layer.id()).setItemVisibilityChecked(False)  # polygons over the after
+    iface.mapCanvas().refreshAllLayers()
+    QTimer.singleShot(1500, save_results)
+
+
+def save_results() -> None:
     iface.mainWindow().grab().save(str(SHOTS / "qgis_results.png"))
     finish(0)
 
