@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -11,8 +12,15 @@ import textwrap
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from detect_helpers import NORM, scene, write_raster
+from hostile_helpers import SIZE
+
+from kdmsi.data.pairs import Normalisation
+from kdmsi.models import SiameseCAMNet, SiameseDeepLabV3Plus
+from kdmsi.models.checkpoint import save_checkpoint, save_detector
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -193,3 +201,77 @@ def run_qgis_process(profile_root: Path, *args: str, timeout: int = 600) -> str:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
+
+
+# ------------------------------------------------ detect tests (helpers in detect_helpers.py)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """`kdmsi.cli.main` points logging at the captured stderr; undo that after each test."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def pair(tmp_path) -> tuple[Path, Path]:
+    pre, post = scene()
+    return write_raster(tmp_path / "before.tif", pre), write_raster(tmp_path / "after.tif", post)
+
+
+@pytest.fixture(scope="module")
+def detector_model(tmp_path_factory) -> Path:
+    """A random-init ResNet-18 Siamese DeepLabV3+ checkpoint for 3 bands, tiles of 128."""
+    torch.manual_seed(0)
+    net = SiameseDeepLabV3Plus("resnet18", in_channels=3)
+    path = tmp_path_factory.mktemp("models") / "detector.kdmsi"
+    return save_detector(path, net, [1, 2, 3], NORM, 128)
+
+
+@pytest.fixture(scope="module")
+def kd_model(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    teacher, student = SiameseCAMNet("resnet18"), SiameseCAMNet("resnet18")
+    meta = {
+        "kind": "kd",
+        "model": student.config(),
+        "bands": [1, 2, 3],
+        "normalisation": NORM.to_dict(),
+        "tile_size": 128,
+        "threshold": None,
+    }
+    path = tmp_path_factory.mktemp("models") / "kd.kdmsi"
+    states = {"teacher": teacher.state_dict(), "student": student.state_dict()}
+    return save_checkpoint(path, meta, state_dicts=states)
+
+
+# ------------------------------------------- hostile-input tests (helpers in hostile_helpers.py)
+
+
+@pytest.fixture(scope="module")
+def tiny_detector(tmp_path_factory) -> Path:
+    """A random-init ResNet-18 detector for 3 bands and tiles of 64 (nothing here needs skill)."""
+    torch.manual_seed(0)
+    net = SiameseDeepLabV3Plus("resnet18", in_channels=3)
+    path = tmp_path_factory.mktemp("model") / "detector.kdmsi"
+    return save_detector(path, net, [1, 2, 3], Normalisation.default(3), 64)
+
+
+@pytest.fixture
+def work(tmp_path, tiny_detector) -> dict[str, Path]:
+    rng = np.random.default_rng(0)
+    pre = rng.integers(40, 120, (3, SIZE, SIZE), dtype=np.uint8)
+    post = pre.copy()
+    post[:, 30:60, 30:60] = 220
+    out = tmp_path / "out"
+    out.mkdir()
+    return {
+        "before": write_raster(tmp_path / "before.tif", pre),
+        "after": write_raster(tmp_path / "after.tif", post),
+        "model": tiny_detector,
+        "out": out,
+        "root": tmp_path,
+    }

@@ -8,159 +8,37 @@ not).
 
 from __future__ import annotations
 
-import logging
-import os
 from pathlib import Path
-from typing import Optional
 
 import fiona
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
+from detect_helpers import (
+    GT,
+    HEIGHT,
+    NORM,
+    PIXEL,
+    SQUARE,
+    TILE,
+    WIDTH,
+    blurred_oracle,
+    features,
+    files_in,
+    oracle,
+    run_oracle,
+    scene,
+    wkt,
+    write_raster,
+)
 from osgeo import gdal, ogr, osr
 from shapely.geometry import shape
 from shapely.ops import unary_union
 
 from kdmsi.cli import main
-from kdmsi.data.pairs import Normalisation
 from kdmsi.detect.pipeline import detect_changes
-from kdmsi.detect.run import DetectResult, detect_with_predictor
 from kdmsi.geo.probability_raster import read_metadata
-from kdmsi.geo.raster import PROB_NODATA, RasterInputError
+from kdmsi.geo.raster import PROB_NODATA
 from kdmsi.geo.tile_layer import make_tile_grid
-from kdmsi.models import SiameseCAMNet, SiameseDeepLabV3Plus
-from kdmsi.models.checkpoint import save_checkpoint, save_detector
-from kdmsi.progress import Cancelled
-
-PIXEL = 10.0
-GT = (500000.0, PIXEL, 0.0, 5000000.0, 0.0, -PIXEL)  # EPSG:32633
-HEIGHT, WIDTH = 320, 384
-SQUARE = (slice(100, 160), slice(200, 280))  # rows, cols of the change in `scene()`
-TILE = ["--tile-size", "128", "--overlap", "32", "--batch-size", "4"]
-NORM = Normalisation.default(3)
-
-
-# ----------------------------------------------------------------------------------- helpers
-
-
-def wkt(epsg: int) -> str:
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(epsg)
-    return srs.ExportToWkt()
-
-
-def write_raster(
-    path: Path,
-    data: np.ndarray,
-    gt: tuple[float, ...] = GT,
-    epsg: Optional[int] = 32633,
-    nodata: Optional[float] = None,
-) -> Path:
-    """GeoTIFF from ``data`` [C, H, W] (uint8 or uint16)."""
-    dtype = gdal.GDT_UInt16 if data.dtype == np.uint16 else gdal.GDT_Byte
-    c, h, w = data.shape
-    ds = gdal.GetDriverByName("GTiff").Create(str(path), w, h, c, dtype)
-    ds.SetGeoTransform(gt)
-    if epsg is not None:
-        ds.SetProjection(wkt(epsg))
-    for i in range(c):
-        band = ds.GetRasterBand(i + 1)
-        band.WriteArray(data[i])
-        if nodata is not None:
-            band.SetNoDataValue(nodata)
-    ds = None
-    return path
-
-
-def scene(height: int = HEIGHT, width: int = WIDTH, c: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 (pre, post) [c, H, W]: a smooth texture (values 20..130); post has +120 in SQUARE."""
-    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
-    bands = [40 + 0.2 * x + 0.1 * y, 90 - 0.1 * y + 0.05 * x, 75 + 40 * np.sin(x / 17 + y / 23)]
-    pre = np.stack(bands[:c]).round().clip(20, 130).astype(np.uint8)
-    post = pre.copy()
-    post[:, SQUARE[0], SQUARE[1]] += 120
-    return pre, post
-
-
-def oracle(pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
-    """Pixelwise 'perfect detector': [B, C, T, T] -> sigmoid of the mean |post - pre|."""
-    d = (post - pre).abs().mean(dim=1, keepdim=True)
-    return torch.sigmoid(8.0 * (d - 0.8))
-
-
-def blurred_oracle(pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
-    """Like `oracle` but with a 9 x 9 context, so tile edges and the tile grid matter."""
-    d = (post - pre).abs().mean(dim=1, keepdim=True)
-    d = F.avg_pool2d(d, 9, stride=1, padding=4, count_include_pad=False)
-    return torch.sigmoid(8.0 * (d - 0.8))
-
-
-def read_band(path: Path) -> np.ndarray:
-    ds = gdal.Open(str(path))
-    return ds.GetRasterBand(1).ReadAsArray()
-
-
-def features(path: Path) -> list:
-    with fiona.open(str(path)) as src:
-        return list(src)
-
-
-def run_oracle(
-    before: Path, after: Path, out: Path, predict=oracle, **kwargs
-) -> tuple[DetectResult, np.ndarray]:
-    """detect_with_predictor with an oracle; returns the result and the probability array."""
-    prob_path = out.with_suffix(".tif")
-    kwargs = {"tile_size": 128, "overlap_px": 32, "batch_size": 4, **kwargs}
-    result = detect_with_predictor(before, after, predict, NORM, out, prob_path, **kwargs)
-    return result, read_band(prob_path)
-
-
-def files_in(folder: Path) -> set[str]:
-    return {p.name for p in folder.iterdir()}
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """`kdmsi.cli.main` points logging at the captured stderr; undo that after each test."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-@pytest.fixture
-def pair(tmp_path) -> tuple[Path, Path]:
-    pre, post = scene()
-    return write_raster(tmp_path / "before.tif", pre), write_raster(tmp_path / "after.tif", post)
-
-
-@pytest.fixture(scope="module")
-def detector_model(tmp_path_factory) -> Path:
-    """A random-init ResNet-18 Siamese DeepLabV3+ checkpoint for 3 bands, tiles of 128."""
-    torch.manual_seed(0)
-    net = SiameseDeepLabV3Plus("resnet18", in_channels=3)
-    path = tmp_path_factory.mktemp("models") / "detector.kdmsi"
-    return save_detector(path, net, [1, 2, 3], NORM, 128)
-
-
-@pytest.fixture(scope="module")
-def kd_model(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    teacher, student = SiameseCAMNet("resnet18"), SiameseCAMNet("resnet18")
-    meta = {
-        "kind": "kd",
-        "model": student.config(),
-        "bands": [1, 2, 3],
-        "normalisation": NORM.to_dict(),
-        "tile_size": 128,
-        "threshold": None,
-    }
-    path = tmp_path_factory.mktemp("models") / "kd.kdmsi"
-    states = {"teacher": teacher.state_dict(), "student": student.state_dict()}
-    return save_checkpoint(path, meta, state_dicts=states)
-
 
 # ------------------------------------------------------------------------ model file, CLI
 
@@ -307,159 +185,6 @@ def test_16bit_input_is_stretched_and_recorded(tmp_path):
     truth[small] = True
     assert result.polygon_count == 1
     assert np.array_equal(prob >= 0.5, truth)
-
-
-# ----------------------------------------------------------------------- cancel and errors
-
-
-def test_cancel_after_the_first_batch_leaves_no_file(tmp_path, pair):
-    before, after = pair
-    calls = []
-
-    def counting(pre, post):
-        calls.append(1)
-        return oracle(pre, post)
-
-    with pytest.raises(Cancelled):
-        run_oracle(
-            before,
-            after,
-            tmp_path / "c.gpkg",
-            counting,
-            batch_size=2,
-            cancelled=lambda: len(calls) >= 1,
-        )
-    assert len(calls) == 1
-    assert files_in(tmp_path) == {"before.tif", "after.tif"}
-
-
-def test_ctrl_c_in_the_cli_exits_130_without_files(
-    tmp_path, pair, detector_model, monkeypatch, capsys
-):
-    import kdmsi.runtime.load as detect_model
-
-    def interrupted(model, kind, scales, flip):
-        def predict(pre, post):
-            raise KeyboardInterrupt
-
-        return predict
-
-    monkeypatch.setattr(detect_model, "model_predictor", interrupted)
-    before, after = pair
-    argv = [
-        "detect",
-        "--before",
-        str(before),
-        "--after",
-        str(after),
-        "--model",
-        str(detector_model),
-    ]
-    out, prob = tmp_path / "c.gpkg", tmp_path / "p.tif"
-    assert main([*argv, "--out", str(out), "--probability", str(prob), *TILE]) == 130
-    assert "Traceback" not in capsys.readouterr().err
-    assert files_in(tmp_path) == {"before.tif", "after.tif"}
-
-
-def _bad_case(name: str, tmp_path: Path, model: Path, monkeypatch) -> tuple[list[str], str]:
-    """(argv, expected message part) of one bad-input case; writes what the case needs."""
-    pre, post = scene()
-    before, after = tmp_path / "before.tif", tmp_path / "after.tif"
-    out = tmp_path / "out.gpkg"
-    if name == "band count":
-        write_raster(before, pre[:1])
-        write_raster(after, post[:1])
-    elif name == "no overlap":
-        write_raster(before, pre)
-        far = (GT[0] + 1e5, PIXEL, 0.0, GT[3], 0.0, -PIXEL)
-        write_raster(after, post, gt=far)
-    elif name == "no crs":
-        write_raster(before, pre, epsg=None)
-        write_raster(after, post)
-    else:
-        write_raster(before, pre)
-        write_raster(after, post)
-    extra: list[str] = []
-    expected = {
-        "band count": "3 band(s) per date",
-        "--bands count": "trained on 3 band(s)",
-        "no overlap": "do not overlap",
-        "no crs": "has no CRS",
-        "corrupt model": "not a readable kdmsi model",
-        "existing output": "already exists",
-        "unwritable folder": "not writable",
-        "missing folder": "does not exist",
-        "vector extension": "cannot tell the vector format",
-        "probability extension": "must be a GeoTIFF",
-    }[name]
-    if name == "--bands count":
-        extra = ["--bands", "1,2"]
-    elif name == "corrupt model":
-        model = tmp_path / "corrupt.kdmsi"
-        model.write_bytes(model_bytes_garbage())
-    elif name == "existing output":
-        out.write_bytes(b"keep me")
-        model = tmp_path / "corrupt.kdmsi"  # the output check comes before loading anything
-        model.write_bytes(model_bytes_garbage())
-    elif name == "unwritable folder":
-        import kdmsi.geo.atomic as atomic
-
-        real_access = os.access
-        monkeypatch.setattr(
-            atomic.os,
-            "access",
-            lambda p, mode: False if Path(p) == tmp_path else real_access(p, mode),
-        )
-    elif name == "missing folder":
-        out = tmp_path / "nowhere" / "out.gpkg"
-    elif name == "vector extension":
-        out = tmp_path / "out.txt"
-    elif name == "probability extension":
-        extra = ["--probability", str(tmp_path / "prob.png")]
-    argv = ["detect", "--before", str(before), "--after", str(after), "--model", str(model)]
-    return [*argv, "--out", str(out), *TILE, *extra], expected
-
-
-def model_bytes_garbage() -> bytes:
-    return np.random.default_rng(0).bytes(2000)
-
-
-@pytest.mark.parametrize(
-    "case",
-    [
-        "band count",
-        "--bands count",
-        "no overlap",
-        "no crs",
-        "corrupt model",
-        "existing output",
-        "unwritable folder",
-        "missing folder",
-        "vector extension",
-        "probability extension",
-    ],
-)
-def test_bad_input_answers_one_line_and_exit_2(tmp_path, detector_model, monkeypatch, capsys, case):
-    argv, expected = _bad_case(case, tmp_path, detector_model, monkeypatch)
-    existing = files_in(tmp_path)
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    errors = [line for line in err.replace("\r", "\n").splitlines() if "error:" in line]
-    assert len(errors) == 1 and errors[0].startswith("kdmsi detect: error:")
-    assert expected in errors[0]
-    assert files_in(tmp_path) == existing  # nothing new, nothing half-written
-    if case == "existing output":
-        assert (tmp_path / "out.gpkg").read_bytes() == b"keep me"
-
-
-def test_band_count_error_names_both_numbers(tmp_path, detector_model):
-    pre, post = scene()
-    before = write_raster(tmp_path / "a.tif", pre[:1])
-    after = write_raster(tmp_path / "b.tif", post[:1])
-    with pytest.raises(RasterInputError, match=r"3 band\(s\).*has 1 band\(s\).*--bands 1,1,1"):
-        detect_changes(before, after, detector_model, tmp_path / "c.gpkg")
 
 
 # -------------------------------------------------------------------------------- tile grid

@@ -1,11 +1,9 @@
-"""Hostile but realistic input: every case ends with one line naming the problem and the fix,
-exit status 2 (130 on Ctrl+C, 143 on SIGTERM), no traceback, nothing left in the output folder
-and no input touched."""
+"""Hostile but realistic rasters, model files, tag layers, signals and faults: each ends with
+one line naming the problem and the fix, exit status 2 (130 on Ctrl+C, 143 on SIGTERM), no
+traceback, nothing left in the output folder and no input touched."""
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import os
 import pickle
 import signal
@@ -13,291 +11,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pytest
 import torch
+from detect_helpers import GT, write_raster
+from hostile_helpers import SIZE, detect_argv, digest, refused, snapshot
 from osgeo import gdal, osr
 
 from kdmsi.cli import main
-from kdmsi.data.pairs import Normalisation
-from kdmsi.models import SiameseDeepLabV3Plus
-from kdmsi.models.checkpoint import save_detector
-
-GT = (500000.0, 10.0, 0.0, 5000000.0, 0.0, -10.0)
-SIZE = 96
-
-
-def write_raster(
-    path: Path, data: np.ndarray, nodata: Optional[float] = None, dtype: int = gdal.GDT_Byte
-) -> Path:
-    c, h, w = data.shape
-    ds = gdal.GetDriverByName("GTiff").Create(str(path), w, h, c, dtype)
-    ds.SetGeoTransform(GT)
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32633)
-    ds.SetProjection(srs.ExportToWkt())
-    for i in range(c):
-        band = ds.GetRasterBand(i + 1)
-        band.WriteArray(data[i])
-        if nodata is not None:
-            band.SetNoDataValue(nodata)
-    ds = None
-    return path
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` (hidden ones included) -> its content hash."""
-    return {str(p.relative_to(folder)): digest(p) for p in folder.rglob("*") if p.is_file()}
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    """A random-init ResNet-18 detector for 3 bands and tiles of 64 (nothing here needs skill)."""
-    torch.manual_seed(0)
-    net = SiameseDeepLabV3Plus("resnet18", in_channels=3)
-    path = tmp_path_factory.mktemp("model") / "detector.kdmsi"
-    return save_detector(path, net, [1, 2, 3], Normalisation.default(3), 64)
-
-
-@pytest.fixture
-def work(tmp_path, model) -> dict[str, Path]:
-    rng = np.random.default_rng(0)
-    pre = rng.integers(40, 120, (3, SIZE, SIZE), dtype=np.uint8)
-    post = pre.copy()
-    post[:, 30:60, 30:60] = 220
-    out = tmp_path / "out"
-    out.mkdir()
-    return {
-        "before": write_raster(tmp_path / "before.tif", pre),
-        "after": write_raster(tmp_path / "after.tif", post),
-        "model": model,
-        "out": out,
-        "root": tmp_path,
-    }
-
-
-def detect_argv(work: dict[str, Path], *extra: str, out: Optional[str] = None) -> list[str]:
-    return [
-        "detect",
-        "--before",
-        str(work["before"]),
-        "--after",
-        str(work["after"]),
-        "--model",
-        str(work["model"]),
-        "--out",
-        out or str(work["out"] / "changes.gpkg"),
-        *extra,
-    ]
-
-
-def refused(argv: list[str], capsys, expected: str, status: int = 2) -> str:
-    """Run the CLI; assert the exit status and one line on stderr that holds ``expected``."""
-    code = main(argv)
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip() and "%|" not in line]
-    assert code == status, (argv, err)
-    assert expected in err, (expected, err)
-    assert "Traceback" not in err
-    errors = [line for line in lines if "error" in line or "cancelled" in line]
-    assert len(errors) == 1, err
-    return err
-
-
-def exits_with_usage(argv: list[str], capsys, expected: str) -> None:
-    """argparse-level refusals exit through SystemExit(2) with one line."""
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    err = capsys.readouterr().err
-    assert info.value.code == 2 and expected in err, err
-    assert len(err.strip().splitlines()) == 1, err
-
-
-# ---------------------------------------------------------------------- numbers and choices
-
-
-@pytest.mark.parametrize(
-    "extra, expected",
-    [
-        (["--tile-size", "0"], "--tile-size must be an integer from 16 to 4096"),
-        (["--tile-size", "100000"], "--tile-size must be an integer from 16 to 4096"),
-        (["--tile-size", "-5"], "--tile-size must be"),
-        (["--overlap", "-1"], "--overlap must be an integer from 0"),
-        (["--tile-size", "64", "--overlap", "64"], "--overlap must be from 0 to the tile size"),
-        (["--batch-size", "0"], "--batch-size must be an integer from 1"),
-        (["--threshold", "1.5"], "--threshold must be a probability from 0 to 1"),
-        (["--threshold", "nan"], "--threshold must be a probability"),
-        (["--min-area", "-5"], "--min-area must be a number from 0"),
-        (["--simplify", "-1"], "--simplify must be a number from 0"),
-        (["--min-area", "inf"], "--min-area must be"),
-        (["--device", "banana"], "--device 'banana' is not a device"),
-        (["--device", "cuda:x"], "is not a device"),
-        (["--scales=-1,abc"], "--scales takes numbers above 0"),
-        (["--scales", "9"], "--scales takes numbers above 0 and at most 4"),
-        (["--bands", "0,1,2"], "--bands takes 1-based band numbers"),
-        (["--bounds", "5,5,1,1"], "--bounds 5,5,1,1 is empty"),
-    ],
-)
-def test_detect_refuses_bad_numbers_before_any_work(work, capsys, extra, expected):
-    refused(detect_argv(work, *extra), capsys, expected)
-    assert snapshot(work["out"]) == {}
-
-
-@pytest.mark.parametrize(
-    "extra, expected",
-    [
-        (["--tile-size", "abc"], "argument --tile-size: invalid int value: 'abc'"),
-        (["--bounds", "1,2,3"], "give xmin,ymin,xmax,ymax"),
-        (["--runtime", "gpu"], "argument --runtime: invalid choice"),
-    ],
-)
-def test_argparse_errors_are_one_line(work, capsys, extra, expected):
-    exits_with_usage(detect_argv(work, *extra), capsys, expected)
-
-
-@pytest.mark.parametrize(
-    "argv, expected",
-    [
-        (["train-kd", "--epochs", "0"], "--epochs must be an integer from 1"),
-        (["train-kd", "--lr", "0"], "--lr must be a number above 0"),
-        (["train-kd", "--holdout", "1.5"], "--holdout must be a number from 0 to 0.9"),
-        (["train-kd", "--batch-size", "-2"], "--batch-size must be"),
-        (["train-cd", "--labels", "x", "--seed", "-1"], "--seed must be an integer from 0"),
-        (["train-cd", "--labels", "x", "--epochs", "0"], "--epochs must be"),
-    ],
-)
-def test_training_refuses_bad_numbers(work, capsys, argv, expected):
-    data = work["root"] / "data"
-    refused([*argv, "--data", str(data), "--out", str(work["out"] / "m.kdmsi")], capsys, expected)
-    assert snapshot(work["out"]) == {}
-
-
-@pytest.mark.parametrize(
-    "extra, expected",
-    [
-        (["--kd-epochs", "-1"], "--kd-epochs must be an integer from 1"),
-        (["--cd-epochs", "0"], "--cd-epochs must be"),
-        (["--batch-size", "0"], "--batch-size must be"),
-        (["--kd-lr", "-1"], "--kd-lr must be a number above 0"),
-        (["--threshold", "banana"], "--threshold must be auto, otsu, unchanged-quantile or"),
-        (["--device", "gpu"], "--device 'gpu' is not a device"),
-    ],
-)
-def test_train_from_tags_refuses_bad_options(work, capsys, extra, expected):
-    argv = ["train", "--before", str(work["before"]), "--after", str(work["after"])]
-    argv += ["--tiles", str(work["root"] / "tiles.gpkg"), "--out", str(work["out"] / "m.kdmsi")]
-    refused([*argv, *extra], capsys, expected)
-    assert snapshot(work["out"]) == {}
-
-
-def test_evaluate_and_pseudo_labels_refuse_bad_thresholds(work, capsys):
-    data = work["root"] / "data"
-    model = str(work["model"])
-    refused(
-        ["evaluate", "--model", model, "--data", str(data), "--threshold", "banana"],
-        capsys,
-        "--threshold must be auto, otsu, unchanged-quantile or a probability from 0 to 1",
-    )
-    argv = ["pseudo-labels", "--model", model, "--data", str(data)]
-    refused([*argv, "--out", str(work["out"] / "p"), "--threshold", "2"], capsys, "--threshold")
-    assert snapshot(work["out"]) == {}
-
-
-@pytest.mark.parametrize(
-    "argv, expected",
-    [
-        (["synth", "--scenes", "0"], "--scenes must be an integer from 1"),
-        (["synth", "--size", "10"], "--size must be an integer from 32"),
-        (["synth", "--tile-size", "8"], "--tile-size must be"),
-    ],
-)
-def test_synth_refuses_bad_numbers(work, capsys, argv, expected):
-    refused([*argv, "--out", str(work["out"] / "synth")], capsys, expected)
-    assert snapshot(work["out"]) == {}
-
-
-def test_export_onnx_refuses_bad_numbers(work, capsys):
-    argv = ["export-onnx", str(work["model"]), str(work["out"] / "m.onnx")]
-    refused([*argv, "--opset", "3"], capsys, "--opset must be an integer from 11")
-    refused([*argv, "--batch-size", "0"], capsys, "--batch-size must be")
-    assert snapshot(work["out"]) == {}
-
-
-# ------------------------------------------------------------------------------------ paths
-
-
-def test_an_output_never_overwrites_an_input(work, capsys, monkeypatch):
-    before, after, model = work["before"], work["after"], work["model"]
-    inputs = {p: digest(p) for p in (before, after, model)}
-    root = work["root"]
-    (root / "link.tif").symlink_to(before)
-    os.link(after, root / "hard.tif")
-    monkeypatch.chdir(root)
-    for probability, named in [
-        (str(before), "--before"),
-        ("./before.tif", "--before"),
-        ("out/../after.tif", "--after"),
-        (str(root / "link.tif"), "--before"),
-        (str(root / "hard.tif"), "--after"),
-    ]:
-        argv = detect_argv(work, "--probability", probability, "--overwrite")
-        refused(argv, capsys, f"is the same file as {named}")
-    refused(detect_argv(work, "--overwrite", out=str(model)), capsys, "--out")
-    refused(["export-onnx", str(model), str(model), "--overwrite"], capsys, "same file as --model")
-    weights = root / "w.pth"
-    torch.save({"x": torch.zeros(1)}, weights)
-    refused(
-        ["train-kd", "--data", str(root), "--out", str(weights), "--weights", str(weights)],
-        capsys,
-        "is the same file as --weights",
-    )
-    assert {p: digest(p) for p in (before, after, model)} == inputs
-
-
-def test_output_paths_that_cannot_be_written(work, capsys):
-    refused(
-        detect_argv(work, out=str(work["before"] / "x.gpkg")),
-        capsys,
-        "is a file, not a folder",
-    )
-    refused(detect_argv(work, out=str(work["root"] / "no" / "x.gpkg")), capsys, "does not exist")
-    refused(detect_argv(work, out=str(work["out"] / "x.txt")), capsys, "x.txt")
-    refused(
-        detect_argv(work, "--probability", str(work["out"] / "p.png")), capsys, "must be a GeoTIFF"
-    )
-    refused(
-        ["train-kd", "--data", str(work["root"]), "--out", str(work["before"] / "m.kdmsi")],
-        capsys,
-        "is a file, not a folder",
-    )
-    assert snapshot(work["out"]) == {}
-
-
-def test_missing_inputs_are_named(work, capsys):
-    missing = str(work["root"] / "missing.tif")
-    argv = detect_argv(work)
-    argv[argv.index("--before") + 1] = missing
-    refused(argv, capsys, "missing.tif")
-    argv = detect_argv(work)
-    argv[argv.index("--model") + 1] = str(work["root"] / "missing.kdmsi")
-    refused(argv, capsys, "missing.kdmsi")
-    assert snapshot(work["out"]) == {}
-
 
 # ---------------------------------------------------------------------------------- rasters
 
@@ -306,8 +28,8 @@ def float_pair(work: dict[str, Path], pre: np.ndarray, post: np.ndarray) -> dict
     root = work["root"]
     return {
         **work,
-        "before": write_raster(root / "fb.tif", pre, dtype=gdal.GDT_Float32),
-        "after": write_raster(root / "fa.tif", post, dtype=gdal.GDT_Float32),
+        "before": write_raster(root / "fb.tif", pre),
+        "after": write_raster(root / "fa.tif", post),
     }
 
 
