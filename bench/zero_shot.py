@@ -68,17 +68,11 @@ def feature_distance(
     return (total / len(levels))[0, 0].numpy()
 
 
-def otsu(score: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of ``score`` in [0, 1]."""
-    hist = np.histogram(score, bins, (0.0, 1.0))[0].astype(np.float64)
-    centres = (np.arange(bins) + 0.5) / bins
-    weight = hist.cumsum()
-    mass = (hist * centres).cumsum()
-    total_w, total_m = weight[-1], mass[-1]
-    between = (total_m * weight - mass * total_w) ** 2 / np.maximum(
-        weight * (total_w - weight), 1e-12
-    )
-    return float(centres[int(between.argmax())])
+def otsu(score: np.ndarray) -> float:
+    """Otsu's threshold of ``score`` in [0, 1], as kdmsi computes it for pseudo labels."""
+    from kdmsi.inference.thresholds import HIST_BINS, otsu_threshold
+
+    return otsu_threshold(np.histogram(score, HIST_BINS, (0.0, 1.0))[0])
 
 
 def run(data: Path, levels: Sequence[int], mix: bool = False) -> list[dict]:

@@ -13,9 +13,12 @@ from ..options import (
     check_bands,
     check_bounds,
     check_device,
-    check_number,
     check_outputs_are_not_inputs,
     check_scales,
+    same_file,
+)
+from ..options import (
+    check_numbers as check_option_values,
 )
 
 PathLike = Union[str, Path]
@@ -60,7 +63,7 @@ def check_outputs(
         raise DetectOutputError(
             f"the probability output {probability} must be a GeoTIFF: give it a .tif name"
         )
-    if probability.resolve() == vector.resolve():
+    if same_file(probability, vector):
         raise DetectOutputError(f"{vector} is given as both the vector and the raster output")
     check_output_target(probability, overwrite)
     return vector, probability
@@ -126,16 +129,32 @@ def check_numbers(
     Raises:
         OptionError: naming the option and its range.
     """
-    tile_size = check_number("tile_size", tile_size)
-    check_number("overlap", overlap_px)
-    if not 0 <= overlap_px < tile_size:
+    _check_detect_numbers(tile_size, overlap_px, batch_size, threshold, min_area_m2, simplify_m)
+
+
+def _check_detect_numbers(
+    tile_size: Optional[int],
+    overlap_px: Optional[int],
+    batch_size: int,
+    threshold: Optional[float],
+    min_area_m2: float,
+    simplify_m: float,
+) -> None:
+    """The numbers given (None: not given yet) in their ranges; the overlap under the tile."""
+    check_option_values(
+        {
+            "tile_size": tile_size,
+            "overlap": overlap_px,
+            "batch_size": batch_size,
+            "threshold": threshold,
+            "min_area": min_area_m2,
+            "simplify": simplify_m,
+        }
+    )
+    if tile_size is not None and overlap_px is not None and overlap_px >= tile_size:
         raise OptionError(
             f"--overlap must be from 0 to the tile size - 1 ({tile_size - 1}), not {overlap_px}"
         )
-    check_number("batch_size", batch_size)
-    check_number("threshold", threshold)
-    check_number("min_area", min_area_m2)
-    check_number("simplify", simplify_m)
 
 
 def check_detect_options(
@@ -158,19 +177,7 @@ def check_detect_options(
         OptionError: naming the option and what to give.
     """
     check_device(device)
-    if tile_size is not None:
-        check_number("tile_size", tile_size)
-    if overlap_px is not None:
-        check_number("overlap", overlap_px)
-        if tile_size is not None and overlap_px >= tile_size:
-            raise OptionError(
-                f"--overlap must be from 0 to the tile size - 1 ({tile_size - 1}), not {overlap_px}"
-            )
-    check_number("batch_size", batch_size)
-    if threshold is not None:
-        check_number("threshold", threshold)
-    check_number("min_area", min_area_m2)
-    check_number("simplify", simplify_m)
+    _check_detect_numbers(tile_size, overlap_px, batch_size, threshold, min_area_m2, simplify_m)
     if bands is not None:
         check_bands(bands)
     if scales is not None:

@@ -13,7 +13,7 @@ from ..geo.align import AlignedPair
 from ..geo.metadata import metadata_strings
 from ..geo.polygons import write_change_polygons
 from ..geo.raster import gdal_exceptions
-from ..geo.vector import fixed_write_date, vector_driver
+from ..geo.vector import fixed_write_date, vector_driver, write_failed
 from ..progress import CancelCheck, ProgressCallback
 
 
@@ -54,8 +54,8 @@ def write_polygons(
 ) -> int:
     """Polygonize ``prob_path`` into ``temp`` (layer named after ``target``), streaming, plus
     the GeoPackage layer metadata; return the polygon count."""
-    # the writers would log the temporary name; their errors name the output asked for
-    with _quiet("kdmsi.geo"), _named_after(target, temp):
+    # the writers would log the temporary name (`atomic_output` renames it in their errors)
+    with _quiet("kdmsi.geo"):
         count = write_change_polygons(
             prob_path,
             temp,
@@ -78,10 +78,7 @@ def write_polygons(
                 source = None
             except RuntimeError as exc:  # disk full, file system gone
                 source = None
-                raise OSError(
-                    f"writing {target} failed ({' '.join(str(exc).split())}): free some disk "
-                    "space or choose another folder"
-                ) from exc
+                raise write_failed(target, exc) from exc
     return count
 
 
@@ -89,17 +86,6 @@ def polygon_strip_rows(width: int) -> int:
     """Rows per polygonize pass: about 2 Mpx per strip (32 to 512 rows), so its buffers do
     not grow with the raster's width either."""
     return max(32, min(512, (1 << 21) // max(width, 1)))
-
-
-@contextlib.contextmanager
-def _named_after(target: Path, temp: Path) -> Iterator[None]:
-    """Errors about the temporary file name the output the user asked for."""
-    try:
-        yield
-    except OSError as exc:
-        if str(temp) not in str(exc):
-            raise
-        raise OSError(str(exc).replace(str(temp), str(target))) from exc
 
 
 @contextlib.contextmanager

@@ -210,6 +210,12 @@ def atomic_output(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
             raise FileNotFoundError(f"nothing was written to {target} (temporary file {temp})")
         check_output_target(target, overwrite)  # may have appeared meanwhile
         _move_into_place(temp, target)
+    except OSError as exc:
+        _remove_temp(temp)
+        if str(temp) not in str(exc):
+            raise
+        # the writer only knew the temporary name: name the output the user asked for
+        raise type(exc)(str(exc).replace(str(temp), str(target))) from exc
     except BaseException:
         _remove_temp(temp)
         raise

@@ -215,11 +215,16 @@ def write_features(
             sink = source = None  # closes and flushes the file
         except RuntimeError as exc:  # GDAL: disk full, quota, file system gone
             sink = source = None
-            reason = " ".join(str(exc).split()) or "GDAL gave no reason"
-            raise OSError(
-                f"writing {target} failed ({reason}): free some disk space or choose another folder"
-            ) from exc
+            raise write_failed(target, exc) from exc
     return count
+
+
+def write_failed(target: PathLike, exc: BaseException) -> OSError:
+    """The one-line error of a GDAL write that failed (disk full, quota, file system gone)."""
+    reason = " ".join(str(exc).split()) or "GDAL gave no reason"
+    return OSError(
+        f"writing {target} failed ({reason}): free some disk space or choose another folder"
+    )
 
 
 WRITE_DATE = "2000-01-01T00:00:00Z"

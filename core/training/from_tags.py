@@ -31,6 +31,7 @@ from ..options import (
     check_outputs_are_not_inputs,
     check_scales,
     check_threshold,
+    same_file,
 )
 from ..progress import CancelCheck, ProgressCallback, report, sub_progress
 from ..reports.page import require_report_dependencies
@@ -114,7 +115,7 @@ def train_from_tags(
     check_output_target(out, overwrite)
     if kd_out is not None:
         check_output_target(kd_out, overwrite)
-        if Path(kd_out).resolve() == Path(out).resolve():
+        if same_file(kd_out, out):
             raise ValueError(f"{out} is given as both the detector and the KD model file")
     if report_dir is not None:
         check_folder_target(report_dir, overwrite)
