@@ -2,7 +2,8 @@
 export-onnx, evaluate-detection, tile-grid, train, train-hicd.
 
 User errors (bad paths, foreign checkpoints, inconsistent datasets) end with one line on stderr
-and exit status 2; a cancel (Ctrl+C) exits with 130. Neither leaves partial files behind.
+and exit status 2; Ctrl+C exits with 130 and SIGTERM with 143. None leaves partial files
+behind.
 
 Modules: `main` (the top-level parser, dispatch and exit statuses), one per group of verbs
 (`train_steps`: train-kd, pseudo-labels, train-cd; `evaluate`: evaluate, synth; `detect`: detect,

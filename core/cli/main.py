@@ -1,7 +1,8 @@
 """The top-level `kdmsi` parser and the dispatch to the verbs, with the exit statuses.
 
 User errors (bad paths, foreign checkpoints, inconsistent datasets) end with one line on stderr
-and exit status 2; a cancel (Ctrl+C) exits with 130. Neither leaves partial files behind.
+and exit status 2; Ctrl+C exits with 130 and SIGTERM with 143. None leaves partial files
+behind.
 """
 
 from __future__ import annotations
