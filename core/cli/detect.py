@@ -29,8 +29,8 @@ def cmd_detect(args) -> int:
     from ..runtime.onnx_runner import is_onnx_path
 
     tune_process_for_detect()  # before torch is imported; GDAL_CACHEMAX, when set, wins
-    inputs = {"--before": args.before, "--after": args.after, "--model": args.model}
-    check_outputs(args.out, args.probability, args.overwrite, inputs)  # before the bar appears
+    # before the bar appears (outputs against inputs: `check_cli_options`, already run)
+    check_outputs(args.out, args.probability, args.overwrite)
     if not is_onnx_path(args.model):  # an ONNX model runs without importing torch
         _warn_quality(args.before, args.after, args.model)
     result = _run_with_bar(
