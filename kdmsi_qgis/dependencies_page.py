@@ -85,6 +85,7 @@ class DependenciesDialog(QDialog):
         layout.addLayout(self._options())
         layout.addLayout(self._buttons())
         self.status = QLabel()
+        self.status.setWordWrap(True)
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
         self.log = QPlainTextEdit()
@@ -93,7 +94,7 @@ class DependenciesDialog(QDialog):
         self.log.setFixedHeight(90)
         for part in (self.status, self.progress, self.log):
             layout.addWidget(part)
-        self.resize(720, 560)
+        self.resize(780, 620)
         self.refresh()
 
     # ------------------------------------------------------------------ layout

@@ -19,6 +19,7 @@ import pytest
 from conftest import REPO
 
 SCRIPT = Path(__file__).resolve().parent / "desktop" / "open_dialog.py"
+DEPENDENCIES_SCRIPT = SCRIPT.with_name("open_dependencies.py")
 
 
 def _not_blank(path: Path) -> dict:
@@ -38,23 +39,13 @@ def screenshots() -> Path:
     return folder
 
 
-def test_desktop_opens_the_dialog(profile_root, scene_pair, qgis_detector, screenshots):
+def _desktop(script: Path, env: dict) -> subprocess.CompletedProcess:
+    """The QGIS desktop on a 1400 x 900 Xvfb screen running `script`."""
     qgis = shutil.which("qgis.bin") or shutil.which("qgis")
     xvfb = shutil.which("xvfb-run")
     if qgis is None or xvfb is None:
         pytest.skip("the QGIS desktop or xvfb-run is not installed")
-    env = {k: v for k, v in os.environ.items() if k != "QT_QPA_PLATFORM"}  # a real X display
-    import torch
-
-    env.update(
-        QGIS_CUSTOM_CONFIG_PATH=str(profile_root),
-        PYTHONPATH=str(Path(torch.__file__).resolve().parents[1]),  # as in run_qgis_process
-        KDMSI_BEFORE=str(scene_pair["before"]),
-        KDMSI_AFTER=str(scene_pair["after"]),
-        KDMSI_MODEL=str(qgis_detector),
-        KDMSI_SHOTS=str(screenshots),
-    )
-    done = subprocess.run(
+    return subprocess.run(
         [
             xvfb,
             "-a",
@@ -64,13 +55,33 @@ def test_desktop_opens_the_dialog(profile_root, scene_pair, qgis_detector, scree
             "--nologo",
             "--noversioncheck",
             "--code",
-            str(SCRIPT),
+            str(script),
         ],  # fmt: skip
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def _display_env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("QT_QPA_PLATFORM", "PYTHONPATH")}
+    env.update(extra)  # a real X display; PYTHONPATH only when given
+    return env
+
+
+def test_desktop_opens_the_dialog(profile_root, scene_pair, qgis_detector, screenshots):
+    import torch
+
+    env = _display_env(
+        QGIS_CUSTOM_CONFIG_PATH=str(profile_root),
+        PYTHONPATH=str(Path(torch.__file__).resolve().parents[1]),  # as in run_qgis_process
+        KDMSI_BEFORE=str(scene_pair["before"]),
+        KDMSI_AFTER=str(scene_pair["after"]),
+        KDMSI_MODEL=str(qgis_detector),
+        KDMSI_SHOTS=str(screenshots),
+    )
+    done = _desktop(SCRIPT, env)
     state_file = screenshots / "state.json"
     assert state_file.is_file(), done.stdout[-2000:] + done.stderr[-2000:]
     state = json.loads(state_file.read_text())
@@ -88,3 +99,35 @@ def test_desktop_opens_the_dialog(profile_root, scene_pair, qgis_detector, scree
     assert dialog["size"][0] > 300 and dialog["size"][1] > 300
     assert dialog["colours"] > 20 and dialog["std"] > 10, dialog
     assert window["colours"] > 100 and window["std"] > 10, window
+
+
+def test_desktop_dependencies_page_where_torch_is_absent(profile_root, screenshots, tmp_path):
+    """QGIS's own Python (no PYTHONPATH to the venv) lacks torch: the message bar offers the
+    page, the page lists what is missing with Install enabled, and an offline install from an
+    empty wheels folder is refused in one line, the package folder never created."""
+    empty = tmp_path / "wheels"
+    empty.mkdir()
+    env = _display_env(
+        QGIS_CUSTOM_CONFIG_PATH=str(profile_root), KDMSI_SHOTS=str(screenshots),
+        KDMSI_EMPTY_WHEELS=str(empty), PIP_CONFIG_FILE=os.devnull,  # this machine's pip.conf off
+    )  # fmt: skip
+    for name in [name for name in env if name.startswith("PIP_") and name != "PIP_CONFIG_FILE"]:
+        del env[name]  # e.g. PIP_FIND_LINKS: the page must see only the empty folder
+    done = _desktop(DEPENDENCIES_SCRIPT, env)
+    state_file = screenshots / "deps_state.json"
+    assert state_file.is_file(), done.stdout[-2000:] + done.stderr[-2000:]
+    state = json.loads(state_file.read_text())
+    assert done.returncode == 0 and "error" not in state, state
+    assert state["plugin_loaded"] and state["message_bar_button"] and state["page_visible"]
+    assert state["menu_action"] == "Dependencies…"
+    assert state["rows"]["torch"] == "missing" and state["rows"]["torchvision"] == "missing"
+    assert state["install_enabled"] and state["install_text"] == "Install missing"
+    assert "Missing: torch, torchvision" in state["summary"]
+    assert "torch: missing" in state["diagnostics"] and "QGIS: 3." in state["diagnostics"]
+    assert state["running"], state
+    assert state["status"].startswith("torch==2.13.0 is not in the wheel folder"), state["status"]
+    assert not state["deps_exists_after"]
+    assert state["deps_dir"].startswith(str(profile_root))
+    for name in ("kdmsi_dependencies.png", "qgis_missing_dependencies.png"):
+        shot = _not_blank(screenshots / name)
+        assert shot["colours"] > 20 and shot["std"] > 10, (name, shot)

@@ -28,7 +28,7 @@ def test_no_missing_dependencies_here():
 
     assert missing_dependencies() == []
     hint = install_hint()
-    assert "-m pip install torch==" in hint and "torchvision==" in hint
+    assert "Dependencies…" in hint and "-m kdmsi_qgis.install --install" in hint
 
 
 def test_provider_lists_the_four_algorithms(qgis_app):
@@ -177,12 +177,13 @@ def test_train_from_tags_copies_memory_layer_and_reports_tag_errors(qgis_app, sc
 def test_missing_dependencies_block_the_run(qgis_app, scene_pair, tmp_path, monkeypatch):
     import processing
 
-    from kdmsi_qgis import bridge
+    from kdmsi_qgis import bridge, deps
     from kdmsi_qgis.algorithms import base
 
     monkeypatch.setattr(base, "missing_dependencies", lambda: ["torch"])
     monkeypatch.setattr(bridge, "missing_dependencies", lambda: ["torch"])
-    with pytest.raises(qgis_core.QgsProcessingException, match="-m pip install torch=="):
+    monkeypatch.setattr(deps, "missing_dependencies", lambda: ["torch"])
+    with pytest.raises(qgis_core.QgsProcessingException, match=r"lacks \(torch\).*Dependencies…"):
         processing.run(
             "kdmsi:create_tile_grid",
             {

@@ -118,7 +118,9 @@ def _pip_env(paths: Sequence[Path]) -> Dict[str, str]:
     return env
 
 
-def explain_pip_failure(lines: Sequence[str], environment: Environment, where: str) -> str:
+def explain_pip_failure(
+    lines: Sequence[str], environment: Environment, where: str, request_offline: bool = False
+) -> str:
     """One line from pip's output: a numpy refusal, a missing wheel, or pip's own error."""
     numpy = environment.version_of("numpy") or "1.x"
     for line in lines:
@@ -132,10 +134,28 @@ def explain_pip_failure(lines: Sequence[str], environment: Environment, where: s
             )
     for line in lines:
         missing = re.search(r"No matching distribution found for (\S+)", line)
+        if missing and request_offline:
+            return (
+                f"{missing.group(1)} is not in {where}; put its wheel there, or allow "
+                "downloads from the package index"
+            )
         if missing:
             return (
-                f"{missing.group(1)} is not available from {where}; check the connection (or "
-                "the proxy in QGIS's Settings > Options > Network), or give a folder of wheels"
+                f"{missing.group(1)} was not found on {where}; check the internet connection "
+                "or the proxy (QGIS: Settings > Options > Network)"
+            )
+    for i, line in enumerate(lines):
+        conflict = re.search(r"Cannot install (.+?) because", line)
+        if conflict:  # the causes follow "The conflict is caused by:", up to a blank line
+            causes = []
+            for cause in lines[i + 1 :]:
+                if causes and not cause.strip():
+                    break
+                if cause.strip() and not cause.strip().startswith("The conflict is"):
+                    causes.append(cause.strip())
+            return (
+                f"{conflict.group(1)} cannot be installed from {where}: no release there fits "
+                f"({'; '.join(causes)[:300]}); check pip's configuration and the sources"
             )
     errors = [line.strip() for line in lines if line.strip().startswith("ERROR")]
     last = errors[-1] if errors else (lines[-1].strip() if lines else "pip printed nothing")
@@ -176,7 +196,9 @@ def resolve(
         environment.python, arguments, _pip_env(paths), line, cancelled, request.log_file
     )
     if status != 0 or not report.is_file():
-        raise InstallError(explain_pip_failure(lines, environment, _sources(request)))
+        raise InstallError(
+            explain_pip_failure(lines, environment, _sources(request), request.no_index)
+        )
     plan = json.loads(report.read_text(encoding="utf-8")).get("install", [])
     pins = [f"{item['metadata']['name']}=={item['metadata']['version']}" for item in plan]
     touched = sorted({normalise(p.split("==")[0]) for p in pins} & set(PROTECTED))
@@ -210,7 +232,9 @@ def fetch(
     arguments += ["-c", str(scratch / "constraints.txt")] + pip_options(request) + list(pins)
     status, lines = run_pip(environment.python, arguments, None, line, cancelled, request.log_file)
     if status != 0:
-        raise InstallError(explain_pip_failure(lines, environment, _sources(request)))
+        raise InstallError(
+            explain_pip_failure(lines, environment, _sources(request), request.no_index)
+        )
     touched = sorted(folder.dists_in(staging) & set(PROTECTED))
     if touched:  # a wheel that vendors one under another name would still be caught here
         raise InstallError(f"refused: pip put QGIS's own {', '.join(touched)} into the folder")

@@ -114,7 +114,8 @@ def run_pip(
             lines.put(line.rstrip("\n"))
         lines.put(None)
 
-    threading.Thread(target=read, daemon=True).start()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     output: List[str] = []
     log = open(log_file, "a", encoding="utf-8") if log_file else None
     try:
@@ -145,3 +146,6 @@ def run_pip(
             log.close()
         if process.poll() is None:
             process.kill()
+        process.wait()
+        reader.join(timeout=5)
+        process.stdout.close()
