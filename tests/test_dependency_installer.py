@@ -22,7 +22,14 @@ from wheel_helpers import make_wheel
 from kdmsi_qgis.install import folder
 from kdmsi_qgis.install.catalog import PACKAGES, Package
 from kdmsi_qgis.install.environment import check_imports, choose_build, probe, torch_index
-from kdmsi_qgis.install.installer import Request, constraints_text, install, remove
+from kdmsi_qgis.install.installer import (
+    Request,
+    constraints_text,
+    install,
+    pip_env,
+    pip_options,
+    remove,
+)
 from kdmsi_qgis.install.pip_run import InstallCancelled, InstallError, PipSteps
 
 APP = Package("kfake-app", "kfake_app", "kfake-app==2.0", "the test")
@@ -191,6 +198,15 @@ def test_build_choice_and_index(monkeypatch):
     assert choose_build("auto", None)[0] == "cpu" and torch_index("cpu") is None
     with pytest.raises(ValueError, match="auto, cpu or cuda"):
         choose_build("rocm", None)
+
+
+def test_the_proxy_goes_to_pip_by_environment_only(tmp_path, wheels):
+    req = request(tmp_path, wheels)
+    req.proxy = "http://analyst:secret@proxy.example:3128"
+    assert not any("secret" in option for option in pip_options(req))
+    assert pip_env(req)["PIP_PROXY"] == req.proxy
+    install(req)  # offline: pip never needs the proxy, and never logs it
+    assert "secret" not in req.log_file.read_text()
 
 
 def test_pip_lines_become_progress():

@@ -39,29 +39,21 @@ def screenshots() -> Path:
     return folder
 
 
-def _desktop(script: Path, env: dict) -> subprocess.CompletedProcess:
-    """The QGIS desktop on a 1400 x 900 Xvfb screen running `script`."""
+def _desktop(script: Path, env: dict, state_file: Path) -> dict:
+    """The QGIS desktop on a 1400 x 900 Xvfb screen running `script`; what it wrote to
+    `state_file`, checked for a clean exit."""
     qgis = shutil.which("qgis.bin") or shutil.which("qgis")
     xvfb = shutil.which("xvfb-run")
     if qgis is None or xvfb is None:
         pytest.skip("the QGIS desktop or xvfb-run is not installed")
-    return subprocess.run(
-        [
-            xvfb,
-            "-a",
-            "-s",
-            "-screen 0 1400x900x24",
-            qgis,
-            "--nologo",
-            "--noversioncheck",
-            "--code",
-            str(script),
-        ],  # fmt: skip
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    command = [xvfb, "-a", "-s", "-screen 0 1400x900x24", qgis, "--nologo", "--noversioncheck"]
+    done = subprocess.run(
+        [*command, "--code", str(script)], env=env, capture_output=True, text=True, timeout=300
     )
+    assert state_file.is_file(), done.stdout[-2000:] + done.stderr[-2000:]
+    state = json.loads(state_file.read_text())
+    assert done.returncode == 0 and "error" not in state, state
+    return state
 
 
 def _display_env(**extra: str) -> dict:
@@ -81,11 +73,7 @@ def test_desktop_opens_the_dialog(profile_root, scene_pair, qgis_detector, scree
         KDMSI_MODEL=str(qgis_detector),
         KDMSI_SHOTS=str(screenshots),
     )
-    done = _desktop(SCRIPT, env)
-    state_file = screenshots / "state.json"
-    assert state_file.is_file(), done.stdout[-2000:] + done.stderr[-2000:]
-    state = json.loads(state_file.read_text())
-    assert done.returncode == 0 and "error" not in state, state
+    state = _desktop(SCRIPT, env, screenshots / "state.json")
     assert state["plugin_loaded"] and state["toolbar_action"] and state["dialog_visible"]
     assert state["tabs"] == ["Detect changes", "Train from tagged tiles"]
     assert (state["before"], state["after"]) == ("before (2019)", "after (2024)")
@@ -113,11 +101,7 @@ def test_desktop_dependencies_page_where_torch_is_absent(profile_root, screensho
     )  # fmt: skip
     for name in [name for name in env if name.startswith("PIP_") and name != "PIP_CONFIG_FILE"]:
         del env[name]  # e.g. PIP_FIND_LINKS: the page must see only the empty folder
-    done = _desktop(DEPENDENCIES_SCRIPT, env)
-    state_file = screenshots / "deps_state.json"
-    assert state_file.is_file(), done.stdout[-2000:] + done.stderr[-2000:]
-    state = json.loads(state_file.read_text())
-    assert done.returncode == 0 and "error" not in state, state
+    state = _desktop(DEPENDENCIES_SCRIPT, env, screenshots / "deps_state.json")
     assert state["plugin_loaded"] and state["message_bar_button"] and state["page_visible"]
     assert state["menu_action"] == "Dependencies…"
     assert state["rows"]["torch"] == "missing" and state["rows"]["torchvision"] == "missing"

@@ -97,8 +97,6 @@ def pip_options(request: Request) -> List[str]:
         index = request.torch_index or torch_index(build)
         if index:
             options += ["--extra-index-url", index]
-    if request.proxy:
-        options += ["--proxy", request.proxy]
     return options
 
 
@@ -110,11 +108,15 @@ def constraints_text(environment: Environment) -> str:
     return "\n".join(pins) + "\n"
 
 
-def _pip_env(paths: Sequence[Path]) -> Dict[str, str]:
+def pip_env(request: Request, paths: Sequence[Path] = ()) -> Dict[str, str]:
+    """pip's environment: `paths` in front of PYTHONPATH; the proxy as PIP_PROXY, so that its
+    password never shows in the log, the diagnostics or the process list."""
     env = dict(os.environ)
     existing = env.get("PYTHONPATH")
     env["PYTHONPATH"] = os.pathsep.join([str(p) for p in paths] + ([existing] if existing else []))
     env["PIP_NO_INPUT"] = "1"
+    if request.proxy:
+        env["PIP_PROXY"] = request.proxy
     return env
 
 
@@ -193,7 +195,7 @@ def resolve(
     arguments = ["install", "--dry-run", "--report", str(report), "-c", str(constraints)]
     arguments += pip_options(request) + [p.spec for p in wanted]
     status, lines = run_pip(
-        environment.python, arguments, _pip_env(paths), line, cancelled, request.log_file
+        environment.python, arguments, pip_env(request, paths), line, cancelled, request.log_file
     )
     if status != 0 or not report.is_file():
         raise InstallError(
@@ -230,7 +232,9 @@ def fetch(
 
     arguments = ["install", "--no-deps", "--target", str(staging), "--no-compile"]
     arguments += ["-c", str(scratch / "constraints.txt")] + pip_options(request) + list(pins)
-    status, lines = run_pip(environment.python, arguments, None, line, cancelled, request.log_file)
+    status, lines = run_pip(
+        environment.python, arguments, pip_env(request), line, cancelled, request.log_file
+    )
     if status != 0:
         raise InstallError(
             explain_pip_failure(lines, environment, _sources(request), request.no_index)
