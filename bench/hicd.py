@@ -2,36 +2,31 @@
 
 For each domain (synthetic scenes from `kdmsi.data.synthetic`; the LEVIR-CD pairs of
 ``../shared/data/real`` when present) and each degradation preset of `kdmsi.training.degrade`, it
-trains
-and scores, on held-out pairs whose after image is degraded by the preset (fixed seeds):
+trains and scores, on held-out pairs whose after image is degraded by the preset (fixed seeds):
 
-* teacher, clean pairs: a ResNet-18 Siamese DeepLabV3+ trained on the clean training pairs'
-  masks, scored on the clean test pairs (the upper bound);
+* teacher, clean pairs: the default detector (`kdmsi.recipe`: EfficientNet-Lite0 trunk with
+  ImageNet weights, AdamW, frozen batch norms) trained on the clean training pairs' masks,
+  scored on the clean test pairs (the upper bound);
 * teacher, degraded after image: the same network on the degraded test pairs, not adapted;
 * direct on degraded: the student trained on degraded pairs with cross-entropy only (baseline);
 * feature-MSE distillation: + position-by-position feature MSE to the teacher's clean-pair
   features (``lambda_feat``);
 * HiCD: + self / cross / change / global correlation distillation (`kdmsi.losses.hicd`);
-* HiCD ablations (``--ablation-presets``): without the self, cross or global term (the change
-  feature term, CFD, is kept in all three).
+* HiCD ablations (``--ablation-presets``): without the self, cross, global or change-feature
+  term.
 
-Within a domain every student has the same initialisation, tiles, augmentations, degradations,
-schedule and number of steps (`kdmsi.training.hicd.train_hicd`), so only the loss differs.
-Synthetic students start from random weights and follow the teacher's own recipe (the paper's
-set-up); on LEVIR-CD they start from the teacher and are fine-tuned for a few epochs, because
-training from random weights on real images does not fit a CPU budget. The figure is the
-change IoU (cIoU, %) over all test pixels; "gap closed" is (HiCD - direct) / (teacher clean -
-direct). ``--tune`` runs the weight search on validation scenes (seeds 201..) instead.
+Within a domain every student has the same initialisation (a new network with the ImageNet
+trunk, as the teacher started), tiles, augmentations, degradations, schedule and number of
+steps (`kdmsi.training.hicd.train_hicd`), so only the loss differs. The figure is the change
+IoU (cIoU, %) over all test pixels; "gap closed" is (HiCD - direct) / (teacher clean - direct).
+``--seeds 0,1,2`` trains every student once per seed (initialisation of the new layers, batch
+order, training degradations; the teacher and the test degradations stay fixed) and prints
+mean ± sd, the run-to-run spread a difference has to beat. ``--tune`` runs the weight search
+on validation scenes (seeds 201..) instead. Usage::
 
-CPU only, random initialisation, small tiles: the figures show the methods at this budget, not
-the paper's accuracy. ``--seeds 0,1,2`` trains the direct, feature-MSE and HiCD students once
-per seed (initialisation, batch order, training degradations; the teacher and the test
-degradations stay fixed) and prints mean ± sd, the run-to-run spread the comparison has to
-beat. Usage::
+    nice -n 5 .venv/bin/python bench/hicd.py [--domains synthetic,real] [--seeds 0,1,2] [--quick]
 
-    nice -n 5 .venv/bin/python bench/hicd.py [--domains synthetic,real] [--seeds 0] [--quick]
-
-writes ``bench/results/hicd.md`` (atomically) and prints the same tables.
+writes ``bench/results/hicd.md`` (atomically; ``--out`` elsewhere) and prints the same tables.
 """
 
 from __future__ import annotations
@@ -49,6 +44,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from kdmsi import recipe
 from kdmsi.data.pairs import PairDataset
 from kdmsi.data.synthetic import make_scene, write_tile_dataset
 from kdmsi.geo.atomic import atomic_output
@@ -75,6 +71,7 @@ ABLATIONS = {
     "HiCD - self": {"use_self": False},
     "HiCD - cross": {"use_cross": False},
     "HiCD - global": {"use_global": False},
+    "HiCD - change features": {"use_cfd": False},
 }
 
 
@@ -94,21 +91,20 @@ class Budget:
     """Sizes of one run of the bench."""
 
     tile: int = 64
-    batch_size: int = 8
-    teacher_lr: float = 0.01
+    batch_size: int = recipe.BATCH_SIZE
     synth_train_scenes: int = 4
     synth_test_scenes: int = 6
     synth_size: int = 256
-    synthetic: Protocol = Protocol(10, "random", 10, 0.01)
-    real: Protocol = Protocol(2, "teacher", 3, 0.003, 64)
+    synthetic: Protocol = Protocol(recipe.CD_EPOCHS, "imagenet", recipe.CD_EPOCHS, recipe.CD_LR)
+    real: Protocol = Protocol(recipe.CD_EPOCHS, "imagenet", recipe.CD_EPOCHS, recipe.CD_LR, 128)
 
 
 QUICK = Budget(
     synth_train_scenes=1,
     synth_test_scenes=1,
     synth_size=128,
-    synthetic=Protocol(1, "random", 1, 0.01),
-    real=Protocol(1, "teacher", 1, 0.003, 16),
+    synthetic=Protocol(1, "imagenet", 1, recipe.CD_LR),
+    real=Protocol(1, "imagenet", 1, recipe.CD_LR, 16),
 )
 
 
@@ -145,7 +141,7 @@ def synthetic_domain(work: Path, budget: Budget, validation: bool = False) -> Do
         f"{budget.synth_train_scenes} training / {budget.synth_test_scenes} "
         f"{'validation' if validation else 'test'} scenes of {budget.synth_size}² px (1 m), "
         f"{len(train)} / {len(test)} tiles of {budget.tile} px. Teacher {p.teacher_epochs} "
-        f"epochs from random weights; students from {p.student_init} weights, "
+        f"epochs from ImageNet weights; students from {p.student_init} weights, "
         f"{p.student_epochs} epochs, lr {p.student_lr}."
     )
     return Domain("synthetic", train, test, p, text)
@@ -162,7 +158,7 @@ def real_domain(budget: Budget) -> Optional[Domain]:
     test = PairDataset(REAL / "LEVIR-CD", tile_size=budget.tile, names=test_names)
     p = budget.real
     text = (
-        f"LEVIR-CD (0.5 m). Teacher: {p.teacher_epochs} epochs from random weights on the 2 "
+        f"LEVIR-CD (0.5 m). Teacher: {p.teacher_epochs} epochs from ImageNet weights on the 2 "
         f"images of LEVIR-CD-1024 ({len(train)} tiles of {budget.tile} px). Students: from "
         f"{p.student_init} weights, {p.student_epochs} epochs (lr {p.student_lr}) on a fixed "
         f"random {p.student_tiles} of those tiles. Test: the {len(test_names)} LEVIR-CD 256² "
@@ -173,14 +169,8 @@ def real_domain(budget: Budget) -> Optional[Domain]:
 
 def teacher_for(domain: Domain, budget: Budget, work: Path) -> SiameseDeepLabV3Plus:
     """Train (or reuse from `work`) the clean-pair teacher of `domain` (last epoch kept)."""
-    config = CDConfig(
-        backbone="resnet18",
-        epochs=domain.protocol.teacher_epochs,
-        batch_size=budget.batch_size,
-        lr=budget.teacher_lr,
-        seed=0,
-    )
-    key = f"{domain.name}_{len(domain.train)}_{config.epochs}_{config.batch_size}_{config.lr}"
+    config = CDConfig(epochs=domain.protocol.teacher_epochs, batch_size=budget.batch_size, seed=0)
+    key = f"{domain.name}_{config.backbone}_{len(domain.train)}_{config.epochs}_{config.lr}"
     path = work / f"teacher_{''.join(c if c.isalnum() else '_' for c in key)}.kdmsi"
     if path.is_file():
         return load_checkpoint(path)[0]
@@ -248,6 +238,7 @@ def run_domain(
         TEACHER_ROW: {},
         "teacher, degraded after image": {},
     }
+    budgets: dict[str, dict[str, list]] = {}  # row -> preset -> [steps, seconds, students]
     print(f"\n## {domain.name}: {domain.description}", flush=True)
     print(f"teacher on clean test pairs: cIoU {clean:.2f}", flush=True)
     students = student_set(domain)
@@ -261,7 +252,7 @@ def run_domain(
             for name, change in ABLATIONS.items():
                 runs[name] = ("hicd", replace(loss, **change))
         for name, (method, loss_config) in runs.items():
-            for seed in seeds if name in (DIRECT_ROW, FEAT_ROW, HICD_ROW) else seeds[:1]:
+            for seed in seeds:
                 config = student_config(
                     domain, budget, method, preset, loss_config, lambda_feat, seed
                 )
@@ -271,12 +262,21 @@ def run_domain(
                 timings[key] = time.perf_counter() - start
                 score = iou(result.model, test)
                 rows.setdefault(name, {}).setdefault(preset, []).append(score)
+                spent = budgets.setdefault(name, {}).setdefault(preset, [0, 0.0, 0])
+                spent[0] = len(result.steps)  # the same for every seed of a row
+                spent[1] += timings[key]
+                spent[2] += 1
                 print(
                     f"{preset:>10} {name:<32} seed {seed} cIoU {score:6.2f} ({timings[key]:.0f} s)",
                     flush=True,
                 )
     timings["total"] = time.perf_counter() - t0
-    return {"rows": rows, "timings": timings, "description": domain.description}
+    return {
+        "rows": rows,
+        "budgets": budgets,
+        "timings": timings,
+        "description": domain.description,
+    }
 
 
 TUNE_FEAT = (1.0, 3.0, 10.0)
@@ -331,6 +331,13 @@ def cell(values: list[float]) -> str:
     return f"{mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
 
 
+def beats(rows: dict, preset: str, other: str) -> bool:
+    """HiCD's mean above `other`'s by more than the larger of the two standard deviations."""
+    a, b = rows[HICD_ROW][preset], rows[other][preset]
+    spread = max(np.std(a, ddof=1) if len(a) > 1 else 0.0, np.std(b, ddof=1) if len(b) > 1 else 0.0)
+    return mean(a) - mean(b) > spread
+
+
 def gap_share(rows: dict, preset: str) -> Optional[float]:
     """(HiCD - direct) / (teacher clean - direct) of the means, or None when the gap is not
     positive."""
@@ -355,16 +362,31 @@ def markdown(results: dict, presets: list[str], header: str) -> str:
             + " | ".join("n/a" if s is None else f"{100 * s:.0f} %" for s in shares)
             + " |"
         )
-        wins = [
+        wins = [p for p in presets if beats(rows, p, DIRECT_ROW) and beats(rows, p, FEAT_ROW)]
+        means = [
             p
             for p in presets
-            if mean(rows[HICD_ROW][p]) > mean(rows[DIRECT_ROW][p])
-            and mean(rows[HICD_ROW][p]) > mean(rows[FEAT_ROW][p])
+            if mean(rows[HICD_ROW][p]) > max(mean(rows[DIRECT_ROW][p]), mean(rows[FEAT_ROW][p]))
         ]
         lines += [
             "",
-            f"HiCD beats both the direct baseline and feature-MSE in: {', '.join(wins) or 'none'}"
-            f" (of {', '.join(presets)}).",
+            "HiCD beats both the direct baseline and feature-MSE by more than one standard "
+            f"deviation in: {', '.join(wins) or 'none'}; by its mean alone in: "
+            f"{', '.join(means) or 'none'} (of {', '.join(presets)}).",
+            "",
+            "Training budget per student (the same for every method of a preset): optimiser "
+            "steps, and mean wall time on this machine's CPU:",
+            "",
+            "| method | " + " | ".join(presets) + " |",
+            "|---|" + "---:|" * len(presets),
+        ]
+        for name, per_preset in res.get("budgets", {}).items():
+            cells = []
+            for p in presets:
+                steps, seconds, count = per_preset.get(p, (0, 0.0, 0))
+                cells.append(f"{steps} steps, {seconds / count:.0f} s" if count else "")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += [
             "",
             "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res["timings"].items()),
             "",
@@ -433,13 +455,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     header = (
         f"## HiCD bench (`bench/hicd.py`{' --quick' if args.quick else ''}): change IoU (%) "
         "on held-out pairs, after image degraded per preset\n\n"
-        f"CPU ({torch.get_num_threads()} thread(s)), ResNet-18 Siamese DeepLabV3+ from random "
-        f"weights, {budget.tile} px tiles, batch {budget.batch_size}, "
+        f"CPU ({torch.get_num_threads()} thread(s)), the default detector: Siamese DeepLabV3+ "
+        f"on an ImageNet EfficientNet-Lite0 trunk, AdamW (lr {recipe.CD_LR:g}, new layers "
+        f"x{recipe.HEAD_LR_MULT:g}), frozen batch norms; {budget.tile} px tiles, batch "
+        f"{budget.batch_size}, "
         + (
             "one seed"
             if len(seeds) == 1
-            else f"students of seeds {', '.join(map(str, seeds))} (mean ± sd; ablations seed "
-            f"{seeds[0]})"
+            else f"students of seeds {', '.join(map(str, seeds))} (mean ± sd)"
         )
         + ". HiCD loss: "
         f"{json.dumps(loss.to_dict())}; feature-MSE lambda_feat {args.lambda_feat}. "

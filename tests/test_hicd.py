@@ -219,6 +219,24 @@ def test_train_hicd_methods_leave_the_teacher_untouched(tiles, teacher, method):
     assert changed
 
 
+def test_student_inits_keep_the_teachers_architecture():
+    """`imagenet` and `random` students are new networks with the teacher's trunk, bands and
+    head; `imagenet` starts from the ImageNet trunk, not from the teacher's trained one."""
+    from kdmsi.training.hicd import HiCDConfig, make_student
+
+    torch.manual_seed(0)
+    teacher = SiameseDeepLabV3Plus("efficientnet_lite0", 4, None, head_channels=64)
+    imagenet = SiameseDeepLabV3Plus("efficientnet_lite0", 4, "imagenet", head_channels=64)
+    cpu = torch.device("cpu")
+    for init in ("imagenet", "random", "teacher"):
+        student = make_student(teacher, HiCDConfig(init=init), cpu)
+        assert student.config() == teacher.config() and student.training
+    trunk = make_student(teacher, HiCDConfig(init="imagenet"), cpu).trunk.state_dict()
+    for key, value in imagenet.trunk.state_dict().items():
+        torch.testing.assert_close(trunk[key], value)
+    assert HiCDConfig().optimizer == "adamw" and HiCDConfig().freeze_bn
+
+
 def test_train_hicd_refuses_bad_options_and_cancels(tiles, teacher):
     from kdmsi.data.pairs import PairDataset
     from kdmsi.progress import Cancelled

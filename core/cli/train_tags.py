@@ -235,10 +235,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default="multi",
         help="degradation of the after images (see kdmsi.training.degrade)",
     )
-    p.add_argument("--init", choices=("teacher", "random"), default="teacher")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=0.003)
+    p.add_argument(
+        "--init",
+        choices=("teacher", "imagenet", "random"),
+        default="teacher",
+        help="start from the teacher, or a new network with an ImageNet or random trunk",
+    )
+    p.add_argument("--epochs", type=int, default=recipe.CD_EPOCHS)
+    p.add_argument("--batch-size", type=int, default=recipe.BATCH_SIZE)
+    p.add_argument("--lr", type=float, default=recipe.CD_LR, help="AdamW, as the detector")
     p.add_argument("--stages", default="low,high", help="encoder stages for SFD: low,high")
     p.add_argument("--no-self", action="store_true", help="drop the self-correlation term")
     p.add_argument("--no-cross", action="store_true", help="drop the cross-correlation term")

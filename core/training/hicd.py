@@ -26,19 +26,27 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .. import recipe
 from ..data.pairs import IGNORE_INDEX, subset
 from ..inference.msi import pick_device
 from ..losses.hicd import HiCDLoss, HiCDLossConfig, feature_mse_loss
 from ..models import SiameseDeepLabV3Plus
 from ..progress import CancelCheck, ProgressCallback, check_cancel, no_progress
 from .cd import detector_change_iou
-from .common import cpu_state, poly_lr, seed_everything, sgd, train_loader
+from .common import (
+    cpu_state,
+    make_optimizer,
+    poly_lr,
+    seed_everything,
+    set_train_mode,
+    train_loader,
+)
 from .degrade import DegradedPairDataset, check_preset
 
 log = logging.getLogger(__name__)
 
 METHODS = ("direct", "feature-mse", "hicd")
-INITS = ("teacher", "random")
+INITS = ("teacher", "imagenet", "random")
 
 
 @dataclass
@@ -48,18 +56,21 @@ class HiCDConfig:
     method: one of `METHODS`. preset: degradation preset of the after images
     (`kdmsi.training.degrade.PRESETS`); training draws a fresh degradation of every tile each epoch
     (seeded by ``degrade_seed``, tile and epoch). init: the student starts as a copy of the
-    teacher (``teacher``) or from ``weights`` / random weights (``random``). lambda_feat: weight
-    of the feature-MSE baseline (3, the best of 1 / 3 / 10 on synthetic validation scenes).
+    teacher (``teacher``), or as a new network of the teacher's architecture with an ImageNet
+    trunk (``imagenet``) or random weights (``random``). The optimiser, learning rates and
+    frozen batch norms follow the detector's recipe (`kdmsi.recipe`), as the teacher was
+    trained. lambda_feat: weight of the feature-MSE baseline.
     """
 
     method: str = "hicd"
     preset: str = "multi"
     init: str = "teacher"
-    weights: Optional[str] = None
-    epochs: int = 10
-    batch_size: int = 8
-    lr: float = 0.003
-    head_lr_mult: float = 1.0
+    epochs: int = recipe.CD_EPOCHS
+    batch_size: int = recipe.BATCH_SIZE
+    optimizer: str = recipe.OPTIMIZER
+    lr: float = recipe.CD_LR
+    head_lr_mult: float = recipe.HEAD_LR_MULT
+    freeze_bn: bool = recipe.FREEZE_BN
     momentum: float = 0.9
     weight_decay: float = 1e-4
     poly_power: float = 0.9
@@ -110,14 +121,15 @@ def frozen(teacher: SiameseDeepLabV3Plus, device: torch.device) -> SiameseDeepLa
 def make_student(
     teacher: SiameseDeepLabV3Plus, config: HiCDConfig, device: torch.device
 ) -> SiameseDeepLabV3Plus:
-    """The student: a trainable copy of the teacher, or a fresh network of the same config."""
+    """The student: a trainable copy of the teacher, or a new network of the teacher's
+    architecture (trunk, bands, head) with ImageNet or random weights."""
     if config.init == "teacher":
         student = copy.deepcopy(teacher)
         for p in student.parameters():
             p.requires_grad_(True)
     else:
-        cfg = teacher.config()
-        student = SiameseDeepLabV3Plus(cfg["backbone"], cfg["in_channels"], config.weights)
+        weights = recipe.WEIGHTS if config.init == "imagenet" else None
+        student = SiameseDeepLabV3Plus(**teacher.config(), weights=weights)
     return student.to(device).train()
 
 
@@ -153,8 +165,11 @@ def train_hicd(
     frozen_teacher = frozen(teacher, device) if needs_teacher else None
     student = make_student(teacher, config, device)
     hicd = HiCDLoss(config.loss) if config.method == "hicd" else None
-    optimizer = sgd(
-        student.param_groups(config.lr, config.head_lr_mult), config.momentum, config.weight_decay
+    optimizer = make_optimizer(
+        student.param_groups(config.lr, config.head_lr_mult),
+        config.optimizer,
+        config.momentum,
+        config.weight_decay,
     )
     train_set = DegradedPairDataset(dataset, config.preset, config.degrade_seed, True)
     train_view = subset(train_set, range(len(train_set)), augment=True)
@@ -170,7 +185,7 @@ def train_hicd(
     step = 0
     for epoch in range(1, config.epochs + 1):
         train_view.dataset.set_epoch(epoch)
-        student.train()
+        set_train_mode(student, config.freeze_bn)
         sums: dict[str, float] = {}
         n_batches = 0
         for i, batch in enumerate(loader, start=1):
