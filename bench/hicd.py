@@ -285,39 +285,49 @@ TUNE_FEAT = (1.0, 3.0, 10.0)
 TUNE_HICD = (1 / 3, 1.0, 10 / 3)
 
 
-def tune(budget: Budget, work: Path, loss: HiCDLossConfig, preset: str) -> None:
-    """Print validation cIoU of feature-MSE (lambda_feat in TUNE_FEAT) and HiCD (the three
-    lambdas of `loss` times TUNE_HICD) on validation scenes (seeds 201..), never the test set."""
+def tune_runs(loss: HiCDLossConfig) -> list[tuple[str, str, HiCDLossConfig, float]]:
+    """(label, method, loss, lambda_feat) of the search: the baselines, then HiCD with its
+    weights scaled, with one stage, with coarser or finer correlation pooling, and with a
+    smaller queue, each changed alone from `loss`."""
+    runs = [("direct", "direct", loss, 1.0)]
+    runs += [(f"feature-MSE lambda_feat {f:g}", "feature-mse", loss, f) for f in TUNE_FEAT]
+    for m in TUNE_HICD:
+        scaled = replace(
+            loss,
+            lambda_sfd=loss.lambda_sfd * m,
+            lambda_cfd=loss.lambda_cfd * m,
+            lambda_global=loss.lambda_global * m,
+        )
+        runs.append((f"HiCD weights x{m:.2g}", "hicd", scaled, 1.0))
+    for change in (
+        {"stages": ("low",)},
+        {"stages": ("high",)},
+        {"max_side": 16},
+        {"max_side": 64},
+        {"queue_size": 256},
+        {"self_dates": ("pre", "post")},
+    ):
+        label = "HiCD " + ", ".join(f"{k} {v}" for k, v in change.items())
+        runs.append((label, "hicd", replace(loss, **change), 1.0))
+    return runs
+
+
+def tune(
+    budget: Budget, work: Path, loss: HiCDLossConfig, preset: str, seeds: tuple[int, ...]
+) -> None:
+    """Print validation cIoU (mean ± sd over `seeds`) of each `tune_runs` setting on validation
+    scenes (seeds 201..), never the test set."""
     domain = synthetic_domain(work, budget, validation=True)
     teacher = teacher_for(domain, budget, work)
     val = DegradedPairDataset(domain.test, preset, TEST_DEGRADE_SEED)
     print(f"tuning on {domain.description} Preset {preset}.", flush=True)
     print(f"teacher clean {iou(teacher, domain.test):.2f}, degraded {iou(teacher, val):.2f}")
-    runs = [("direct", loss, 1.0)]
-    runs += [("feature-mse", loss, f) for f in TUNE_FEAT]
-    for m in TUNE_HICD:
-        runs.append(
-            (
-                "hicd",
-                replace(
-                    loss,
-                    lambda_sfd=loss.lambda_sfd * m,
-                    lambda_cfd=loss.lambda_cfd * m,
-                    lambda_global=loss.lambda_global * m,
-                ),
-                1.0,
-            )
-        )
-    for method, loss_config, feat in runs:
-        config = student_config(domain, budget, method, preset, loss_config, feat)
-        score = iou(train_hicd(teacher, domain.train, config).model, val)
-        weights = {
-            "direct": "",
-            "feature-mse": f" lambda_feat {feat:g}",
-            "hicd": f" lambdas sfd {loss_config.lambda_sfd:g} / cfd {loss_config.lambda_cfd:g}"
-            f" / global {loss_config.lambda_global:g}",
-        }[method]
-        print(f"{method}{weights}: val cIoU {score:.2f}", flush=True)
+    for label, method, loss_config, feat in tune_runs(loss):
+        scores = []
+        for seed in seeds:
+            config = student_config(domain, budget, method, preset, loss_config, feat, seed)
+            scores.append(iou(train_hicd(teacher, domain.train, config).model, val))
+        print(f"| {label} | {cell(scores)} |", flush=True)
 
 
 def mean(values: list[float]) -> float:
@@ -434,7 +444,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         work = Path(args.workdir) if args.workdir else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         if args.tune:
-            tune(budget, work, loss, (ablation_presets or ["multi"])[0])
+            tune(budget, work, loss, (ablation_presets or ["multi"])[0], seeds)
             print(f"tuning took {time.perf_counter() - start:.0f} s")
             return 0
         domains = []
