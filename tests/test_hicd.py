@@ -266,7 +266,7 @@ def test_cli_train_hicd_saves_a_quality_robust_student(tiles, teacher, tmp_path)
     assert main(argv) == 0
     model, meta = load_checkpoint(out)
     assert is_quality_robust(out) and is_quality_robust(meta)
-    assert meta["method"] == "hicd" and meta["tile_size"] == TILE
+    assert meta["method"] == "feature-mse" and meta["tile_size"] == TILE
     assert meta["training"]["hicd"]["config"]["preset"] == "resolution"
     assert isinstance(model, SiameseDeepLabV3Plus)
     assert main(argv) == 2  # exists: refused without --overwrite

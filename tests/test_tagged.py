@@ -171,7 +171,7 @@ def test_quality_robust_training_saves_the_hicd_student(tmp_path, scene_files):
         files["before"], files["after"], layer, out, config, progress=lambda f, m: stages.append(f)
     )
     _, meta = load_checkpoint(out)
-    assert is_quality_robust(out) and meta["method"] == "hicd"
+    assert is_quality_robust(out) and meta["method"] == "feature-mse"
     assert summary["hicd"]["config"]["preset"] == "resolution"
     assert meta["training"]["hicd"]["history"][0]["train_ce"] > 0
     assert stages == sorted(stages) and stages[-1] == 1.0

@@ -211,7 +211,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--quality-robust",
         action="store_true",
-        help="the two images differ in quality: also train a HiCD student (see train-hicd)",
+        help="the two images differ in quality: also train a quality-robust student by "
+        "feature distillation from the detector (see train-hicd)",
     )
     p.add_argument("--seed", type=int, default=0)
     _common_options(p)
@@ -221,14 +222,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "train-hicd",
-        help="train a quality-robust detector (HiCD) from a detector trained on clean pairs",
+        help="train a quality-robust detector (feature-MSE distillation by default, or HiCD) "
+        "from a detector trained on clean pairs",
     )
     p.add_argument("--teacher", required=True, help="detector model file (train-cd, train)")
     p.add_argument("--data", required=True, help="dataset folder with A/, B/ (clean pairs)")
     p.add_argument("--labels", help="label folder (e.g. pseudo/label); default data/label")
     p.add_argument("--val", help="validation dataset with pixel masks (model selection by IoU)")
     p.add_argument("--out", required=True, help="model file to write (.kdmsi)")
-    p.add_argument("--method", choices=("hicd", "feature-mse", "direct"), default="hicd")
+    p.add_argument(
+        "--method",
+        choices=("feature-mse", "hicd", "direct"),
+        default="feature-mse",
+        help="distillation from the teacher (bench/results/hicd.md compares them)",
+    )
     p.add_argument(
         "--preset",
         choices=("resolution", "single", "multi"),

@@ -49,8 +49,9 @@ PathLike = Union[str, Path]
 class TagTrainingConfig:
     """Everything `train_from_tags` needs beyond the inputs.
 
-    quality_robust: "the two images differ in quality": after the detector is trained, a HiCD
-    student (`kdmsi.training.train_hicd`, options in `hicd`) is trained with it as the teacher
+    quality_robust: "the two images differ in quality": after the detector is trained, a
+    quality-robust student (`kdmsi.training.train_hicd`, options in `hicd`; feature-MSE
+    distillation by default) is trained with it as the teacher
     on the same tiles with degraded after images, and the student is saved instead, marked
     quality-robust (`kdmsi.models.checkpoint.is_quality_robust`). tile_size: the training windows'
     side in pixels; None (default) takes the tagged tiles' own size (`read_tagged_windows`).
@@ -139,7 +140,8 @@ def train_from_tags(
         device = pick_device(config.kd.device)
         timing: dict[str, float] = {}
         clock = time.perf_counter()
-        cd_end = 0.8 if config.quality_robust else 0.97  # HiCD, when asked, takes the rest
+        # the quality-robust student, when asked, takes the rest
+        cd_end = 0.8 if config.quality_robust else 0.97
         kd_end, msi_end = training_stage_shares(
             config.kd.backbone, config.cd.backbone, config.kd.epochs, config.cd.epochs, cd_end
         )

@@ -73,7 +73,7 @@ class TrainFromTagsAlgorithm(KdmsiAlgorithm):
         self.addParameter(
             QgsProcessingParameterBoolean(
                 "QUALITY_ROBUST",
-                "The two images differ in quality (train a quality-robust detector, HiCD)",
+                "The two images differ in quality (train a quality-robust detector)",
                 defaultValue=False,
             )
         )
