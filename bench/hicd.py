@@ -426,10 +426,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)"
     )
+    parser.add_argument(
+        "--student-init",
+        choices=("imagenet", "teacher", "random"),
+        help="override every domain's student start (teacher: what train --quality-robust does)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     budget = QUICK if args.quick else Budget()
+    if args.student_init:
+        budget = replace(
+            budget,
+            synthetic=replace(budget.synthetic, student_init=args.student_init),
+            real=replace(budget.real, student_init=args.student_init),
+        )
     presets = [p for p in args.presets.split(",") if p]
     ablation_presets = [p for p in args.ablation_presets.split(",") if p]
     seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip())
