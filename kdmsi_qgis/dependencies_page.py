@@ -36,6 +36,7 @@ from .bridge import log_message
 from .deps import plugin_deps_dir, qgis_python
 from .install.environment import Environment, ProbeError, choose_build, detect_gpu, probe
 from .install.installer import Request
+from .install.location import pip_log
 from .install.report import diagnostics, ready, rows
 from .install_task import DependencyRun
 
@@ -68,6 +69,8 @@ class DependenciesDialog(QDialog):
         self.run: Optional[DependencyRun] = None
         self.environment: Optional[Environment] = None
         self.problem = ""
+        self.missing: list = []  # catalogue names not found, set by refresh()
+        self.ready = False
         self.gpu = detect_gpu()
         self.deps = plugin_deps_dir()
         self.setWindowTitle(TITLE)
@@ -179,8 +182,9 @@ class DependenciesDialog(QDialog):
         self._set_running(False)
 
     def _set_running(self, running: bool) -> None:
-        missing = bool(getattr(self, "missing", []))
-        self.install_button.setEnabled(not running and self.environment is not None and missing)
+        self.install_button.setEnabled(
+            not running and self.environment is not None and bool(self.missing)
+        )
         self.repair_button.setEnabled(not running and self.environment is not None)
         self.remove_button.setEnabled(not running and self.deps.exists())
         self.cancel_button.setEnabled(running)
@@ -243,7 +247,7 @@ class DependenciesDialog(QDialog):
             self.environment,
             self.deps,
             self.gpu,
-            Request(qgis_python(), self.deps).log_file,
+            pip_log(self.deps),
             qgis_version=Qgis.QGIS_VERSION,
             problem=self.problem,
         )

@@ -117,30 +117,19 @@ def _csv(values: Any) -> str:
 
 
 def check_numbers(
-    tile_size: int,
-    overlap_px: int,
-    batch_size: int,
-    threshold: float,
-    min_area_m2: float = 0.0,
-    simplify_m: float = 0.0,
-) -> None:
-    """Detect's numbers against `kdmsi.options.NUMBERS`, and the overlap against the tile.
-
-    Raises:
-        OptionError: naming the option and its range.
-    """
-    _check_detect_numbers(tile_size, overlap_px, batch_size, threshold, min_area_m2, simplify_m)
-
-
-def _check_detect_numbers(
     tile_size: Optional[int],
     overlap_px: Optional[int],
     batch_size: int,
     threshold: Optional[float],
-    min_area_m2: float,
-    simplify_m: float,
+    min_area_m2: float = 0.0,
+    simplify_m: float = 0.0,
 ) -> None:
-    """The numbers given (None: not given yet) in their ranges; the overlap under the tile."""
+    """Detect's numbers against `kdmsi.options.NUMBERS` (None: not given yet, as before the
+    model is read), and the overlap against the tile.
+
+    Raises:
+        OptionError: naming the option and its range.
+    """
     check_option_values(
         {
             "tile_size": tile_size,
@@ -177,7 +166,7 @@ def check_detect_options(
         OptionError: naming the option and what to give.
     """
     check_device(device)
-    _check_detect_numbers(tile_size, overlap_px, batch_size, threshold, min_area_m2, simplify_m)
+    check_numbers(tile_size, overlap_px, batch_size, threshold, min_area_m2, simplify_m)
     if bands is not None:
         check_bands(bands)
     if scales is not None:

@@ -27,6 +27,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from . import folder
 from .catalog import PACKAGES, PROTECTED, Package, normalise
 from .environment import Environment, check_imports, choose_build, detect_gpu, probe, torch_index
+from .location import pip_log
 from .pip_run import InstallError, PipSteps, run_pip
 
 Progress = Callable[[float, str], None]
@@ -62,7 +63,7 @@ class Request:
 
     @property
     def log_file(self) -> Path:
-        return self.deps.with_name(f"pip-{self.deps.name}.log")
+        return pip_log(self.deps)
 
 
 @dataclass
@@ -173,6 +174,7 @@ def _sources(request: Request) -> str:
 
 def resolve(
     request: Request,
+    options: Sequence[str],
     environment: Environment,
     wanted: Sequence[Package],
     paths: Sequence[Path],
@@ -193,7 +195,7 @@ def resolve(
             progress(steps.fraction, f"resolving: {steps.message}")
 
     arguments = ["install", "--dry-run", "--report", str(report), "-c", str(constraints)]
-    arguments += pip_options(request) + [p.spec for p in wanted]
+    arguments += [*options, *(p.spec for p in wanted)]
     status, lines = run_pip(
         environment.python, arguments, pip_env(request, paths), line, cancelled, request.log_file
     )
@@ -214,6 +216,7 @@ def resolve(
 
 def fetch(
     request: Request,
+    options: Sequence[str],
     environment: Environment,
     pins: Sequence[str],
     staging: Path,
@@ -231,7 +234,7 @@ def fetch(
             progress(steps.fraction, steps.message)
 
     arguments = ["install", "--no-deps", "--target", str(staging), "--no-compile"]
-    arguments += ["-c", str(scratch / "constraints.txt")] + pip_options(request) + list(pins)
+    arguments += ["-c", str(scratch / "constraints.txt"), *options, *pins]
     status, lines = run_pip(
         environment.python, arguments, pip_env(request), line, cancelled, request.log_file
     )
@@ -283,21 +286,22 @@ def install(
                   if request.include_optional or not p.optional]  # fmt: skip
         if not wanted:
             return Outcome(action, "nothing to install: every package is there")
+        options = pip_options(request)  # asks nvidia-smi once, for both pip runs
         staging = folder.staging_dir(deps, action)
+        scratch = staging.with_name(staging.name + "-scratch")
         try:
-            scratch = staging.with_name(staging.name + "-scratch")
             scratch.mkdir()
-            pins = resolve(request, environment, wanted, seen_with, _part(progress, 0.02, 0.3),
-                           cancelled, on_line, scratch)  # fmt: skip
-            fetch(request, environment, pins, staging, _part(progress, 0.3, 0.85), cancelled,
-                  on_line, scratch)  # fmt: skip
+            pins = resolve(request, options, environment, wanted, seen_with,
+                           _part(progress, 0.02, 0.3), cancelled, on_line, scratch)  # fmt: skip
+            fetch(request, options, environment, pins, staging, _part(progress, 0.3, 0.85),
+                  cancelled, on_line, scratch)  # fmt: skip
             progress(0.87, "checking that the new packages import")
             imports = check(request.python, [staging, *seen_with], wanted)
             progress(0.97, "moving the packages into place")
             folder.replace(staging, deps) if repair else folder.merge(staging, deps)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-            shutil.rmtree(staging.with_name(staging.name + "-scratch"), ignore_errors=True)
+            shutil.rmtree(scratch, ignore_errors=True)
         progress(1.0, "done")
         done = "reinstalled" if repair else "installed"
         return Outcome(action, f"{done} into {deps}: {', '.join(pins)}", list(pins), imports)

@@ -26,6 +26,11 @@ def deps_dir(profile: Path, version: Optional[Tuple[int, int]] = None) -> Path:
     return Path(profile) / OWN_FOLDER / python_tag(version)
 
 
+def pip_log(deps: Path) -> Path:
+    """The last install's pip log, beside the package folder (kept for diagnostics)."""
+    return deps.with_name(f"pip-{deps.name}.log")
+
+
 def default_profiles_root() -> Path:
     """QGIS's profiles folder as QGIS itself picks it: `QGIS_CUSTOM_CONFIG_PATH`, else per OS."""
     custom = os.environ.get("QGIS_CUSTOM_CONFIG_PATH")

@@ -93,9 +93,10 @@ def run_pip(
     0.1 s; when it turns true pip is stopped and `InstallCancelled` raised.
     """
     command = [python, "-m", "pip", *arguments]
-    group = {"start_new_session": True} if os.name != "nt" else {}
-    if os.name == "nt":
+    if os.name == "nt":  # its own process group (for CTRL_BREAK_EVENT), no console window
         group = {"creationflags": 0x00000200 | hidden_window()["creationflags"]}
+    else:
+        group = {"start_new_session": True}
     process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
