@@ -24,38 +24,55 @@ def _warn_quality(before: str, after: str, model: str) -> None:
 
 def cmd_detect(args) -> int:
     from ..detect.checks import check_outputs
-    from ..detect.pipeline import detect_changes
     from ..detect.process import tune_process_for_detect
     from ..runtime.onnx_runner import is_onnx_path
 
     tune_process_for_detect()  # before torch is imported; GDAL_CACHEMAX, when set, wins
     # before the bar appears (outputs against inputs: `check_cli_options`, already run)
     check_outputs(args.out, args.probability, args.overwrite)
-    if not is_onnx_path(args.model):  # an ONNX model runs without importing torch
-        _warn_quality(args.before, args.after, args.model)
-    result = _run_with_bar(
-        "detect",
-        detect_changes,
-        args.before,
-        args.after,
-        args.model,
-        args.out,
-        args.probability,
+    common = dict(
         tile_size=args.tile_size,
         overlap_px=args.overlap,
         batch_size=args.batch_size,
         device=args.device,
-        runtime=args.runtime,
         precision=args.precision,
         threshold=args.threshold,
         min_area_m2=args.min_area,
         simplify_m=args.simplify,
         bands=args.bands,
-        scales=_floats(args.scales) if args.scales else None,
-        flip=not args.no_flip,
         bounds=args.bounds,
         overwrite=args.overwrite,
     )
+    if args.zero_shot:
+        from ..detect.zero_shot import detect_zero_shot
+
+        if args.scales or args.no_flip or args.runtime == "onnx":
+            raise ValueError(
+                "--zero-shot runs the pretrained trunk with torch: drop --scales, --no-flip "
+                "and --runtime onnx, which apply to a model file"
+            )
+        result = _run_with_bar(
+            "detect", detect_zero_shot, args.before, args.after, args.out, args.probability,
+            **common,
+        )  # fmt: skip
+    else:
+        from ..detect.pipeline import detect_changes
+
+        if not is_onnx_path(args.model):  # an ONNX model runs without importing torch
+            _warn_quality(args.before, args.after, args.model)
+        result = _run_with_bar(
+            "detect",
+            detect_changes,
+            args.before,
+            args.after,
+            args.model,
+            args.out,
+            args.probability,
+            runtime=args.runtime,
+            scales=_floats(args.scales) if args.scales else None,
+            flip=not args.no_flip,
+            **common,
+        )
     outputs = str(result.vector_path)
     if result.probability_path is not None:
         outputs += f" and {result.probability_path}"
@@ -140,10 +157,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("detect", help="change polygons between two georeferenced rasters")
     p.add_argument("--before", required=True, help="reference raster (defines the output grid)")
     p.add_argument("--after", required=True, help="later raster (warped onto the before grid)")
-    p.add_argument(
-        "--model",
-        required=True,
-        help="model file: .kdmsi from train-cd / train-kd, or .onnx from export-onnx",
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--model", help="model file: .kdmsi from train / train-cd / train-kd, or .onnx"
+    )
+    source.add_argument(
+        "--zero-shot",
+        action="store_true",
+        help="no model: the pretrained trunk's feature distance between the dates, with a "
+        "threshold chosen without truth (a first map before any tile is tagged)",
     )
     p.add_argument("--out", required=True, help="change polygons (.gpkg, .shp, .geojson, .fgb)")
     p.add_argument("--probability", help="also write the change probability GeoTIFF (.tif)")
@@ -154,7 +176,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default 64)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument(
-        "--threshold", type=float, default=None, help="0..1; default: the model's, else 0.5"
+        "--threshold",
+        type=float,
+        default=None,
+        help="0..1; default: the model's, else 0.5 (--zero-shot: 0.39)",
     )
     p.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller (m²)")
     p.add_argument("--simplify", type=float, default=0.0, help="simplify tolerance (m)")
