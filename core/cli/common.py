@@ -102,6 +102,8 @@ INPUT_OPTIONS = {
     "teacher": "--teacher",
     "weights": "--weights",
     "pseudo_labels": "--pseudo-labels",
+    "tags_from": "--tags-from",
+    "warm_start": "--warm-start",
 }
 """argparse dests of the files a verb writes and of those it reads."""
 

@@ -140,12 +140,40 @@ def cmd_evaluate_detection(args) -> int:
 
 
 def cmd_tile_grid(args) -> int:
-    from ..geo.tile_layer import make_tile_grid
+    if not args.suggest:
+        from ..geo.tile_layer import make_tile_grid
 
-    out = make_tile_grid(
-        args.before, args.after, args.out, args.tile_size, args.overwrite, bounds=args.bounds
+        if args.model or args.tags_from:
+            raise ValueError("--model and --tags-from rank the tiles: add --suggest")
+        out = make_tile_grid(
+            args.before, args.after, args.out, args.tile_size, args.overwrite, bounds=args.bounds
+        )
+        log.info("tile grid written to %s; set its 'changed' field to 1 or 0 per tile", out)
+        return 0
+    from ..detect.suggest import make_suggested_tile_grid
+
+    out, suggestions = _run_with_bar(
+        "tile-grid",
+        make_suggested_tile_grid,
+        args.before,
+        args.after,
+        args.out,
+        args.tile_size,
+        tags_from=args.tags_from,
+        model=args.model,
+        bands=args.bands,
+        bounds=args.bounds,
+        device=args.device,
+        overwrite=args.overwrite,
     )
-    log.info("tile grid written to %s; set its 'changed' field to 1 or 0 per tile", out)
+    first = ", ".join(f"row {r} col {c}" for r, c in suggestions.first(5)) or "none left"
+    log.info(
+        "tile grid written to %s, ranked by %s (suggest_rank 1 first; tag first: %s); set its "
+        "'changed' field to 1 or 0 per tile",
+        out,
+        suggestions.source,
+        first,
+    )
     return 0
 
 
@@ -244,5 +272,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="tile layer (.gpkg recommended)")
     p.add_argument("--tile-size", type=int, default=256)
     _bounds_argument(p)
+    p.add_argument(
+        "--suggest",
+        action="store_true",
+        help="rank the tiles to tag (fields change_score, suggest, suggest_rank): by the "
+        "zero-shot map, or with --model by what the model is least sure about",
+    )
+    p.add_argument("--model", help="with --suggest: a trained model file (.kdmsi or .onnx)")
+    p.add_argument(
+        "--tags-from", help="with --suggest: an earlier grid of the same tiles; its tags are kept"
+    )
+    p.add_argument("--bands", type=_ints, default=None, help="1-based, e.g. 1,2,3")
+    p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=cmd_tile_grid)

@@ -42,6 +42,7 @@ def cmd_train(args) -> int:
         bands=args.bands,
         threshold=_threshold(args.threshold),
         quality_robust=args.quality_robust,
+        warm_start=tuple(args.warm_start or ()),
         kd=KDConfig(
             backbone=args.backbone,
             fusion=args.fusion,
@@ -213,6 +214,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="the two images differ in quality: also train a quality-robust student by "
         "feature distillation from the detector (see train-hicd)",
+    )
+    p.add_argument(
+        "--warm-start",
+        nargs="+",
+        metavar="MODEL",
+        help="re-run as tags are added: start from an earlier run's --out (the detector) "
+        "and/or --kd-model (teacher and student) instead of ImageNet",
     )
     p.add_argument("--seed", type=int, default=0)
     _common_options(p)

@@ -1,11 +1,12 @@
 """The tile layer an analyst tags: square tiles on the detect grid of a raster pair, with an empty
-`changed` attribute."""
+`changed` attribute, and (when asked, `kdmsi.detect.suggest`) which tiles to tag first."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 from .align import align_pair
 from .atomic import atomic_output, check_output_target
@@ -19,8 +20,75 @@ log = logging.getLogger(__name__)
 
 TILE_GRID_SCHEMA = {
     "geometry": "Polygon",
-    "properties": {"tile_id": "int", "row": "int", "col": "int", "changed": "int"},
+    "properties": {
+        "tile_id": "int",
+        "row": "int",
+        "col": "int",
+        "changed": "int",
+        "change_score": "float",
+        "suggest": "float",
+        "suggest_rank": "int",
+    },
 }
+SUGGESTION_FIELDS = ("change_score", "suggest", "suggest_rank")
+Cell = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class TileSuggestion:
+    """What the grid records about one tile: ``change_score``, the map's change evidence in
+    the tile (`kdmsi.inference.tile_suggest.tile_evidence`; None: no valid pixel); ``rank``,
+    its place in the tagging order (1 = tag first; None: tagged already, or no evidence);
+    ``suggest``, the same order as a 0..1 priority for styling (1 = first)."""
+
+    change_score: Optional[float]
+    rank: Optional[int]
+    suggest: Optional[float]
+
+
+def tile_cells(width: int, height: int, tile_size: int) -> list[Cell]:
+    """(row, col) of the non-overlapping tiles of the grid, row by row from the top-left."""
+    return [
+        (row, col)
+        for row in range((height + tile_size - 1) // tile_size)
+        for col in range((width + tile_size - 1) // tile_size)
+    ]
+
+
+def read_grid_tags(path: PathLike) -> dict[Cell, int]:
+    """{(row, col): 0 or 1} of the tagged tiles of a `make_tile_grid` layer.
+
+    Raises:
+        TagError: unreadable, or not a kdmsi tile grid (no ``row``, ``col``, ``changed``).
+    """
+    from osgeo import ogr
+
+    from ..data.tagged import TagError
+
+    source = ogr.Open(str(path)) if Path(path).exists() else None
+    if source is None or source.GetLayerCount() == 0:
+        raise TagError(f"cannot read the tile grid {path}: give a layer from `kdmsi tile-grid`")
+    layer = source.GetLayer(0)
+    fields = {
+        layer.GetLayerDefn().GetFieldDefn(i).GetName()
+        for i in range(layer.GetLayerDefn().GetFieldCount())
+    }
+    if not {"row", "col", "changed"} <= fields:
+        raise TagError(
+            f"{path} has no row, col and changed fields: give a tile grid made by "
+            "`kdmsi tile-grid` (or the plugin), or tag a new one"
+        )
+    tags: dict[Cell, int] = {}
+    for feature in layer:
+        tag = feature.GetField("changed")
+        if tag is None:
+            continue
+        if tag not in (0, 1):
+            raise TagError(
+                f"{path}: tile {feature.GetFID()} has changed = {tag}; use 1, 0 or empty"
+            )
+        tags[(int(feature.GetField("row")), int(feature.GetField("col")))] = int(tag)
+    return tags
 
 
 def make_tile_grid(
@@ -30,6 +98,8 @@ def make_tile_grid(
     tile_size: int = 256,
     overwrite: bool = False,
     bounds: Optional[Sequence[float]] = None,
+    tags: Optional[Mapping[Cell, int]] = None,
+    suggestions: Optional[Mapping[Cell, TileSuggestion]] = None,
 ) -> Path:
     """Write a polygon layer of ``tile_size`` px tiles for an analyst to tag as changed or not.
 
@@ -38,7 +108,9 @@ def make_tile_grid(
     is cut at the edge of the overlap, so the tiles cover it exactly. Fields: ``tile_id``
     (1..n), ``row``, ``col`` (tile indices on that grid) and ``changed`` (integer, NULL: to be
     set to 1 or 0). CRS: the before raster's. ``bounds`` (xmin, ymin, xmax, ymax in that CRS)
-    restricts the grid to an area, as in `align_pair`.
+    restricts the grid to an area, as in `align_pair`. ``tags`` ({(row, col): 0/1}, e.g.
+    from an earlier grid, `read_grid_tags`) fill ``changed``; ``suggestions`` fill
+    ``change_score``, ``suggest`` and ``suggest_rank`` (NULL otherwise).
 
     Raises:
         RasterInputError, VectorOutputError, FileExistsError, OutputNotWritableError.
@@ -59,7 +131,8 @@ def make_tile_grid(
         kwargs["layer"] = target.stem
     with atomic_output(target, overwrite) as temp:
         with fiona.open(str(temp), "w", **kwargs) as sink:
-            sink.writerecords(_tile_records(gt, width, height, tile_size))
+            records = _tile_records(gt, width, height, tile_size, tags or {}, suggestions or {})
+            sink.writerecords(records)
     log.info(
         "wrote a grid of %d x %d px tiles over %d x %d px to %s",
         tile_size,
@@ -72,17 +145,22 @@ def make_tile_grid(
 
 
 def _tile_records(
-    gt: Sequence[float], width: int, height: int, tile_size: int
+    gt: Sequence[float],
+    width: int,
+    height: int,
+    tile_size: int,
+    tags: Mapping[Cell, int],
+    suggestions: Mapping[Cell, TileSuggestion],
 ) -> Iterator[dict[str, Any]]:
     """Fiona records of the non-overlapping tiles of a north-up grid."""
-    tile_id = 0
-    for row, y in enumerate(range(0, height, tile_size)):
-        for col, x in enumerate(range(0, width, tile_size)):
-            tile_id += 1
-            x0, x1 = gt[0] + x * gt[1], gt[0] + min(x + tile_size, width) * gt[1]
-            y0, y1 = gt[3] + y * gt[5], gt[3] + min(y + tile_size, height) * gt[5]
-            ring = [(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]
-            yield {
-                "geometry": {"type": "Polygon", "coordinates": [ring]},
-                "properties": {"tile_id": tile_id, "row": row, "col": col, "changed": None},
-            }
+    none = TileSuggestion(None, None, None)
+    for tile_id, (row, col) in enumerate(tile_cells(width, height, tile_size), start=1):
+        x, y = col * tile_size, row * tile_size
+        x0, x1 = gt[0] + x * gt[1], gt[0] + min(x + tile_size, width) * gt[1]
+        y0, y1 = gt[3] + y * gt[5], gt[3] + min(y + tile_size, height) * gt[5]
+        ring = [(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]
+        hint = suggestions.get((row, col), none)
+        properties = {"tile_id": tile_id, "row": row, "col": col}
+        properties.update(changed=tags.get((row, col)), change_score=hint.change_score)
+        properties.update(suggest=hint.suggest, suggest_rank=hint.rank)
+        yield {"geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": properties}

@@ -99,8 +99,12 @@ def train_detector(
     val_dataset: Optional[Dataset] = None,
     progress: Optional[ProgressCallback] = None,
     cancelled: Optional[CancelCheck] = None,
+    init: Optional[dict[str, torch.Tensor]] = None,
 ) -> CDResult:
     """Train on a `PairDataset` whose masks are (pseudo) labels; 255 is ignored by the loss.
+
+    ``init``: a state dict to start from (an earlier detector, `kdmsi.training.warm_start`)
+    instead of the trunk's ``config.weights``.
 
     Model selection: change IoU on `val_dataset` when it has pixel masks, else the last epoch.
     """
@@ -114,6 +118,8 @@ def train_detector(
         head_channels=config.head_channels,
         separable=config.separable,
     )
+    if init is not None:
+        model.load_state_dict(init)
     freeze_stages(model.trunk, config.frozen_stages)
     model.to(device, memory_format=torch.channels_last)
     optimizer = make_optimizer(

@@ -39,6 +39,7 @@ from ..reports.runs import tags_report
 from ..runtime.speed import training_stage_shares
 from . import CDConfig, HiCDConfig, KDConfig, train_detector, train_hicd, train_kd
 from .kd import MIN_TILES_PER_CLASS
+from .warm_start import WarmStart, planned_configs, read_warm_start
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,9 @@ class TagTrainingConfig:
     cd: CDConfig = field(default_factory=CDConfig)
     quality_robust: bool = False
     hicd: HiCDConfig = field(default_factory=HiCDConfig)
+    warm_start: tuple[str, ...] = ()
+    """Model files of an earlier run to start from (a detector, a KD model, or both;
+    `kdmsi.training.warm_start`) instead of ImageNet: for re-runs as tags are added."""
 
 
 def train_from_tags(
@@ -134,6 +138,10 @@ def train_from_tags(
                     "tens of each is a good start)"
                 )
         report(progress, 0.0, f"{counts[1]} changed and {counts[0]} unchanged tiles tagged")
+        warm = None
+        if config.warm_start:
+            planned = planned_configs(config.kd, config.cd, len(pair.bands))
+            warm = read_warm_start(config.warm_start, *planned, len(pair.bands))
         stretches = pair_stretches(pair)
         normalisation = Normalisation.default(len(pair.bands))
         dataset = RasterTileDataset(pair, windows, stretches, normalisation, tile_size)
@@ -145,7 +153,10 @@ def train_from_tags(
         kd_end, msi_end = training_stage_shares(
             config.kd.backbone, config.cd.backbone, config.kd.epochs, config.cd.epochs, cd_end
         )
-        kd = train_kd(dataset, config.kd, None, sub_progress(progress, 0.0, kd_end), cancelled)
+        kd = train_kd(
+            dataset, config.kd, None, sub_progress(progress, 0.0, kd_end), cancelled,
+            init=warm.kd if warm else None,
+        )  # fmt: skip
         timing["kd"], clock = round(time.perf_counter() - clock, 1), time.perf_counter()
         if kd_out is not None:
             save_kd(kd_out, kd, pair.bands, normalisation, tile_size, {"tiles": str(tiles)})
@@ -183,8 +194,9 @@ def train_from_tags(
         log.info("pseudo labels mark %.1f %% of the changed tiles' pixels", 100 * fraction)
         dataset.set_masks(masks)
         cd = train_detector(
-            dataset, config.cd, None, sub_progress(progress, msi_end, cd_end), cancelled
-        )
+            dataset, config.cd, None, sub_progress(progress, msi_end, cd_end), cancelled,
+            init=warm.detector if warm else None,
+        )  # fmt: skip
         timing["detector"] = round(time.perf_counter() - clock, 1)
         summary = {
             "timing_s": timing,
@@ -198,8 +210,8 @@ def train_from_tags(
                 "steps": thin_steps(kd.steps),
             },
             "weights": {
-                "kd": describe_weights(config.kd.backbone, config.kd.weights),
-                "detector": describe_weights(config.cd.backbone, config.cd.weights),
+                "kd": _weights_note(config.kd.backbone, config.kd.weights, warm, "kd"),
+                "detector": _weights_note(config.cd.backbone, config.cd.weights, warm, "detector"),
             },
             "pseudo_labels": {
                 "threshold": choice.to_dict(),
@@ -243,3 +255,12 @@ def train_from_tags(
         return summary
     finally:
         pair.close()
+
+
+def _weights_note(
+    backbone: str, weights: Optional[str], warm: Optional[WarmStart], part: str
+) -> str:
+    """What the summary, the CLI and the plugin say a part started from."""
+    if warm is not None and getattr(warm, part) is not None:
+        return f"warm start from {', '.join(warm.sources)}"
+    return describe_weights(backbone, weights)

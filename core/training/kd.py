@@ -129,8 +129,13 @@ def train_kd(
     val_dataset: Optional[Dataset] = None,
     progress: Optional[ProgressCallback] = None,
     cancelled: Optional[CancelCheck] = None,
+    init: Optional[dict[str, dict[str, torch.Tensor]]] = None,
 ) -> KDResult:
     """Train teacher and student jointly on a `PairDataset` with image-level labels.
+
+    ``init`` ({"teacher": state dict, "student": state dict}, e.g. of an earlier run on fewer
+    tags, `kdmsi.training.warm_start`) starts both networks from those weights instead of the
+    trunk's ``config.weights``.
 
     Model selection: by the student's best single-scale change IoU on
     `val_dataset` when it has pixel masks; otherwise by the teacher's classification loss on a
@@ -165,6 +170,9 @@ def train_kd(
         SiameseCAMNet(config.backbone, config.fusion, bands, config.weights, config.head)
         for _ in range(2)
     )
+    if init is not None:
+        teacher.load_state_dict(init["teacher"])
+        student.load_state_dict(init["student"])
     shared = share_frozen_prefix(teacher, student, config.frozen_stages)
     for net in (teacher, student):
         net.to(device, memory_format=torch.channels_last)
