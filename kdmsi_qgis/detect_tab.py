@@ -26,6 +26,9 @@ class DetectTab:
         self.detect_pair = PairPicker(form)
         self.model_file = file_widget(False, MODEL_FILTER)
         form.addRow("Model file", self.model_file)
+        self.zero_shot = QCheckBox("zero-shot: no model, a first map before any tag")
+        self.zero_shot.toggled.connect(lambda on: self.model_file.setEnabled(not on))
+        form.addRow("", self.zero_shot)
         self.tile_size = spin_box(256, 32, 4096, 32)
         self.overlap = spin_box(64, 0, 1024, 16)
         self.batch_size = spin_box(4, 1, 256)
@@ -65,11 +68,13 @@ class DetectTab:
     def detection_parameters(self) -> dict:
         """Parameters of `kdmsi:detect_changes` from the Detect tab; ValueError when incomplete."""
         params = self.detect_pair.parameters()
-        model = self.model_file.filePath()
-        if not model or not Path(model).is_file():
-            raise ValueError("choose a model file (.kdmsi) that exists")
+        zero_shot = self.zero_shot.isChecked()
+        model = "" if zero_shot else self.model_file.filePath()
+        if not zero_shot and (not model or not Path(model).is_file()):
+            raise ValueError("choose a model file (.kdmsi) that exists, or tick zero-shot")
         params.update(
-            MODEL=model,
+            ZERO_SHOT=zero_shot,
+            MODEL=model or None,
             TILE_SIZE=self.tile_size.value(),
             OVERLAP=self.overlap.value(),
             BATCH_SIZE=self.batch_size.value(),

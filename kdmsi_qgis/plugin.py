@@ -30,6 +30,7 @@ class KdmsiPlugin:
         self.provider: Optional[KdmsiProvider] = None
         self.action: Optional[QAction] = None
         self.dependencies_action: Optional[QAction] = None
+        self.next_tile_action: Optional[QAction] = None
         self.dialog = None
 
     def initProcessing(self) -> None:  # noqa: N802 (QGIS API)
@@ -48,6 +49,10 @@ class KdmsiPlugin:
         self.dependencies_action.setObjectName("kdmsiDependencies")
         self.dependencies_action.triggered.connect(self.show_dependencies)
         self.iface.addPluginToRasterMenu(MENU, self.dependencies_action)
+        self.next_tile_action = QAction("Next tile to tag", self.iface.mainWindow())
+        self.next_tile_action.setObjectName("kdmsiNextTile")
+        self.next_tile_action.triggered.connect(self.next_tile)
+        self.iface.addPluginToRasterMenu(MENU, self.next_tile_action)
         if missing_dependencies():
             hint = install_hint()
             log_message(hint, Qgis.Warning)
@@ -55,6 +60,10 @@ class KdmsiPlugin:
 
     def unload(self) -> None:
         close_dependencies_page()
+        if self.next_tile_action is not None:
+            self.iface.removePluginRasterMenu(MENU, self.next_tile_action)
+            self.next_tile_action.deleteLater()
+            self.next_tile_action = None
         if self.dependencies_action is not None:
             self.iface.removePluginRasterMenu(MENU, self.dependencies_action)
             self.dependencies_action.deleteLater()
@@ -87,3 +96,28 @@ class KdmsiPlugin:
     def show_dependencies(self) -> None:
         """Raster > KD-MSI Change Detection > Dependencies…"""
         open_dependencies_page(self.iface)
+
+    def next_tile(self) -> None:
+        """Raster > KD-MSI Change Detection > Next tile to tag: on the active layer when it is
+        a tile grid, else on the dialog's tagged-tiles layer."""
+        from .tagging import describe_tile, is_tile_grid, show_next_tile
+
+        layer = self.iface.activeLayer()
+        if not is_tile_grid(layer) and self.dialog is not None:
+            layer = self.dialog.tags.currentLayer()
+        bar = self.iface.messageBar()
+        if not is_tile_grid(layer):
+            bar.pushMessage(
+                "KD-MSI", "select a tile grid layer (Create a tile grid to tag)", Qgis.Warning, 6
+            )
+            return
+        feature = show_next_tile(self.iface.mapCanvas(), layer)
+        if feature is None:
+            bar.pushMessage("KD-MSI", f"every tile of {layer.name()} is tagged", Qgis.Info, 6)
+        else:
+            bar.pushMessage(
+                "KD-MSI",
+                f"tag {describe_tile(feature)}: set 'changed' to 1 or 0",
+                Qgis.Info,
+                6,
+            )

@@ -2,7 +2,9 @@
 
 * change polygons: semi-transparent red fill with a solid outline, so the imagery below shows;
 * change probability: a 0..1 colour ramp (transparent at 0), half transparent;
-* tile grid for tagging: outline only, coloured by the `changed` tag (1 red, 0 green, empty grey).
+* tile grid for tagging: coloured by the `changed` tag (1 red, 0 green); untagged tiles filled
+  orange by their `suggest` priority (strongest: tag first) with the next ranks labelled, or a
+  grey dashed outline when the grid has no suggestions.
 
 `StylePostProcessor` applies them to layers Processing loads when an algorithm finishes.
 """
@@ -17,13 +19,20 @@ from qgis.core import (
     QgsFillSymbol,
     QgsGradientColorRamp,
     QgsMapLayer,
+    QgsPalLayerSettings,
     QgsProcessingLayerPostProcessorInterface,
+    QgsProperty,
     QgsRasterLayer,
     QgsRasterShader,
     QgsRendererCategory,
+    QgsRuleBasedRenderer,
     QgsSingleBandPseudoColorRenderer,
     QgsSingleSymbolRenderer,
+    QgsSymbolLayer,
+    QgsTextBufferSettings,
+    QgsTextFormat,
     QgsVectorLayer,
+    QgsVectorLayerSimpleLabeling,
 )
 from qgis.PyQt.QtGui import QColor
 
@@ -39,6 +48,9 @@ PROBABILITY_STOPS = (
     (1.0, QColor(189, 0, 38, 255)),
 )
 TAG_COLOURS = {1: ("changed", "220,30,30,255"), 0: ("not changed", "40,160,60,255")}
+SUGGEST_COLOUR = "255,140,0,255"  # untagged tiles: this orange, more opaque the sooner to tag
+SUGGEST_ALPHA = '15 + 200 * power(coalesce("suggest", 0), 3)'  # cubed: the first ranks stand out
+LABELLED_RANKS = 10
 
 
 def style_change_polygons(layer: QgsVectorLayer) -> None:
@@ -76,19 +88,67 @@ def style_probability(layer: QgsRasterLayer) -> None:
 
 
 def style_tile_grid(layer: QgsVectorLayer) -> None:
-    """Outline-only tiles coloured by their `changed` tag, so tagging progress shows."""
-    categories = []
+    """Tiles coloured by their `changed` tag, so tagging progress shows; with suggestions
+    (`kdmsi tile-grid --suggest`), untagged tiles are filled by priority and the next
+    `LABELLED_RANKS` carry their rank."""
+    if layer.fields().indexOf("suggest") < 0:
+        categories = []
+        for value, (label, colour) in TAG_COLOURS.items():
+            categories.append(QgsRendererCategory(value, _tag_symbol(colour), label))
+        categories.append(QgsRendererCategory(None, _untagged_symbol(), "not tagged"))
+        layer.setRenderer(QgsCategorizedSymbolRenderer("changed", categories))
+        layer.setLabelsEnabled(False)
+        layer.triggerRepaint()
+        return
+    root = QgsRuleBasedRenderer.Rule(None)
     for value, (label, colour) in TAG_COLOURS.items():
-        symbol = QgsFillSymbol.createSimple(
-            {"color": colour.rsplit(",", 1)[0] + ",50", "outline_color": colour}
+        root.appendChild(
+            QgsRuleBasedRenderer.Rule(_tag_symbol(colour), 0, 0, f'"changed" = {value}', label)
         )
-        categories.append(QgsRendererCategory(value, symbol, label))
-    untagged = QgsFillSymbol.createSimple(
+    suggested = QgsFillSymbol.createSimple(
+        {"color": SUGGEST_COLOUR, "outline_color": "120,120,120,255", "outline_style": "dash"}
+    )
+    suggested.symbolLayer(0).setDataDefinedProperty(
+        QgsSymbolLayer.PropertyFillColor,
+        QgsProperty.fromExpression(
+            f"color_rgba({SUGGEST_COLOUR.rsplit(',', 1)[0]}, {SUGGEST_ALPHA})"
+        ),
+    )
+    root.appendChild(
+        QgsRuleBasedRenderer.Rule(
+            suggested, 0, 0, '"changed" IS NULL', "not tagged (stronger: tag first)"
+        )
+    )
+    layer.setRenderer(QgsRuleBasedRenderer(root))
+    settings = QgsPalLayerSettings()
+    settings.isExpression = True
+    settings.fieldName = (
+        f'if("changed" IS NULL AND "suggest_rank" <= {LABELLED_RANKS}, "suggest_rank", \'\')'
+    )
+    settings.placement = QgsPalLayerSettings.OverPoint
+    text = QgsTextFormat()
+    text.setSize(11)
+    text.setColor(QColor(60, 20, 0))
+    buffer = QgsTextBufferSettings()
+    buffer.setEnabled(True)
+    buffer.setColor(QColor(255, 255, 255))
+    text.setBuffer(buffer)
+    settings.setFormat(text)
+    layer.setLabeling(QgsVectorLayerSimpleLabeling(settings))
+    layer.setLabelsEnabled(True)
+    layer.triggerRepaint()
+
+
+def _tag_symbol(colour: str) -> QgsFillSymbol:
+    return QgsFillSymbol.createSimple(
+        {"color": colour.rsplit(",", 1)[0] + ",50", "outline_color": colour}
+    )
+
+
+def _untagged_symbol() -> QgsFillSymbol:
+    return QgsFillSymbol.createSimple(
         {"color": "0,0,0,0", "outline_color": "120,120,120,255", "outline_style": "dash"}
     )
-    categories.append(QgsRendererCategory(None, untagged, "not tagged"))
-    layer.setRenderer(QgsCategorizedSymbolRenderer("changed", categories))
-    layer.triggerRepaint()
 
 
 STYLES = {

@@ -11,6 +11,7 @@ The texts it shows come from `kdmsi_qgis.estimates`.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Dict
 
 from qgis.core import Qgis, QgsRasterLayer
@@ -46,18 +47,33 @@ class TrainTab:
         self.grid_output = file_widget(True, "GeoPackage (*.gpkg)")
         self.grid_output.lineEdit().setPlaceholderText("[temporary file: save it to keep tags]")
         form.addRow("Tile grid", self.grid_output)
+        self.suggest = QCheckBox("suggest what to tag first (zero-shot map, no training)")
+        self.suggest.setChecked(True)
+        form.addRow("", self.suggest)
         self.grid_button = QPushButton("1. Create a tile grid to tag")
         self.grid_button.clicked.connect(self.start_grid)
         form.addRow(self.grid_button)
         form.addRow(
             QLabel(
                 "2. Set the field 'changed' of some tiles to 1 (changed) or 0 (not changed); "
-                "at least two of each."
+                "at least two of each. Stronger orange: tag sooner."
             )
         )
         self.tags = QgsMapLayerComboBox()
         self.tags.setFilters(POLYGON_FILTER)
-        form.addRow("Tagged tiles", self.tags)
+        self.next_tile_button = QPushButton("Next tile to tag")
+        self.next_tile_button.clicked.connect(self.show_next_tile)
+        self.rerank_button = QPushButton("Re-rank with the model")
+        self.rerank_button.setToolTip(
+            "A copy of the grid, tags kept, ranked by what the Detect tab's model is least "
+            "sure about"
+        )
+        self.rerank_button.clicked.connect(self.start_rerank)
+        tags_row = QHBoxLayout()
+        tags_row.addWidget(self.tags, 1)
+        tags_row.addWidget(self.next_tile_button)
+        tags_row.addWidget(self.rerank_button)
+        form.addRow("Tagged tiles", tags_row)
         self.kd_backbone = combo_box(BACKBONES, BACKBONES.index(DEFAULT_BACKBONE))
         self.detector_backbone = combo_box(
             DETECTOR_BACKBONES, DETECTOR_BACKBONES.index(DEFAULT_BACKBONE)
@@ -72,6 +88,7 @@ class TrainTab:
         detector_row.addWidget(self.detector_backbone, 1)
         detector_row.addWidget(self.speed_button)
         self.quality = QCheckBox("the two images differ in quality (resolution, blur, noise)")
+        self.warm_start = QCheckBox("start from the Detect tab's model (re-run as tags are added)")
         self.write_report = QCheckBox("write a training report (HTML) beside the model")
         self.write_report.setChecked(True)
         self.kd_epochs = spin_box(KD_EPOCHS, 1, 1000)
@@ -95,6 +112,7 @@ class TrainTab:
             ("Detector backbone", detector_row),
             ("", self.speed_label),
             ("", self.quality),
+            ("", self.warm_start),
             ("Teacher/student epochs", self.kd_epochs),
             ("Detector epochs", self.cd_epochs),
             ("", self.time_label),
@@ -119,7 +137,27 @@ class TrainTab:
     def grid_parameters(self) -> dict:
         params = self.train_pair.parameters()
         params.update(
-            TILE_SIZE=self.grid_tile_size.value(), OUTPUT=self.grid_output.filePath() or TEMPORARY
+            TILE_SIZE=self.grid_tile_size.value(),
+            SUGGEST=self.suggest.isChecked(),
+            OUTPUT=self.grid_output.filePath() or TEMPORARY,
+        )
+        return params
+
+    def rerank_parameters(self) -> dict:
+        """`kdmsi:create_tile_grid` on the tagged layer's tiles, ranked by the model."""
+        tags = self.tags.currentLayer()
+        if tags is None or tags.fields().indexOf("row") < 0:
+            raise ValueError("choose the tile grid being tagged (create one with step 1)")
+        model = self.model_file.filePath()
+        if not model or not Path(model).is_file():
+            raise ValueError("train a model first (step 3), or choose one in the Detect tab")
+        params = self.train_pair.parameters()
+        params.update(
+            TILE_SIZE=self.grid_tile_size.value(),
+            SUGGEST=True,
+            MODEL=model,
+            TAGS_FROM=tags.id(),
+            OUTPUT=TEMPORARY,
         )
         return params
 
@@ -148,6 +186,13 @@ class TrainTab:
             DEVICE=self.train_device.currentIndex(),
             OUTPUT=output,
         )
+        if self.warm_start.isChecked():
+            previous = self.model_file.filePath()
+            if not previous or not Path(previous).is_file():
+                raise ValueError("warm start: choose the earlier model in the Detect tab")
+            if Path(previous).resolve() == Path(output).resolve():
+                raise ValueError("warm start: save the new model under another name")
+            params["WARM_START"] = previous
         return params
 
     def show_expected_time(self, *_) -> None:
@@ -169,14 +214,35 @@ class TrainTab:
     def start_grid(self) -> None:
         self._start("kdmsi:create_tile_grid", self.grid_parameters, self._grid_done)
 
+    def start_rerank(self) -> None:
+        self._start("kdmsi:create_tile_grid", self.rerank_parameters, self._grid_done)
+
+    def show_next_tile(self) -> None:
+        """Zoom to the next tile to tag of the tagged-tiles layer (`kdmsi_qgis.tagging`)."""
+        from .tagging import describe_tile, is_tile_grid, show_next_tile
+
+        layer = self.tags.currentLayer()
+        if not is_tile_grid(layer):
+            self.notify("choose the tile grid being tagged (create one with step 1)", Qgis.Warning)
+            return
+        canvas = self.iface.mapCanvas() if self.iface is not None else None
+        feature = show_next_tile(canvas, layer)
+        if feature is None:
+            self.notify(f"every tile of {layer.name()} is tagged", Qgis.Info)
+        else:
+            self.notify(f"tag {describe_tile(feature)}: set 'changed' to 1 or 0", Qgis.Info)
+
     def start_training(self) -> None:
         self._start("kdmsi:train_from_tags", self.training_parameters, self._training_done)
 
     def _grid_done(self, results: dict) -> None:
-        layer = add_tile_grid(results["OUTPUT"])
+        ranked = bool(results.get("FIRST"))
+        name = "Tiles to tag (ranked)" if ranked else "Tiles to tag"
+        layer = add_tile_grid(results["OUTPUT"], name)
         self.tags.setLayer(layer)
+        hint = "; 'Next tile to tag' zooms to the first" if ranked else ""
         self.notify(
-            f"{layer.featureCount()} tiles added as '{layer.name()}': tag them, then train",
+            f"{layer.featureCount()} tiles added as '{layer.name()}': tag them, then train{hint}",
             Qgis.Success,
         )
 

@@ -115,3 +115,32 @@ def test_desktop_dependencies_page_where_torch_is_absent(profile_root, screensho
     for name in ("kdmsi_dependencies.png", "qgis_missing_dependencies.png"):
         shot = _not_blank(screenshots / name)
         assert shot["colours"] > 20 and shot["std"] > 10, (name, shot)
+
+
+SUGGEST_SCRIPT = SCRIPT.with_name("suggest_tiles.py")
+
+
+def test_desktop_suggested_grid_and_next_tile(profile_root, screenshots):
+    """On the Landsat sample pair: the Train tab makes a suggested grid (zero-shot ranks),
+    styled by priority with the next ranks labelled; Next tile to tag selects and zooms to the
+    first untagged suggestion after four are tagged."""
+    import torch
+
+    sample = REPO / "resources" / "sample_data" / "landsat_taizhou"
+    env = _display_env(
+        QGIS_CUSTOM_CONFIG_PATH=str(profile_root),
+        PYTHONPATH=str(Path(torch.__file__).resolve().parents[1]),  # as in run_qgis_process
+        KDMSI_BEFORE=str(sample / "A" / "taizhou.tif"),
+        KDMSI_AFTER=str(sample / "B" / "taizhou.tif"),
+        KDMSI_SHOTS=str(screenshots),
+    )
+    state = _desktop(SUGGEST_SCRIPT, env, screenshots / "suggest_state.json")
+    assert state["plugin_loaded"] and state["suggest_checked"]
+    assert state["grid"] == "Tiles to tag (ranked)" and state["tiles"] == 49  # 7 x 7 of 64 px
+    assert state["renderer"] == "RuleRenderer" and state["labels"]
+    assert state["menu_action"] == "Next tile to tag"
+    assert state["selected_rank"] == [5], state  # four tagged: the fifth suggestion is next
+    assert "suggested #5" in state["message"], state["message"]
+    for name in ("qgis_suggested_tiles.png", "qgis_next_tile.png"):
+        shot = _not_blank(screenshots / name)
+        assert shot["colours"] > 100 and shot["std"] > 10, (name, shot)

@@ -150,6 +150,12 @@ def test_dialog_prefills_and_validates(project, scene_pair, qgis_detector):
         dialog.detection_parameters()
     with pytest.raises(ValueError, match="tagged tile layer"):
         dialog.training_parameters()
+    dialog.detect_pair.after.setLayer(after)
+    dialog.model_file.setFilePath("")
+    dialog.zero_shot.setChecked(True)  # no model needed, and none passed on
+    params = dialog.detection_parameters()
+    assert params["ZERO_SHOT"] is True and params["MODEL"] is None
+    assert not dialog.model_file.isEnabled()
     dialog.close()
 
 
@@ -166,7 +172,10 @@ def test_dialog_runs_grid_and_detection_into_the_project(
     wait_for(dialog.run)
     grid = dialog.tags.currentLayer()
     assert grid is not None and grid.featureCount() == 4
-    assert grid.renderer().type() == "categorizedSymbol"
+    assert grid.name() == "Tiles to tag (ranked)"  # suggestions are on by default
+    assert grid.renderer().type() == "RuleRenderer"
+    dialog.show_next_tile()  # no canvas here: selects the first suggestion
+    assert [f["suggest_rank"] for f in grid.getSelectedFeatures()] == [1]
 
     dialog.model_file.setFilePath(str(qgis_detector))
     dialog.tile_size.setValue(128)
@@ -221,6 +230,14 @@ def test_dialog_training_parameters_and_speed_label(project, scene_pair, tmp_pat
     dialog.show_expected_time()
     assert "about 1 min for 4 tagged tiles of 128 px" in dialog.time_label.text()
     assert params["QUALITY_ROBUST"] is True and params["WRITE_REPORT"] is True
+    assert "WARM_START" not in params
+    dialog.warm_start.setChecked(True)
+    with pytest.raises(ValueError, match="warm start: choose the earlier model"):
+        dialog.training_parameters()
+    previous = tmp_path / "previous.kdmsi"
+    previous.write_bytes(b"a model file")
+    dialog.model_file.setFilePath(str(previous))
+    assert dialog.training_parameters()["WARM_START"] == str(previous)
     dialog.speeds = {"resnet50": (0.5, 120.0), "mobilenet_v3_large": (0.1, 30.0)}
     dialog.show_speed()
     assert "mobilenet_v3_large 0.10 s" in dialog.speed_label.text()

@@ -135,6 +135,7 @@ def test_train_from_tags_writes_a_loadable_detector(tmp_path, scene_files):
         config,
         progress=lambda f, m: stages.append(f),
         report_dir=tmp_path / "report",
+        kd_out=tmp_path / "kd.kdmsi",
     )
     model, meta = load_checkpoint(out)
     report = json.loads((tmp_path / "report" / "report.json").read_text())
@@ -149,6 +150,23 @@ def test_train_from_tags_writes_a_loadable_detector(tmp_path, scene_files):
     assert stages == sorted(stages) and stages[-1] == 1.0
     with pytest.raises(FileExistsError, match="--overwrite"):
         train_from_tags(files["before"], files["after"], layer, out, config)
+    # re-run on a partly tagged grid, starting from this run's models (short: warm)
+    tags = truth_tags(scene)
+    for cell in list(tags)[::3]:
+        tags[cell] = None
+    partial = write_tiles(tmp_path / "partial.gpkg", scene, tags)
+    warm = TagTrainingConfig(
+        tile_size=TILE,
+        scales=(1.0, 2.0),
+        kd=KDConfig(epochs=2, batch_size=4),
+        cd=CDConfig(epochs=1, batch_size=4),
+        warm_start=(str(out), str(tmp_path / "kd.kdmsi")),
+    )
+    again = train_from_tags(files["before"], files["after"], partial, tmp_path / "m2.kdmsi", warm)
+    assert again["weights"]["kd"].startswith("warm start from")
+    assert again["weights"]["detector"].startswith("warm start from")
+    tagged = sum(v is not None for v in tags.values())
+    assert again["tags"]["changed"] + again["tags"]["not_changed"] == tagged
 
 
 def test_quality_robust_training_saves_the_hicd_student(tmp_path, scene_files):

@@ -150,8 +150,17 @@ def cmd_tile_grid(args) -> int:
         )
         log.info("tile grid written to %s; set its 'changed' field to 1 or 0 per tile", out)
         return 0
-    from ..detect.suggest import make_suggested_tile_grid
+    from ..detect.suggest import check_suggested_grid, make_suggested_tile_grid
 
+    options = dict(
+        tags_from=args.tags_from,
+        model=args.model,
+        bands=args.bands,
+        bounds=args.bounds,
+        device=args.device,
+        overwrite=args.overwrite,
+    )
+    check_suggested_grid(args.before, args.after, args.out, args.tile_size, **options)
     out, suggestions = _run_with_bar(
         "tile-grid",
         make_suggested_tile_grid,
@@ -159,12 +168,7 @@ def cmd_tile_grid(args) -> int:
         args.after,
         args.out,
         args.tile_size,
-        tags_from=args.tags_from,
-        model=args.model,
-        bands=args.bands,
-        bounds=args.bounds,
-        device=args.device,
-        overwrite=args.overwrite,
+        **options,
     )
     first = ", ".join(f"row {r} col {c}" for r, c in suggestions.first(5)) or "none left"
     log.info(

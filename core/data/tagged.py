@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 
 from ..geo.align import AlignedPair
 from ..geo.stretch import BandStretch
+from ..geo.tile_layer import Cell
 from ..geo.tiling import Window
 from .pairs import IGNORE_INDEX, Normalisation, paired_augment
 from .tile_prep import TilePreparer
@@ -201,3 +202,37 @@ class RasterTileDataset(Dataset):
             "has_mask": self.masks is not None,
             "key": f"{self.windows[index].x}_{self.windows[index].y}",
         }
+
+
+def read_grid_tags(path: PathLike) -> dict[Cell, int]:
+    """{(row, col): 0 or 1} of the tagged tiles of a `kdmsi.geo.tile_layer.make_tile_grid` layer.
+
+    Raises:
+        TagError: unreadable, or not a kdmsi tile grid (no ``row``, ``col``, ``changed``).
+    """
+    from osgeo import ogr
+
+    source = ogr.Open(str(path)) if Path(path).exists() else None
+    if source is None or source.GetLayerCount() == 0:
+        raise TagError(f"cannot read the tile grid {path}: give a layer from `kdmsi tile-grid`")
+    layer = source.GetLayer(0)
+    fields = {
+        layer.GetLayerDefn().GetFieldDefn(i).GetName()
+        for i in range(layer.GetLayerDefn().GetFieldCount())
+    }
+    if not {"row", "col", "changed"} <= fields:
+        raise TagError(
+            f"{path} has no row, col and changed fields: give a tile grid made by "
+            "`kdmsi tile-grid` (or the plugin), or tag a new one"
+        )
+    tags: dict[Cell, int] = {}
+    for feature in layer:
+        tag = feature.GetField("changed")
+        if tag is None:
+            continue
+        if tag not in (0, 1):
+            raise TagError(
+                f"{path}: tile {feature.GetFID()} has changed = {tag}; use 1, 0 or empty"
+            )
+        tags[(int(feature.GetField("row")), int(feature.GetField("col")))] = int(tag)
+    return tags

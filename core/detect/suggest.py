@@ -16,11 +16,13 @@ from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from ..data.tagged import TagError, read_grid_tags
 from ..geo.atomic import check_output_target
 from ..geo.raster import PROB_NODATA
-from ..geo.tile_layer import Cell, TileSuggestion, make_tile_grid, read_grid_tags, tile_cells
+from ..geo.tile_layer import Cell, TileSuggestion, make_tile_grid, tile_cells
 from ..geo.vector import vector_driver
 from ..inference.tile_suggest import tile_evidence, uncertainty_order, zero_shot_order
+from ..options import check_outputs_are_not_inputs
 from ..progress import CancelCheck, ProgressCallback, report, sub_progress
 from .checks import check_detect_options
 
@@ -123,6 +125,38 @@ def _tile_evidence(prob: Path, tile_size: int) -> dict[Cell, Optional[float]]:
     return evidence
 
 
+def check_suggested_grid(
+    before: PathLike,
+    after: PathLike,
+    out: PathLike,
+    tile_size: int = 256,
+    *,
+    tags_from: Optional[PathLike] = None,
+    model: Optional[PathLike] = None,
+    bands: Optional[Sequence[int]] = None,
+    bounds: Optional[Sequence[float]] = None,
+    device: str = "auto",
+    overwrite: bool = False,
+) -> dict[Cell, int]:
+    """Everything `make_suggested_tile_grid` can check before any compute; returns the tags
+    of ``tags_from`` ({} without it).
+
+    Raises:
+        OptionError, FileExistsError, VectorOutputError, TagError: one line each.
+    """
+    vector_driver(out)
+    check_outputs_are_not_inputs(
+        {"--out": out},
+        {"--before": before, "--after": after, "--tags-from": tags_from, "--model": model},
+    )
+    check_output_target(out, overwrite)
+    check_detect_options(
+        device=device, tile_size=tile_size, overlap_px=None, batch_size=1, threshold=None,
+        min_area_m2=0.0, simplify_m=0.0, bands=bands, scales=None, bounds=bounds,
+    )  # fmt: skip
+    return read_grid_tags(tags_from) if tags_from is not None else {}
+
+
 def make_suggested_tile_grid(
     before: PathLike,
     after: PathLike,
@@ -140,26 +174,21 @@ def make_suggested_tile_grid(
 ) -> tuple[Path, Suggestions]:
     """`make_tile_grid` with the suggestion fields filled (`suggest_tiles`); the tags of an
     earlier grid of the same tiles (``tags_from``) are carried over. The output is checked
-    before any compute and written whole, or not at all.
+    before any compute (`check_suggested_grid`) and written whole, or not at all.
 
     Raises:
         TagError (``tags_from``), the errors of `make_tile_grid` and `suggest_tiles`.
     """
-    vector_driver(out)
-    check_output_target(out, overwrite)
-    check_detect_options(
-        device=device, tile_size=tile_size, overlap_px=None, batch_size=1, threshold=None,
-        min_area_m2=0.0, simplify_m=0.0, bands=bands, scales=None, bounds=bounds,
+    tags = check_suggested_grid(
+        before, after, out, tile_size, tags_from=tags_from, model=model, bands=bands,
+        bounds=bounds, device=device, overwrite=overwrite,
     )  # fmt: skip
-    tags = read_grid_tags(tags_from) if tags_from is not None else {}
     suggestions = suggest_tiles(
         before, after, tile_size, tags=tags, model=model, bands=bands, bounds=bounds,
         device=device, progress=sub_progress(progress, 0.0, 0.97), cancelled=cancelled,
     )  # fmt: skip
     unknown = set(tags) - set(suggestions.tiles)
     if unknown:
-        from ..data.tagged import TagError
-
         raise TagError(
             f"{tags_from} has tags on {len(unknown)} tiles outside this grid: make the new grid "
             "with the same rasters, --tile-size and --bounds as the tagged one"

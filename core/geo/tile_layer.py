@@ -55,42 +55,6 @@ def tile_cells(width: int, height: int, tile_size: int) -> list[Cell]:
     ]
 
 
-def read_grid_tags(path: PathLike) -> dict[Cell, int]:
-    """{(row, col): 0 or 1} of the tagged tiles of a `make_tile_grid` layer.
-
-    Raises:
-        TagError: unreadable, or not a kdmsi tile grid (no ``row``, ``col``, ``changed``).
-    """
-    from osgeo import ogr
-
-    from ..data.tagged import TagError
-
-    source = ogr.Open(str(path)) if Path(path).exists() else None
-    if source is None or source.GetLayerCount() == 0:
-        raise TagError(f"cannot read the tile grid {path}: give a layer from `kdmsi tile-grid`")
-    layer = source.GetLayer(0)
-    fields = {
-        layer.GetLayerDefn().GetFieldDefn(i).GetName()
-        for i in range(layer.GetLayerDefn().GetFieldCount())
-    }
-    if not {"row", "col", "changed"} <= fields:
-        raise TagError(
-            f"{path} has no row, col and changed fields: give a tile grid made by "
-            "`kdmsi tile-grid` (or the plugin), or tag a new one"
-        )
-    tags: dict[Cell, int] = {}
-    for feature in layer:
-        tag = feature.GetField("changed")
-        if tag is None:
-            continue
-        if tag not in (0, 1):
-            raise TagError(
-                f"{path}: tile {feature.GetFID()} has changed = {tag}; use 1, 0 or empty"
-            )
-        tags[(int(feature.GetField("row")), int(feature.GetField("col")))] = int(tag)
-    return tags
-
-
 def make_tile_grid(
     before: PathLike,
     after: PathLike,

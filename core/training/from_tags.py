@@ -99,7 +99,12 @@ def train_from_tags(
     config = config or TagTrainingConfig()
     check_outputs_are_not_inputs(
         {"--out": out, "--kd-model": kd_out, "--report": report_dir},
-        {"--before": before, "--after": after, "--tiles": tiles},
+        {
+            "--before": before,
+            "--after": after,
+            "--tiles": tiles,
+            **{f"--warm-start #{i}": path for i, path in enumerate(config.warm_start, 1)},
+        },
     )
     settings = config
     check_numbers(
@@ -127,6 +132,10 @@ def train_from_tags(
         require_report_dependencies()
     pair = align_pair(before, after, config.bands)
     try:
+        warm = None
+        if config.warm_start:  # checked before the tags, so a wrong file is named first
+            planned = planned_configs(config.kd, config.cd, len(pair.bands))
+            warm = read_warm_start(config.warm_start, *planned, len(pair.bands))
         windows, tile_size = read_tagged_windows(tiles, pair, config.tile_size)
         tags = [t for _, t in windows]
         counts = {1: tags.count(1), 0: tags.count(0)}
@@ -138,10 +147,6 @@ def train_from_tags(
                     "tens of each is a good start)"
                 )
         report(progress, 0.0, f"{counts[1]} changed and {counts[0]} unchanged tiles tagged")
-        warm = None
-        if config.warm_start:
-            planned = planned_configs(config.kd, config.cd, len(pair.bands))
-            warm = read_warm_start(config.warm_start, *planned, len(pair.bands))
         stretches = pair_stretches(pair)
         normalisation = Normalisation.default(len(pair.bands))
         dataset = RasterTileDataset(pair, windows, stretches, normalisation, tile_size)

@@ -79,4 +79,4 @@ def _describe(config: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(config.items()) if k in _SHOWN) or str(config)
 
 
-_SHOWN = ("backbone", "fusion", "head", "in_channels")
+_SHOWN = ("backbone", "fusion", "head", "head_channels", "separable")

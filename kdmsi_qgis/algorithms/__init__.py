@@ -1,7 +1,9 @@
 """Processing algorithms: each maps its parameters onto one `kdmsi` function, nothing more.
 
-* `detect_changes`   -> `kdmsi.detect.pipeline.detect_changes`
-* `create_tile_grid` -> `kdmsi.geo.tile_layer.make_tile_grid`
+* `detect_changes`   -> `kdmsi.detect.pipeline.detect_changes` (ZERO_SHOT:
+  `kdmsi.detect.zero_shot.detect_zero_shot`)
+* `create_tile_grid` -> `kdmsi.geo.tile_layer.make_tile_grid` (SUGGEST:
+  `kdmsi.detect.suggest.make_suggested_tile_grid`)
 * `train_from_tags`  -> `kdmsi.training.from_tags.train_from_tags`
 * `evaluate_changes` -> `kdmsi.detect.reference.evaluate_model`
 

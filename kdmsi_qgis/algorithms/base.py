@@ -105,9 +105,12 @@ class KdmsiAlgorithm(QgsProcessingAlgorithm):
             )
         return path
 
-    def add_model_run_parameters(self) -> None:
+    def add_model_run_parameters(self, optional_model: bool = False) -> None:
         """MODEL and how to run it: tile size, overlap, batch, device, runtime, threshold."""
-        self.addParameter(model_parameter())
+        label = "Model file (.kdmsi, or its .onnx export)"
+        if optional_model:
+            label = "Model file (.kdmsi or .onnx; empty with zero-shot)"
+        self.addParameter(model_parameter(label=label, optional=optional_model))
         self.addParameter(number_parameter("TILE_SIZE", "Tile size (px)", 256, 16, maxValue=4096))
         self.addParameter(number_parameter("OVERLAP", "Tile overlap (px)", 64, 0, maxValue=4095))
         self.addParameter(number_parameter("BATCH_SIZE", "Batch size", 4, 1, maxValue=1024))

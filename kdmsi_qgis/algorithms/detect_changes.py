@@ -13,6 +13,7 @@ from qgis.core import (
     QgsProcessingFeedback,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterVectorDestination,
 )
@@ -21,8 +22,14 @@ from ..bridge import feedback_callbacks, running_core
 from .base import KdmsiAlgorithm
 from .parameters import extent_parameter, file_destination, number_parameter
 
+NO_MODEL = (
+    "MODEL: choose a model file (.kdmsi or .onnx), or tick zero-shot for a map without training"
+)
+
 
 class DetectChangesAlgorithm(KdmsiAlgorithm):
+    zero_shot = False  # set from ZERO_SHOT in prepareAlgorithm
+
     def name(self) -> str:
         return "detect_changes"
 
@@ -36,12 +43,19 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
             "optionally a float32 change-probability GeoTIFF. The after raster is warped onto "
             "the before raster's grid; only their overlap (cut to the area, when given) is "
             "analysed. Threshold: left empty, the model's own threshold is used. Runs on the "
-            "GPU with Device auto when PyTorch sees one."
+            "GPU with Device auto when PyTorch sees one. Zero-shot needs no model: a first "
+            "map before any tile is tagged, from how far the pretrained trunk's features of "
+            "the two dates are apart (threshold 0.39 unless given; runtime is ignored)."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
         self.add_pair_parameters()
-        self.add_model_run_parameters()
+        self.addParameter(
+            QgsProcessingParameterBoolean(
+                "ZERO_SHOT", "Zero-shot: no model, the pretrained features' distance", False
+            )
+        )
+        self.add_model_run_parameters(optional_model=True)
         self.addParameter(number_parameter("MIN_AREA", "Minimum polygon area (m²)", 0.0, 0.0, True))
         self.addParameter(
             number_parameter(
@@ -77,7 +91,14 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
         if self.files["output"] is None:
             raise QgsProcessingException("OUTPUT: choose a file for the change polygons")
         self.files["probability"] = self.output_file(parameters, "PROBABILITY", context)
+        self.zero_shot = self.parameterAsBoolean(parameters, "ZERO_SHOT", context)
         return True
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API)
+        zero_shot = self.parameterAsBoolean(parameters, "ZERO_SHOT", context)
+        if not zero_shot and not self.parameterAsFile(parameters, "MODEL", context):
+            return False, NO_MODEL
+        return super().checkParameterValues(parameters, context)
 
     def processAlgorithm(  # noqa: N802 (QGIS API)
         self,
@@ -87,25 +108,34 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
     ) -> Dict[str, Any]:
         progress, cancelled = feedback_callbacks(feedback)
         model = self.parameterAsFile(parameters, "MODEL", context)
+        arguments = dict(
+            min_area_m2=self.parameterAsDouble(parameters, "MIN_AREA", context),
+            simplify_m=self.parameterAsDouble(parameters, "SIMPLIFY", context),
+            overwrite=True,  # Processing already confirmed the destination
+            progress=progress,
+            cancelled=cancelled,
+            **self.model_run_arguments(parameters, context),
+        )
+        warning = None
         with running_core(feedback):
-            from kdmsi.detect.pipeline import detect_changes
+            if self.zero_shot:
+                from kdmsi.detect.zero_shot import detect_zero_shot
 
-            warning = quality_warning(self.files["before"], self.files["after"], model)
-            if warning:
-                feedback.pushWarning(warning)
-            result = detect_changes(
-                self.files["before"],
-                self.files["after"],
-                model,
-                self.files["output"],
-                self.files["probability"],
-                min_area_m2=self.parameterAsDouble(parameters, "MIN_AREA", context),
-                simplify_m=self.parameterAsDouble(parameters, "SIMPLIFY", context),
-                overwrite=True,  # Processing already confirmed the destination
-                progress=progress,
-                cancelled=cancelled,
-                **self.model_run_arguments(parameters, context),
-            )
+                del arguments["runtime"]  # the trunk runs with torch
+                result = detect_zero_shot(
+                    self.files["before"], self.files["after"], self.files["output"],
+                    self.files["probability"], **arguments,
+                )  # fmt: skip
+            else:
+                from kdmsi.detect.pipeline import detect_changes
+
+                warning = quality_warning(self.files["before"], self.files["after"], model)
+                if warning:
+                    feedback.pushWarning(warning)
+                result = detect_changes(
+                    self.files["before"], self.files["after"], model, self.files["output"],
+                    self.files["probability"], **arguments,
+                )  # fmt: skip
         feedback.pushInfo(
             f"{result.polygon_count} change polygons at threshold {result.threshold:.3f} "
             f"on {result.device}"

@@ -46,10 +46,12 @@ def threshold_parameter() -> QgsProcessingParameterNumber:
     )
 
 
-def model_parameter() -> QgsProcessingParameterFile:
-    return QgsProcessingParameterFile(
-        "MODEL", "Model file (.kdmsi, or its .onnx export)", fileFilter=MODEL_FILTER
-    )
+def model_parameter(
+    name: str = "MODEL",
+    label: str = "Model file (.kdmsi, or its .onnx export)",
+    optional: bool = False,
+) -> QgsProcessingParameterFile:
+    return QgsProcessingParameterFile(name, label, fileFilter=MODEL_FILTER, optional=optional)
 
 
 def extent_parameter() -> QgsProcessingParameterExtent:

@@ -24,6 +24,7 @@ from .parameters import (
     DEVICES,
     KD_EPOCHS,
     int_value,
+    model_parameter,
     number_parameter,
 )
 
@@ -44,7 +45,9 @@ class TrainFromTagsAlgorithm(KdmsiAlgorithm):
             "each tag (tens of each are better). The default trunk, EfficientNet-Lite0, starts "
             "from ImageNet weights that install with the plugin's dependencies; about 9 minutes "
             "for 100 tagged 256 px tiles on 2 CPU cores, much less on a GPU. Training stops "
-            "with a message when the pseudo labels come out empty or all change."
+            "with a message when the pseudo labels come out empty or all change. Untagged "
+            "tiles are ignored, so train again as tags are added; 'Start from' an earlier run's "
+            "model file (warm start) instead of ImageNet."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
@@ -91,6 +94,11 @@ class TrainFromTagsAlgorithm(KdmsiAlgorithm):
         )
         self.addParameter(
             QgsProcessingParameterEnum("DEVICE", "Device", options=DEVICES, defaultValue=0)
+        )
+        self.addParameter(
+            model_parameter(
+                "WARM_START", "Start from an earlier run's model (warm start)", optional=True
+            )
         )
         self.addParameter(
             QgsProcessingParameterFileDestination(
@@ -142,6 +150,9 @@ class TrainFromTagsAlgorithm(KdmsiAlgorithm):
                 device=device,
             ),
             quality_robust=self.parameterAsBoolean(parameters, "QUALITY_ROBUST", context),
+            warm_start=tuple(
+                p for p in [self.parameterAsFile(parameters, "WARM_START", context)] if p
+            ),
         )
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
