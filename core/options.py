@@ -83,6 +83,9 @@ NUMBERS: dict[str, Number] = {
     "lambda_feat": Number("--lambda-feat", **_WEIGHT),
     "global_pixels": Number("--global-pixels", int, 1, 65_536),
     "queue_size": Number("--queue-size", int, 1, 1_000_000),
+    "feature_vote": Number(
+        "--feature-vote", float, 0.0, 1.0, hint="0.5 by default; 0: the student's MSI alone"
+    ),
 }
 """Option (argparse ``dest``, library keyword) -> what it accepts."""
 

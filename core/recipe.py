@@ -28,6 +28,9 @@ paper's head over the last stage."""
 FREEZE_BN = True
 """Batch norms keep their ImageNet statistics (batches of a few tiles of one region are too
 small and too alike to re-estimate them)."""
+FEATURE_VOTE = 0.5
+"""Weight of the pretrained features' vote in the pseudo labels of `kdmsi train`
+(`kdmsi.inference.feature_vote`; 0: the student's MSI alone, as in the paper)."""
 DETECTOR_HEAD_CHANNELS = 128
 DETECTOR_SEPARABLE = False
 
@@ -38,6 +41,7 @@ __all__ = [
     "CD_LR",
     "DETECTOR_HEAD_CHANNELS",
     "DETECTOR_SEPARABLE",
+    "FEATURE_VOTE",
     "FREEZE_BN",
     "HEAD_LR_MULT",
     "KD_EPOCHS",

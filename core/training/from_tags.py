@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
+from .. import recipe
 from ..data.pairs import Normalisation
 from ..data.tagged import RasterTileDataset, TagError, read_tagged_windows
 from ..geo.align import align_pair
 from ..geo.atomic import check_folder_target, check_output_target
 from ..geo.stretch import pair_stretches
+from ..inference.feature_vote import zero_shot_tile_maps
 from ..inference.msi import DEFAULT_SCALES, pick_device
 from ..inference.pseudo_labels import DegeneratePseudoLabels, check_pseudo_labels, msi_pseudo_labels
 from ..inference.thresholds import ProbabilityHistograms
@@ -66,6 +68,9 @@ class TagTrainingConfig:
     cd: CDConfig = field(default_factory=CDConfig)
     quality_robust: bool = False
     hicd: HiCDConfig = field(default_factory=HiCDConfig)
+    feature_vote: float = recipe.FEATURE_VOTE
+    """Weight of the pretrained features' vote in the pseudo labels (0: MSI alone;
+    `kdmsi.inference.feature_vote`)."""
     warm_start: tuple[str, ...] = ()
     """Model files of an earlier run to start from (a detector, a KD model, or both;
     `kdmsi.training.warm_start`) instead of ImageNet: for re-runs as tags are added."""
@@ -115,6 +120,7 @@ def train_from_tags(
             "cd_epochs": settings.cd.epochs,
             "kd_lr": settings.kd.lr,
             "cd_lr": settings.cd.lr,
+            "feature_vote": settings.feature_vote,
         }
     )
     check_threshold(settings.threshold)
@@ -166,15 +172,24 @@ def train_from_tags(
         if kd_out is not None:
             save_kd(kd_out, kd, pair.bands, normalisation, tile_size, {"tiles": str(tiles)})
         histograms = ProbabilityHistograms()
+        opinions, msi_start = None, kd_end
+        if config.feature_vote > 0:  # the pretrained features' vote (feature_vote module)
+            msi_start = kd_end + (msi_end - kd_end) / 4
+            changed = [i for i, label in enumerate(dataset.labels) if label == 1]
+            opinions = zero_shot_tile_maps(
+                dataset, changed, device, sub_progress(progress, kd_end, msi_start), cancelled
+            )
         masks, choice = msi_pseudo_labels(
             kd.student.to(device),
             dataset,
             config.threshold,
             config.scales,
             device=device,
-            progress=sub_progress(progress, kd_end, msi_end),
+            progress=sub_progress(progress, msi_start, msi_end),
             cancelled=cancelled,
             histograms=histograms,
+            second_opinion=opinions,
+            vote_weight=config.feature_vote,
         )
         timing["pseudo_labels"], clock = round(time.perf_counter() - clock, 1), time.perf_counter()
         log.info("pseudo labels: %s", choice.describe())
@@ -221,6 +236,7 @@ def train_from_tags(
             "pseudo_labels": {
                 "threshold": choice.to_dict(),
                 "scales": list(config.scales),
+                "feature_vote": config.feature_vote,
                 "changed_fraction": fraction,
             },
             "detector": {
