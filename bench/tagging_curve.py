@@ -67,11 +67,13 @@ def first_tags(order: list, truth_tags: dict, count: int, already: Optional[dict
     return tags
 
 
-def train_and_score(paths: dict, grid: int, tags: dict, folder: Path, truth: np.ndarray) -> dict:
+def train_and_score(
+    paths: dict, grid: int, tags: dict, folder: Path, truth: np.ndarray, vote: Optional[float]
+) -> dict:
     """`kdmsi train` on a fresh grid holding ``tags``, detect, score; 0 when refused."""
     from kdmsi.detect.pipeline import detect_changes
     from kdmsi.geo.tile_layer import make_tile_grid
-    from kdmsi.training.from_tags import train_from_tags
+    from kdmsi.training.from_tags import TagTrainingConfig, train_from_tags
 
     folder.mkdir(parents=True, exist_ok=True)
     grid_path = make_tile_grid(paths["before"], paths["after"], folder / "tiles.gpkg", grid, True)
@@ -79,8 +81,11 @@ def train_and_score(paths: dict, grid: int, tags: dict, folder: Path, truth: np.
     row = {"tags": len(tags), "changed": changed, "unchanged": unchanged}
     start = time.perf_counter()
     try:
+        config = TagTrainingConfig()
+        if vote is not None:  # --feature-vote; None: the product's default
+            config.feature_vote = vote
         train_from_tags(paths["before"], paths["after"], grid_path, folder / "detector.kdmsi",
-                        overwrite=True)  # fmt: skip
+                        config, overwrite=True)  # fmt: skip
     except ValueError as exc:  # too few tags of a class, degenerate pseudo labels
         row.update(cIoU=0.0, refused=" ".join(str(exc).split())[:200])
         return row
@@ -102,7 +107,7 @@ def suggested_order(paths: dict, grid: int, tags: dict, model: Optional[Path]) -
     return [cell for _, cell in ranked]
 
 
-def run_region(data: Path, region, work: Path, steps: list[int]) -> dict:
+def run_region(data: Path, region, work: Path, steps: list[int], vote: Optional[float]) -> dict:
     folder = work / region.name.replace("/", "_")
     paths = write_region(data, region, folder)
     truth = _raster(paths["truth"])
@@ -128,7 +133,9 @@ def run_region(data: Path, region, work: Path, steps: list[int]) -> dict:
         usable = model is not None and model.is_file()
         order = suggested_order(paths, region.grid, tags, model if usable else None)
         tags = first_tags(order, truth_tags, n, tags)
-        active.append(train_and_score(paths, region.grid, tags, folder / f"active_{n}", truth))
+        active.append(
+            train_and_score(paths, region.grid, tags, folder / f"active_{n}", truth, vote)
+        )
     curves["active"] = active
     print(f"{region.name} active: {[r['cIoU'] for r in active]}", flush=True)
     for seed in RANDOM_SEEDS:
@@ -182,6 +189,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--regions", default="LEVIR-CD")
     parser.add_argument("--counts", default="10,20,40,80")
     parser.add_argument("--markdown", type=Path)
+    parser.add_argument("--feature-vote", type=float, help="default: the product's")
     args = parser.parse_args(argv)
     if not args.data.is_dir():
         print(f"tagging_curve: skipped, no data folder {args.data}")
@@ -191,15 +199,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     results = []
     for region in default_regions():
         if region.name in wanted:
-            results.append(run_region(args.data, region, args.workdir, steps))
+            results.append(run_region(args.data, region, args.workdir, steps, args.feature_vote))
             (args.workdir / "results.json").write_text(json.dumps(results, indent=1))
     text = table(results)
     print(text)
     if args.markdown:
+        vote = "" if args.feature_vote is None else f" --feature-vote {args.feature_vote}"
         args.markdown.write_text(
             "# Tagging curve: suggested vs random tag order\n\n"
             f"`.venv/bin/python bench/tagging_curve.py --regions {args.regions} --counts "
-            f"{args.counts}`, 2 CPU cores, `kdmsi train` at its defaults.\n\n" + text + "\n"
+            f"{args.counts}{vote}`, 2 CPU cores, `kdmsi train` at its defaults.\n\n" + text + "\n"
         )
     return 0
 
