@@ -69,6 +69,7 @@ ROWS = (
     "teacher CAM",
     "student",
     "student + MSI",
+    "pseudo labels, MSI alone",
     "pseudo labels",
     "final detector",
 )
@@ -136,11 +137,11 @@ def stage_pseudo(
     labels (same windows, stretch and normalisation), pasted into a float32 raster (NaN
     outside tagged tiles); the stored pseudo-label threshold goes into ``out``.json."""
     import torch
-    from osgeo import gdal
 
     from kdmsi.data.tagged import RasterTileDataset, read_tagged_windows
     from kdmsi.geo.align import align_pair
     from kdmsi.geo.stretch import pair_stretches
+    from kdmsi.inference.feature_vote import zero_shot_tile_maps
     from kdmsi.inference.maps import collect_map_statistics, map_function
     from kdmsi.models.checkpoint import load_checkpoint, read_checkpoint
 
@@ -161,11 +162,25 @@ def stage_pseudo(
         collect_map_statistics(
             data, {"msi": map_function("msi", student)}, torch.device("cpu"), 4, on_batch=paste
         )
-        driver = gdal.GetDriverByName("GTiff")
-        ds = driver.Create(out, pair.width, pair.height, 1, gdal.GDT_Float32)
-        ds.GetRasterBand(1).WriteArray(region)
-        ds = None
+        _write_float(out, region)
+        if summary["pseudo_labels"].get("feature_vote"):  # the vote's second opinion, as trained
+            changed = [i for i, label in enumerate(data.labels) if label == 1]
+            distance = np.full((pair.height, pair.width), np.nan, np.float32)
+            for index, values in zero_shot_tile_maps(data, changed).items():
+                win = data.windows[index]
+                distance[win.y : win.y + win.h, win.x : win.x + win.w] = values[: win.h, : win.w]
+            _write_float(out.replace(".tif", "_vote.tif"), distance)
     Path(out + ".json").write_text(json.dumps(summary["pseudo_labels"]))
+
+
+def _write_float(path: str, array: np.ndarray) -> None:
+    from osgeo import gdal
+
+    ds = gdal.GetDriverByName("GTiff").Create(
+        path, array.shape[1], array.shape[0], 1, gdal.GDT_Float32
+    )
+    ds.GetRasterBand(1).WriteArray(array)
+    ds = None
 
 
 def _norm(meta: dict):
@@ -355,10 +370,19 @@ def score_region(region: Region, folder: Path) -> dict[str, Any]:
     if not (folder / "pseudo_msi.tif").is_file():
         return result
     msi = _raster(folder / "pseudo_msi.tif")
-    value = json.loads((folder / "pseudo_msi.tif.json").read_text())["threshold"]["value"]
+    stored = json.loads((folder / "pseudo_msi.tif.json").read_text())
+    value = stored["threshold"]["value"]
     where = tagged & ~np.isnan(msi)
     pseudo = np.nan_to_num(msi) * changed_tiles
-    rows["pseudo labels"] = {**_row(pseudo, truth, pseudo > value, where), "threshold": value}
+    chosen = pseudo > value
+    weight = stored.get("feature_vote") or 0.0
+    if weight and (folder / "pseudo_msi_vote.tif").is_file():  # as `kdmsi train` voted
+        from kdmsi.inference.feature_vote import vote
+
+        distance = np.nan_to_num(_raster(folder / "pseudo_msi_vote.tif"))
+        chosen = vote(np.nan_to_num(msi), value, distance, weight) & changed_tiles
+        rows["pseudo labels, MSI alone"] = {**_row(pseudo, truth, pseudo > value, where)}
+    rows["pseudo labels"] = {**_row(pseudo, truth, chosen, where), "threshold": value}
     return result
 
 

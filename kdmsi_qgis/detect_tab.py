@@ -97,7 +97,12 @@ class DetectTab:
         name = f"Changes {before.name()} → {after.name()}" if before and after else "Changes"
         _, layers = add_detection_results(results, name)
         count = int(results.get("POLYGON_COUNT") or 0)
-        self.notify(f"{count} change polygons added to the group '{name}'", Qgis.Success)
+        if count == 0:
+            from kdmsi.detect.outputs import no_change_message
+
+            self.notify(no_change_message(float(results["THRESHOLD_USED"])), Qgis.Warning)
+        else:
+            self.notify(f"{count} change polygons added to the group '{name}'", Qgis.Success)
         if results.get("QUALITY_WARNING"):
             self.notify(results["QUALITY_WARNING"], Qgis.Warning)
         if layers and self.iface is not None:

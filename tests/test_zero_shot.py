@@ -99,3 +99,12 @@ def test_zero_shot_beats_naive_differencing_on_a_real_region(tmp_path, real_data
     naive_map = real_regions.naive_difference(before, after)
     naive = real_regions.metrics(real_regions.best_threshold_counts(naive_map, truth)[1])["cIoU"]
     assert own > naive + 0.05, (own, naive)
+
+
+def test_cli_says_loudly_when_no_change_is_found(tmp_path, scene_pair, capsys):
+    argv = ["detect", "--before", str(scene_pair["before"]), "--after", str(scene_pair["after"])]
+    out = tmp_path / "changes.gpkg"
+    assert main([*argv, "--zero-shot", "--out", str(out), "--threshold", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: no change found" in err and "lower threshold" in err
+    assert out.is_file()  # an empty layer is still written: the analyst's file, not nothing

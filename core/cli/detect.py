@@ -24,6 +24,7 @@ def _warn_quality(before: str, after: str, model: str) -> None:
 
 def cmd_detect(args) -> int:
     from ..detect.checks import check_outputs
+    from ..detect.outputs import no_change_message
     from ..detect.process import tune_process_for_detect
     from ..runtime.onnx_runner import is_onnx_path
 
@@ -73,6 +74,8 @@ def cmd_detect(args) -> int:
             flip=not args.no_flip,
             **common,
         )
+    if result.polygon_count == 0:  # an empty map is a result, but say so loudly
+        log.warning("warning: %s", no_change_message(result.threshold))
     outputs = str(result.vector_path)
     if result.probability_path is not None:
         outputs += f" and {result.probability_path}"

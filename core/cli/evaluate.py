@@ -23,7 +23,7 @@ def cmd_evaluate(args) -> int:
     if args.ablation:
         return _evaluate_ablation(args)
     device = pick_device(args.device)
-    functions, first_meta = {}, None
+    functions, first_meta, fixed = {}, None, {}
     wanted = [m.strip() for m in args.maps.split(",")] if args.maps else None
     if not args.model and not args.pseudo_labels:
         raise ValueError("give at least one --model or --pseudo-labels to evaluate")
@@ -38,8 +38,9 @@ def cmd_evaluate(args) -> int:
                     model = teacher if kind == "teacher-cam" else student
                     functions[kind] = map_function(kind, model, _floats(args.scales))
         else:
-            detector, _ = load_checkpoint(path, device=device)
+            detector, det_meta = load_checkpoint(path, device=device)
             functions["detector"] = map_function("detector", detector)
+            fixed["detector"] = stored_detector_threshold(det_meta)
     if wanted:
         unknown = sorted(set(wanted) - set(functions))
         if unknown:
@@ -55,7 +56,7 @@ def cmd_evaluate(args) -> int:
         stats = _run_with_bar(
             "evaluate", collect_map_statistics, data, functions, device, args.batch_size
         )
-        rows = metrics_from_statistics(stats, _threshold(args.threshold))
+        rows = metrics_from_statistics(stats, _threshold(args.threshold), fixed)
     if args.pseudo_labels:
         rows["pseudo-labels"] = evaluate_label_folder(data, Path(args.pseudo_labels))
     if args.json:
@@ -66,6 +67,20 @@ def cmd_evaluate(args) -> int:
             if "threshold" in row:
                 print(f"  {name}: threshold {row['threshold']:.3f} ({row['threshold_method']})")
     return 0
+
+
+def stored_detector_threshold(meta: dict):
+    """The threshold a detector file records (`kdmsi detect` uses it too), as a
+    `ThresholdChoice`: calibrated at training (`kdmsi.training.calibration`) or 0.5."""
+    from ..inference.thresholds import ThresholdChoice
+    from ..runtime.load import DEFAULT_THRESHOLD
+
+    value = meta.get("threshold")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        method = (meta.get("training") or {}).get("detector", {}).get("threshold", {}).get("method")
+        method = method or (meta.get("training") or {}).get("threshold", {}).get("method")
+        return ThresholdChoice(float(value), f"stored: {method}" if method else "stored")
+    return ThresholdChoice(DEFAULT_THRESHOLD, "argmax")
 
 
 def _evaluate_ablation(args) -> int:
@@ -99,7 +114,7 @@ def _evaluate_ablation(args) -> int:
                 raise FileExistsError(f"{out / name} exists; choose another --out or --overwrite")
     teacher, meta = load_checkpoint(kd_path, role="teacher", device=device)
     student, _ = load_checkpoint(kd_path, role="student", device=device)
-    detector, pseudo_source = None, None
+    detector, pseudo_source, detector_threshold = None, None, None
     pseudo = None
     if args.pseudo_threshold is not None:
         pseudo, pseudo_source = (
@@ -108,6 +123,7 @@ def _evaluate_ablation(args) -> int:
         )
     if detector_path:
         detector, det_meta = load_checkpoint(detector_path, device=device)
+        detector_threshold = stored_detector_threshold(det_meta)
         stored = (det_meta.get("training") or {}).get("pseudo_labels") or {}
         if pseudo is None and (stored.get("threshold") or {}).get("value") is not None:
             pseudo = ThresholdChoice(stored["threshold"]["value"], "stored with the detector")
@@ -133,7 +149,7 @@ def _evaluate_ablation(args) -> int:
         device=device,
         batch_size=args.batch_size,
     )
-    rows = ablation_rows(stats, pseudo, _threshold(args.threshold))
+    rows = ablation_rows(stats, pseudo, _threshold(args.threshold), detector_threshold)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

@@ -99,6 +99,7 @@ def cmd_pseudo_labels(args) -> int:
         batch_size=args.batch_size,
         overwrite=args.overwrite,
         record={"kd_model": str(Path(args.model).resolve())},
+        feature_vote=args.feature_vote,
     )
     log.info(
         "pseudo labels in %s: %s; %.1f%% of pixels changed",
@@ -114,6 +115,7 @@ def cmd_train_cd(args) -> int:
     from ..models.checkpoint import save_detector, thin_steps
     from ..reports.runs import cd_report
     from ..training import CDConfig, train_detector
+    from ..training.calibration import calibrated_threshold
 
     out = Path(args.out)
     _check_new_file(out, args.overwrite)
@@ -148,9 +150,19 @@ def cmd_train_cd(args) -> int:
         "labels": str(labels.resolve()),
         "pseudo_labels": pseudo,
     }
-    save_detector(out, result.model, train.bands, train.normalisation, args.tile_size, training)
+    device = pick_device(args.device)
+    threshold = calibrated_threshold(result.model.to(device), train, device)
+    training["threshold"] = threshold
+    result.model.cpu()
+    save_detector(
+        out, result.model, train.bands, train.normalisation, args.tile_size, training,
+        threshold=threshold["value"],
+    )  # fmt: skip
     sel = result.selection
-    log.info("saved %s (selected epoch %s by %s)", out, sel["epoch"], sel["criterion"])
+    log.info(
+        "saved %s (selected epoch %s by %s; threshold %.3f, %s)",
+        out, sel["epoch"], sel["criterion"], threshold["value"], threshold["method"],
+    )  # fmt: skip
     if report_dir is not None:
         cd_report(report_dir, train, result, pseudo, pick_device(args.device), args.overwrite)
         log.info("training report: %s", report_dir / "index.html")
@@ -186,6 +198,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True, help="output folder (label/ + pseudo_labels.json)")
     p.add_argument("--threshold", default="auto", help="auto, otsu, unchanged-quantile, or 0..1")
+    p.add_argument(
+        "--feature-vote",
+        type=float,
+        default=recipe.FEATURE_VOTE,
+        help="weight of the pretrained features' vote, 0..1 (0: MSI alone, as in the paper)",
+    )
     p.add_argument("--scales", default="0.5,1,1.5,2")
     p.add_argument("--no-flip", action="store_true")
     p.add_argument("--batch-size", type=int, default=4)

@@ -17,6 +17,14 @@ from ..geo.vector import fixed_write_date, vector_driver, write_failed
 from ..progress import CancelCheck, ProgressCallback
 
 
+def no_change_message(threshold: float) -> str:
+    """What the CLI and the plugin say when detect found no change polygon."""
+    return (
+        f"no change found: the map stays below the threshold {threshold:.3g} everywhere; look "
+        "at the probability raster, and give a lower threshold if it shows the changes"
+    )
+
+
 def output_metadata(
     pair: AlignedPair,
     stretch: dict[str, Any],

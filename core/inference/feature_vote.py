@@ -49,35 +49,64 @@ def zero_shot_tile_maps(
     progress: Optional[ProgressCallback] = None,
     cancelled: Optional[CancelCheck] = None,
 ) -> dict[int, np.ndarray]:
-    """The zero-shot distance of the tiles ``indices`` of a `kdmsi.data.tagged.RasterTileDataset`:
-    {index: float32 [T, T]} in the tile's padded shape (edge values in the padding)."""
+    """The zero-shot distance of the tiles ``indices`` of a dataset: {index: float32 [T, T]}.
+
+    A `kdmsi.data.tagged.RasterTileDataset` (it has a ``pair``) is read with context
+    (`context_window`), the tile cropped out and padded to its shape with edge values; any
+    other dataset (`kdmsi.data.pairs.PairDataset`: separate tile images) on its items.
+    """
     import torch
 
-    from ..data.tile_prep import TilePreparer
     from .zero_shot import feature_distance, zero_shot_trunk
 
     trunk = zero_shot_trunk(len(dataset.bands), device)
-    prepare = TilePreparer(dataset.pair, dataset.stretches, dataset.normalisation)
-    width, height = dataset.pair.width, dataset.pair.height
+    read = _context_reader(dataset) if hasattr(dataset, "pair") else _item_reader(dataset)
     maps: dict[int, np.ndarray] = {}
     for k, index in enumerate(indices):
         check_cancel(cancelled)
-        tile = dataset.windows[index]
-        around = context_window(tile, width, height)
-        prepared = prepare(around)
-        rows, cols = tile.tile_shape
-        if prepared is None:
-            maps[index] = np.zeros((rows, cols), np.float32)
-            continue
-        pre, post, _ = prepared
+        pre, post, crop = read(index)
         with torch.inference_mode():
-            x, y = (torch.from_numpy(a)[None].to(device or "cpu") for a in (pre, post))
+            x, y = (torch.from_numpy(np.asarray(a))[None].to(device or "cpu") for a in (pre, post))
             distance = feature_distance(trunk, x, y)[0, 0].float().cpu().numpy()
-        ox, oy = tile.x - around.x, tile.y - around.y
-        crop = distance[oy : oy + tile.h, ox : ox + tile.w]
-        maps[index] = np.pad(crop, ((0, rows - tile.h), (0, cols - tile.w)), mode="edge")
+        maps[index] = crop(distance)
         report(progress, (k + 1) / max(len(indices), 1), f"feature distance, tile {k + 1}")
     return maps
+
+
+def _context_reader(dataset):
+    """(pre, post, crop) of a tagged raster tile read with `context_window` around it."""
+    from ..data.tile_prep import TilePreparer
+
+    prepare = TilePreparer(dataset.pair, dataset.stretches, dataset.normalisation)
+    width, height = dataset.pair.width, dataset.pair.height
+
+    def read(index: int):
+        tile = dataset.windows[index]
+        around = context_window(tile, width, height)
+        rows, cols = tile.tile_shape
+        prepared = prepare(around)
+        if prepared is None:  # no valid pixel: a flat map, never change
+            empty = np.zeros((len(dataset.bands), 32, 32), np.float32)
+            return empty, empty, lambda _: np.zeros((rows, cols), np.float32)
+        ox, oy = tile.x - around.x, tile.y - around.y
+
+        def crop(distance: np.ndarray) -> np.ndarray:
+            inside = distance[oy : oy + tile.h, ox : ox + tile.w]
+            return np.pad(inside, ((0, rows - tile.h), (0, cols - tile.w)), mode="edge")
+
+        return prepared[0], prepared[1], crop
+
+    return read
+
+
+def _item_reader(dataset):
+    """(pre, post, crop) of a dataset item as it is (no augmentation)."""
+
+    def read(index: int):
+        item = dataset[index]
+        return item["pre"].numpy(), item["post"].numpy(), lambda distance: distance
+
+    return read
 
 
 def vote(msi: np.ndarray, msi_threshold: float, distance: np.ndarray, weight: float) -> np.ndarray:

@@ -125,16 +125,20 @@ def collect_map_statistics(
 def metrics_from_statistics(
     stats: dict[str, MapStatistics],
     threshold: Union[str, float] = "auto",
-    fixed: Optional[dict[str, float]] = None,
+    fixed: Optional[dict[str, Union[float, ThresholdChoice]]] = None,
 ) -> dict[str, dict]:
-    """Metrics per map at a threshold chosen without pixel truth (or `fixed[kind]`).
+    """Metrics per map at a threshold chosen without pixel truth (or `fixed[kind]`: a value,
+    or a `ThresholdChoice` that says where it came from, e.g. the detector's stored one).
 
     Each row holds the metrics plus ``threshold`` and ``threshold_method``.
     """
     rows: dict[str, dict] = {}
     for kind, st in stats.items():
         if fixed and kind in fixed:
-            choice = ThresholdChoice(fixed[kind], "fixed")
+            given = fixed[kind]
+            choice = (
+                given if isinstance(given, ThresholdChoice) else ThresholdChoice(given, "fixed")
+            )
         elif kind == "detector":
             choice = ThresholdChoice(DETECTOR_THRESHOLD, "argmax")
         else:

@@ -21,7 +21,7 @@ from ..data.pairs import IGNORE_INDEX, PairDataset, image_size, write_image
 from ..geo.atomic import atomic_folder
 from ..models.fold import for_inference
 from ..progress import CancelCheck, ProgressCallback, sub_progress
-from .feature_vote import vote
+from .feature_vote import vote, zero_shot_tile_maps
 from .maps import collect_map_statistics, map_function
 from .msi import DEFAULT_SCALES
 from .thresholds import ProbabilityHistograms, ThresholdChoice, choose_threshold
@@ -166,8 +166,12 @@ def generate_pseudo_labels(
     progress: Optional[ProgressCallback] = None,
     cancelled: Optional[CancelCheck] = None,
     record: Optional[dict] = None,
+    feature_vote: float = 0.0,
 ) -> dict:
     """Write MSI pseudo labels of every image of `dataset` to `out_dir/label/<name>.png`.
+
+    ``feature_vote`` > 0: the tiles labelled changed are voted with the pretrained features'
+    distance (`kdmsi.inference.feature_vote`), as `kdmsi train` does.
 
     Raises `DegeneratePseudoLabels` (and writes nothing) when they come out (nearly) empty or
     all change (`check_pseudo_labels`).
@@ -181,6 +185,13 @@ def generate_pseudo_labels(
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists; choose another folder or pass --overwrite")
     hists = ProbabilityHistograms()
+    opinions, start = None, 0.0
+    if feature_vote > 0:
+        start = 0.25
+        changed = [i for i, label in enumerate(dataset.labels) if label == 1]
+        opinions = zero_shot_tile_maps(
+            dataset, changed, device, sub_progress(progress, 0.0, start), cancelled
+        )
     masks, choice = msi_pseudo_labels(
         student,
         dataset,
@@ -189,15 +200,18 @@ def generate_pseudo_labels(
         flip,
         device,
         batch_size,
-        sub_progress(progress, 0.0, 0.95),
+        sub_progress(progress, start, 0.95),
         cancelled,
         hists,
+        second_opinion=opinions,
+        vote_weight=feature_vote,
     )
     check_pseudo_labels(masks, dataset.labels, choice)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with atomic_folder(out_dir, overwrite=True) as tmp:  # `overwrite` was checked up front
         summary = _write_labels(dataset, masks, choice, tmp)
         summary["scales"], summary["flip"] = list(scales), flip
+        summary["feature_vote"] = feature_vote
         summary["msi_histogram"] = coarse_histograms(hists, SAVED_HISTOGRAM_BINS)
         summary.update(record or {})
         (tmp / "pseudo_labels.json").write_text(json.dumps(summary, indent=2))

@@ -103,16 +103,19 @@ def ablation_rows(
     stats: dict[str, MapStatistics],
     pseudo_threshold: Optional[ThresholdChoice] = None,
     threshold: Union[str, float] = "auto",
+    detector_threshold: Optional[ThresholdChoice] = None,
 ) -> dict[str, dict]:
     """Metrics per ablation row (keys of `ABLATION_ROWS` present in `stats`).
 
     Maps are cut at a threshold chosen without pixel truth (`threshold`, as `kdmsi evaluate`),
-    the detector at its argmax, the pseudo labels at `pseudo_threshold` (default: chosen
+    the detector at ``detector_threshold`` (the one stored with it; default: its argmax), the
+    pseudo labels at `pseudo_threshold` (default: chosen
     from this data's MSI maps like `kdmsi pseudo-labels --threshold auto`). Each row adds
     ``best_cIoU`` / ``best_threshold``: the best IoU over thresholds 0.01..0.99 (uses truth).
     """
     maps = {k: v for k, v in stats.items() if k != "pseudo-labels"}
-    rows = metrics_from_statistics(maps, threshold)
+    fixed = {"detector": detector_threshold} if detector_threshold is not None else None
+    rows = metrics_from_statistics(maps, threshold, fixed)
     if "pseudo-labels" in stats:
         choice = pseudo_threshold
         if choice is None:

@@ -40,6 +40,7 @@ from ..reports.page import require_report_dependencies
 from ..reports.runs import tags_report
 from ..runtime.speed import training_stage_shares
 from . import CDConfig, HiCDConfig, KDConfig, train_detector, train_hicd, train_kd
+from .calibration import calibrated_threshold
 from .kd import MIN_TILES_PER_CLASS
 from .warm_start import WarmStart, planned_configs, read_warm_start
 
@@ -257,6 +258,10 @@ def train_from_tags(
                 "selection": hicd.selection,
             }
             deployed = hicd.model
+        threshold = calibrated_threshold(deployed.to(device), dataset, device, cancelled=cancelled)
+        deployed.cpu()
+        summary["detector"]["threshold"] = threshold
+        log.info("detector threshold %.3f (%s)", threshold["value"], threshold["method"])
         save_detector(
             out,
             deployed,
@@ -264,6 +269,7 @@ def train_from_tags(
             normalisation,
             tile_size,
             summary,
+            threshold=threshold["value"],
             quality_robust=config.quality_robust,
             method=config.hicd.method if config.quality_robust else None,
         )
