@@ -51,8 +51,11 @@ def test_feature_vote_is_checked_like_every_number(tmp_path, scene_pair, capsys)
     assert "--feature-vote must be" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("weight", [0.0, 0.5])
-def test_pseudo_labels_use_the_second_opinion_only_with_a_weight(weight):
+@pytest.mark.parametrize(
+    "weight, seen, expected",
+    [(0.0, 8, 1.0), (0.5, 8, 0.25), (0.5, 0, 1.0)],  # the last: the vote would erase them all
+)
+def test_pseudo_labels_use_the_second_opinion_only_with_a_weight(weight, seen, expected):
     import torch
 
     from kdmsi.inference.pseudo_labels import msi_pseudo_labels
@@ -79,10 +82,9 @@ def test_pseudo_labels_use_the_second_opinion_only_with_a_weight(weight):
             return self.bias.expand(pre.shape[0], 1, pre.shape[2], pre.shape[3])
 
     distance = np.zeros((32, 32), np.float32)
-    distance[:8] = 0.7  # the features see change in the top quarter only
+    distance[:seen] = 0.7  # the features see change in the top quarter only (or nowhere)
     masks, choice = msi_pseudo_labels(
         Flat(), Tiles(), 0.5, (1.0,), flip=False, second_opinion={0: distance},
         vote_weight=weight,
     )  # fmt: skip
-    expected = 1.0 if weight == 0 else 0.25
     assert masks[0].mean() == pytest.approx(expected) and masks[1].max() == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -25,6 +26,8 @@ from .feature_vote import vote, zero_shot_tile_maps
 from .maps import collect_map_statistics, map_function
 from .msi import DEFAULT_SCALES
 from .thresholds import ProbabilityHistograms, ThresholdChoice, choose_threshold
+
+log = logging.getLogger(__name__)
 
 PROB_SCALE = 65535  # MSI maps are held as uint16 between the two passes
 SAVED_HISTOGRAM_BINS = 100  # MSI histograms in pseudo_labels.json (for the training report)
@@ -139,18 +142,43 @@ def msi_pseudo_labels(
         histograms.unchanged += stats.by_image_label.unchanged
     cut = int(np.floor(choice.value * PROB_SCALE))
     opinions = second_opinion if vote_weight > 0 else None
+    masks = _masks(maps, dataset.labels, ignored, lambda i, prob: prob > cut)
+    if opinions:
+        voted = _masks(
+            maps,
+            dataset.labels,
+            ignored,
+            lambda i, prob: (
+                vote(prob / PROB_SCALE, choice.value, opinions[i], vote_weight)
+                if i in opinions
+                else prob > cut
+            ),
+        )
+        alone, with_vote = (changed_fraction(m, dataset.labels) for m in (masks, voted))
+        if with_vote >= MIN_CHANGED_FRACTION or alone < MIN_CHANGED_FRACTION:
+            masks = voted
+        else:  # the vote refines the student's labels; it must not erase them
+            log.warning(
+                "the pretrained features' vote left %.2f %% of the changed tiles' pixels as "
+                "change; keeping the student's MSI alone (%.1f %%)",
+                100 * with_vote,
+                100 * alone,
+            )
+    return masks, choice
+
+
+def _masks(maps, labels, ignored, change) -> list[np.ndarray]:
+    """uint8 masks: ``change(index, uint16 MSI)`` in tiles labelled changed, 0 in the others,
+    `IGNORE_INDEX` where a changed tile has no data."""
     masks = []
-    for index, (prob, label, ignore) in enumerate(zip(maps, dataset.labels, ignored)):
-        if label == 1 and opinions is not None and index in opinions:
-            msi = prob.astype(np.float32) / PROB_SCALE
-            mask = vote(msi, choice.value, opinions[index], vote_weight).astype(np.uint8)
-        elif label == 1:
-            mask = (prob > cut).astype(np.uint8)
+    for index, (prob, label, ignore) in enumerate(zip(maps, labels, ignored)):
+        if label == 1:
+            mask = np.asarray(change(index, prob)).astype(np.uint8)
         else:
             mask = np.zeros(prob.shape, np.uint8)
         mask[ignore & (label == 1)] = IGNORE_INDEX
         masks.append(mask)
-    return masks, choice
+    return masks
 
 
 def generate_pseudo_labels(
