@@ -48,8 +48,8 @@ PROBABILITY_STOPS = (
     (1.0, QColor(189, 0, 38, 255)),
 )
 TAG_COLOURS = {1: ("changed", "220,30,30,255"), 0: ("not changed", "40,160,60,255")}
-SUGGEST_COLOUR = "255,140,0,255"  # untagged tiles: this orange, more opaque the sooner to tag
-SUGGEST_ALPHA = '15 + 200 * power(coalesce("suggest", 0), 3)'  # cubed: the first ranks stand out
+SUGGEST_COLOUR = "255,140,0,60"  # untagged tiles: this orange, more opaque the sooner to tag
+SUGGEST_ALPHA = '15 + 200 * (coalesce("suggest", 0) ^ 3)'  # cubed: the first ranks stand out
 LABELLED_RANKS = 10
 
 

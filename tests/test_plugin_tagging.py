@@ -54,6 +54,15 @@ def test_suggested_grid_is_styled_by_priority(suggested_grid):
     fill = renderer.rootRule().children()[2].symbol().symbolLayer(0)
     prop = fill.dataDefinedProperties().property(qgis_core.QgsSymbolLayer.PropertyFillColor)
     assert prop.isActive() and '"suggest"' in prop.expressionString()
+    expression = qgis_core.QgsExpression(prop.expressionString())
+    assert not expression.hasParserError(), expression.parserErrorString()
+    context = qgis_core.QgsExpressionContext()
+    context.setFields(layer.fields())
+    first = next(f for f in layer.getFeatures() if f["suggest_rank"] == 1)
+    context.setFeature(first)
+    expression.prepare(context)
+    alpha = int(str(expression.evaluate(context)).split(",")[3])
+    assert not expression.hasEvalError() and alpha == 215  # rank 1: the most opaque
     assert layer.labelsEnabled() and str(LABELLED_RANKS) in layer.labeling().settings().fieldName
 
 
