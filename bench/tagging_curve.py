@@ -122,7 +122,8 @@ def run_region(data: Path, region, work: Path, steps: list[int], vote: Optional[
             first_tags(zero_shot, truth_tags, n),
             folder / f"suggested_{n}",
             truth,
-        )  # fmt: skip
+            vote,
+        )
         for n in steps
     ]
     print(f"{region.name} suggested: {[r['cIoU'] for r in curves['suggested']]}", flush=True)
@@ -148,7 +149,8 @@ def run_region(data: Path, region, work: Path, steps: list[int], vote: Optional[
                 first_tags(order, truth_tags, n),
                 folder / f"random{seed}_{n}",
                 truth,
-            )  # fmt: skip
+                vote,
+            )
             for n in steps
         ]
         print(f"{region.name} random {seed}: {[r['cIoU'] for r in curves[f'random_{seed}']]}")
