@@ -70,17 +70,20 @@ def cmd_evaluate(args) -> int:
 
 
 def stored_detector_threshold(meta: dict):
-    """The threshold a detector file records (`kdmsi detect` uses it too), as a
-    `ThresholdChoice`: calibrated at training (`kdmsi.training.calibration`) or 0.5."""
+    """The threshold a detector file records, read as `kdmsi detect` reads it
+    (`kdmsi.runtime.load.model_threshold`), as a `ThresholdChoice` naming how it was chosen
+    (calibrated at training, `kdmsi.training.calibration`)."""
     from ..inference.thresholds import ThresholdChoice
-    from ..runtime.load import DEFAULT_THRESHOLD
+    from ..runtime.load import DEFAULT_THRESHOLD, model_threshold
 
-    value = meta.get("threshold")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        method = (meta.get("training") or {}).get("detector", {}).get("threshold", {}).get("method")
-        method = method or (meta.get("training") or {}).get("threshold", {}).get("method")
-        return ThresholdChoice(float(value), f"stored: {method}" if method else "stored")
-    return ThresholdChoice(DEFAULT_THRESHOLD, "argmax")
+    if meta.get("threshold") is None:
+        return ThresholdChoice(DEFAULT_THRESHOLD, "argmax")
+    training = meta.get("training") or {}
+    calibration = (training.get("detector") or {}).get("threshold") or training.get("threshold")
+    method = (calibration or {}).get("method")
+    return ThresholdChoice(
+        model_threshold(meta["threshold"]), f"stored: {method}" if method else "stored"
+    )
 
 
 def _evaluate_ablation(args) -> int:

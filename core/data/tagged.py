@@ -69,18 +69,9 @@ def _tagged_extents(
     tiles_path: PathLike, pair: AlignedPair
 ) -> list[tuple[tuple[float, float, float, float], int]]:
     """((x0, y0, x1, y1) in pixels of the aligned grid, tag) of every tagged feature."""
-    from osgeo import ogr, osr
+    from osgeo import osr
 
-    if not Path(tiles_path).exists():
-        raise TagError(f"cannot open tile layer {tiles_path}: the file does not exist")
-    try:
-        source = ogr.Open(str(tiles_path))
-    except RuntimeError as exc:
-        raise TagError(f"cannot open tile layer {tiles_path}: {exc}") from None
-    if source is None:
-        raise TagError(f"cannot open tile layer {tiles_path}: not a vector file OGR can read")
-    if source.GetLayerCount() == 0:
-        raise TagError(f"{tiles_path} holds no vector layer")
+    source = _open_tile_layer(tiles_path)
     layer = source.GetLayer(0)
     defn = layer.GetLayerDefn()
     if defn.GetFieldIndex(TAG_FIELD) < 0:
@@ -100,14 +91,9 @@ def _tagged_extents(
     gt = pair.geotransform
     out = []
     for feature in layer:
-        value = feature.GetField(TAG_FIELD)
+        value = _tag(tiles_path, feature)
         if value is None:
             continue
-        if str(value).strip() not in ("0", "1"):
-            raise TagError(
-                f"{tiles_path}: feature {feature.GetFID()} has {TAG_FIELD}={value!r}; use 1, 0 "
-                "or leave it empty"
-            )
         geom = feature.GetGeometryRef()
         if geom is None:
             continue
@@ -116,8 +102,42 @@ def _tagged_extents(
         min_x, max_x, min_y, max_y = geom.GetEnvelope()
         xs = sorted(((min_x - gt[0]) / gt[1], (max_x - gt[0]) / gt[1]))
         ys = sorted(((min_y - gt[3]) / gt[5], (max_y - gt[3]) / gt[5]))
-        out.append(((xs[0], ys[0], xs[1], ys[1]), int(str(value).strip())))
+        out.append(((xs[0], ys[0], xs[1], ys[1]), value))
     return out
+
+
+def _open_tile_layer(path: PathLike, noun: str = "tile layer"):
+    """The OGR data source of a tile layer (its first layer is the tiles).
+
+    Raises:
+        TagError: missing, unreadable (not a vector file) or without a layer.
+    """
+    from osgeo import ogr
+
+    if not Path(path).exists():
+        raise TagError(f"cannot open {noun} {path}: the file does not exist")
+    try:
+        source = ogr.Open(str(path))
+    except RuntimeError as exc:
+        raise TagError(f"cannot open {noun} {path}: {exc}") from None
+    if source is None:
+        raise TagError(f"cannot open {noun} {path}: not a vector file OGR can read")
+    if source.GetLayerCount() == 0:
+        raise TagError(f"{path} holds no vector layer")
+    return source
+
+
+def _tag(path: PathLike, feature) -> Optional[int]:
+    """A feature's tag: 1, 0 or None (untagged); TagError for any other value."""
+    value = feature.GetField(TAG_FIELD)
+    if value is None:
+        return None
+    if str(value).strip() not in ("0", "1"):
+        raise TagError(
+            f"{path}: feature {feature.GetFID()} has {TAG_FIELD}={value!r}; use 1, 0 "
+            "or leave it empty"
+        )
+    return int(str(value).strip())
 
 
 def _centred_window(cx: float, cy: float, tile: int, width: int, height: int) -> Optional[Window]:
@@ -210,29 +230,17 @@ def read_grid_tags(path: PathLike) -> dict[Cell, int]:
     Raises:
         TagError: unreadable, or not a kdmsi tile grid (no ``row``, ``col``, ``changed``).
     """
-    from osgeo import ogr
-
-    source = ogr.Open(str(path)) if Path(path).exists() else None
-    if source is None or source.GetLayerCount() == 0:
-        raise TagError(f"cannot read the tile grid {path}: give a layer from `kdmsi tile-grid`")
+    source = _open_tile_layer(path, "tile grid")
     layer = source.GetLayer(0)
-    fields = {
-        layer.GetLayerDefn().GetFieldDefn(i).GetName()
-        for i in range(layer.GetLayerDefn().GetFieldCount())
-    }
-    if not {"row", "col", "changed"} <= fields:
+    defn = layer.GetLayerDefn()
+    if any(defn.GetFieldIndex(name) < 0 for name in ("row", "col", TAG_FIELD)):
         raise TagError(
             f"{path} has no row, col and changed fields: give a tile grid made by "
             "`kdmsi tile-grid` (or the plugin), or tag a new one"
         )
     tags: dict[Cell, int] = {}
     for feature in layer:
-        tag = feature.GetField("changed")
-        if tag is None:
-            continue
-        if tag not in (0, 1):
-            raise TagError(
-                f"{path}: tile {feature.GetFID()} has changed = {tag}; use 1, 0 or empty"
-            )
-        tags[(int(feature.GetField("row")), int(feature.GetField("col")))] = int(tag)
+        tag = _tag(path, feature)
+        if tag is not None:
+            tags[(int(feature.GetField("row")), int(feature.GetField("col")))] = tag
     return tags

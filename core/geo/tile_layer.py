@@ -30,7 +30,6 @@ TILE_GRID_SCHEMA = {
         "suggest_rank": "int",
     },
 }
-SUGGESTION_FIELDS = ("change_score", "suggest", "suggest_rank")
 Cell = tuple[int, int]
 
 

@@ -101,10 +101,11 @@ def msi_pseudo_labels(
 ) -> tuple[list[np.ndarray], ThresholdChoice]:
     """Pseudo-label masks of every tile of `dataset`, in dataset order, and the threshold.
 
-    With ``second_opinion`` ({tile index: zero-shot distance [T, T]} of tiles labelled changed,
-    `kdmsi.inference.feature_vote.zero_shot_tile_maps`) and ``vote_weight`` > 0, those tiles'
-    pixels are change where the MSI and the distance vote so (`kdmsi.inference.feature_vote.
-    vote`); the MSI threshold is chosen as without it.
+    With ``vote_weight`` > 0, the pixels of tiles labelled changed are change where the MSI and
+    the pretrained features' distance vote so (`kdmsi.inference.feature_vote.vote`; the
+    distance of those tiles is `kdmsi.inference.feature_vote.zero_shot_tile_maps`, the first
+    quarter of ``progress``, unless ``second_opinion`` gives it: {tile index: [T, T]}); the
+    MSI threshold is chosen as without it.
 
     Each mask is uint8 [T, T]: 1 = change, 0 = background (all of a tile labelled unchanged),
     `IGNORE_INDEX` where the tile has no data (the items' ``valid``: padding, nodata; for
@@ -119,6 +120,15 @@ def msi_pseudo_labels(
     maps: list[np.ndarray] = []
     ignored: list[np.ndarray] = []
     student = for_inference(copy.deepcopy(student))  # the caller's network stays trainable
+    opinions, msi_start = None, 0.0
+    if vote_weight > 0:
+        opinions = second_opinion
+        if opinions is None:
+            msi_start = 0.25
+            changed = [i for i, label in enumerate(dataset.labels) if label == 1]
+            opinions = zero_shot_tile_maps(
+                dataset, changed, device, sub_progress(progress, 0.0, msi_start), cancelled
+            )
 
     def keep(batch: dict, out: dict) -> None:
         masks = batch["mask"].numpy()
@@ -132,7 +142,7 @@ def msi_pseudo_labels(
         {"msi": map_function("msi", student, scales, flip)},
         torch.device(device),
         batch_size,
-        progress,
+        sub_progress(progress, msi_start, 1.0),
         cancelled,
         on_batch=keep,
     )["msi"]
@@ -141,7 +151,6 @@ def msi_pseudo_labels(
         histograms.changed += stats.by_image_label.changed
         histograms.unchanged += stats.by_image_label.unchanged
     cut = int(np.floor(choice.value * PROB_SCALE))
-    opinions = second_opinion if vote_weight > 0 else None
     masks = _masks(maps, dataset.labels, ignored, lambda i, prob: prob > cut)
     if opinions:
         voted = _masks(
@@ -213,13 +222,6 @@ def generate_pseudo_labels(
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists; choose another folder or pass --overwrite")
     hists = ProbabilityHistograms()
-    opinions, start = None, 0.0
-    if feature_vote > 0:
-        start = 0.25
-        changed = [i for i, label in enumerate(dataset.labels) if label == 1]
-        opinions = zero_shot_tile_maps(
-            dataset, changed, device, sub_progress(progress, 0.0, start), cancelled
-        )
     masks, choice = msi_pseudo_labels(
         student,
         dataset,
@@ -228,10 +230,9 @@ def generate_pseudo_labels(
         flip,
         device,
         batch_size,
-        sub_progress(progress, start, 0.95),
+        sub_progress(progress, 0.0, 0.95),
         cancelled,
         hists,
-        second_opinion=opinions,
         vote_weight=feature_vote,
     )
     check_pseudo_labels(masks, dataset.labels, choice)

@@ -72,7 +72,7 @@ def zero_shot_order(
     by_evidence = sorted(open_, key=lambda i: (-float(evidence[i]), i))  # type: ignore[arg-type]
     pool = by_evidence[len(by_evidence) // 2 :]
     unchanged = _spread(np.asarray(cells, float), pool, pool[-1])
-    changed = [i for i in by_evidence if i not in set(pool)]
+    changed = by_evidence[: len(by_evidence) // 2]  # the rest: the upper half, in order
     order: list[int] = []
     for k in range(max(len(changed), len(unchanged))):
         order += changed[k : k + 1] + unchanged[k : k + 1]

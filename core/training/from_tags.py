@@ -20,7 +20,6 @@ from ..data.tagged import RasterTileDataset, TagError, read_tagged_windows
 from ..geo.align import align_pair
 from ..geo.atomic import check_folder_target, check_output_target
 from ..geo.stretch import pair_stretches
-from ..inference.feature_vote import zero_shot_tile_maps
 from ..inference.msi import DEFAULT_SCALES, pick_device
 from ..inference.pseudo_labels import DegeneratePseudoLabels, check_pseudo_labels, msi_pseudo_labels
 from ..inference.thresholds import ProbabilityHistograms
@@ -173,23 +172,15 @@ def train_from_tags(
         if kd_out is not None:
             save_kd(kd_out, kd, pair.bands, normalisation, tile_size, {"tiles": str(tiles)})
         histograms = ProbabilityHistograms()
-        opinions, msi_start = None, kd_end
-        if config.feature_vote > 0:  # the pretrained features' vote (feature_vote module)
-            msi_start = kd_end + (msi_end - kd_end) / 4
-            changed = [i for i, label in enumerate(dataset.labels) if label == 1]
-            opinions = zero_shot_tile_maps(
-                dataset, changed, device, sub_progress(progress, kd_end, msi_start), cancelled
-            )
         masks, choice = msi_pseudo_labels(
             kd.student.to(device),
             dataset,
             config.threshold,
             config.scales,
             device=device,
-            progress=sub_progress(progress, msi_start, msi_end),
+            progress=sub_progress(progress, kd_end, msi_end),
             cancelled=cancelled,
             histograms=histograms,
-            second_opinion=opinions,
             vote_weight=config.feature_vote,
         )
         timing["pseudo_labels"], clock = round(time.perf_counter() - clock, 1), time.perf_counter()
