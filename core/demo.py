@@ -36,8 +36,13 @@ DEMO_MARKER = ".kdmsi-demo"
 an earlier demo's ``demo_metrics.json``), never somebody's files."""
 
 
-def check_demo_folder(out: Path) -> None:
-    """Raise ValueError unless ``out`` is absent, empty, or an earlier demo's folder."""
+def check_demo_arguments(out: Path, scenes: int, seed: int) -> None:
+    """Raise ValueError (one line) unless the scene count and seed can be drawn and ``out`` is
+    absent, empty, or an earlier demo's folder (which the demo replaces)."""
+    if not 1 <= scenes < HELD_OUT_SEED_OFFSET:
+        raise ValueError(f"--scenes must be 1..{HELD_OUT_SEED_OFFSET - 1}, got {scenes}")
+    if seed < 0:
+        raise ValueError(f"--seed must be 0 or more, got {seed}")
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is a file; give a folder for the demo's outputs")
     earlier = (out / DEMO_MARKER).is_file() or (out / "demo_metrics.json").is_file()
@@ -67,15 +72,13 @@ def run_demo(
     weights: str = recipe.WEIGHTS,
     seed: int = 1,
 ) -> dict:
-    """Run the chain into `out` (replaced when an earlier demo's, `check_demo_folder`) and
+    """Run the chain into `out` (replaced when an earlier demo's, `check_demo_arguments`) and
     return {'timings_s', 'settings'}.
 
     The training scenes have seeds ``seed`` .. ``seed + scenes - 1``, the two held-out scenes
     ``seed + HELD_OUT_SEED_OFFSET`` and the next one.
     """
-    if not 1 <= scenes < HELD_OUT_SEED_OFFSET:
-        raise ValueError(f"scenes must be 1..{HELD_OUT_SEED_OFFSET - 1}, got {scenes}")
-    check_demo_folder(out)
+    check_demo_arguments(out, scenes, seed)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -214,10 +217,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "--seed", type=int, default=1, help="seed of the first training scene (another draw)"
     )
     args = parser.parse_args(argv)
-    if not 1 <= args.scenes < HELD_OUT_SEED_OFFSET:
-        parser.error(f"--scenes must be 1..{HELD_OUT_SEED_OFFSET - 1}")
     try:
-        check_demo_folder(args.out)
+        check_demo_arguments(args.out, args.scenes, args.seed)
     except ValueError as exc:
         parser.error(str(exc))
     run_demo(
