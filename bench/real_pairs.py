@@ -1,31 +1,42 @@
 """Real-pair benchmark: the analyst's workflow, end to end, on ``../shared/data/real``.
 
-For every region (`real_regions.default_regions`): GeoTIFFs of the pair and its truth; a tile
-grid (`kdmsi tile-grid`); tags at image level only, derived from the mask as an analyst would
-tag (changed when at least 0.5 % of a tile changed, unchanged when none did, untagged in
-between); `kdmsi train` at its defaults (keeping the teacher and student with --kd-model);
-`kdmsi detect` on the whole region; the polygons scored against the mask. Beside the final
-detector, on the same scorer and pixels:
+The protocol (`real_regions.TUNING`, `real_regions.REPORTING`): regions are split, once and
+for all, into a tuning side (every default was chosen there; choices may look at it) and a
+reporting side (never looked at for a choice); the headline figure is the reporting side's.
+``--side`` picks the regions (default: reporting).
+
+For every region: GeoTIFFs of the pair and its truth; a tile grid (`kdmsi tile-grid`, at the
+product's own default size with ``--grid auto``, the default, or at ``--grid N`` px); tags at
+image level only, derived from the mask as an analyst would tag (changed when at least 0.5 %
+of a tile changed, unchanged when none did, untagged in between); `kdmsi train` at its
+defaults (keeping the teacher and student with --kd-model); `kdmsi detect` on the whole
+region; the polygons scored against the mask. Beside the final detector, on the same scorer
+and pixels:
 
 * naive differencing: mean absolute difference over the bands at its best threshold chosen
   against the truth (an oracle, so an upper bound of that baseline);
+* the zero-shot map (`kdmsi detect --zero-shot`): what the product offers with no tag;
 * "tags as the map": every pixel of every tile tagged changed (the trivial answer);
-* teacher CAM, student (one scale), student + MSI over the whole region, each at the
-  threshold `kdmsi` picks without truth from the tagged tiles (``auto``), with the best
-  threshold against the truth in brackets;
-* pseudo labels: what the detector trained on (MSI of each tagged tile above the stored
-  threshold, changed tiles only), scored on the tagged tiles, with the best threshold.
+* with ``--maps``: teacher CAM, student (one scale), student + MSI over the whole region,
+  each at the threshold `kdmsi` picks without truth from the tagged tiles (``auto``), and the
+  pseudo labels the detector trained on (MSI of each tagged tile above the stored threshold,
+  changed tiles only), scored on the tagged tiles.
+
+Per region and map it also keeps what an analyst sees without truth: the share of the region
+marked changed (beside the true share) and the share of the pixels of tiles tagged *not
+changed* that are marked.
 
 Every stage runs in its own process (CLI or this file's ``--stage``), so its wall time and
 peak memory (max RSS) are its own. Regions with fewer than two tiles of a tag are refused by
 `kdmsi train`, as they would be for an analyst, and reported apart. Pooled figures sum TP, FP
-and FN over the optical regions first. ``--cross`` then detects with the detector trained on the
-LEVIR-CD crops on WHU and on the LEVIR 1024 px regions (reported apart, not pooled).
+and FN over the optical regions of a side. ``--cross`` then detects with the detector trained
+on the LEVIR-CD crops on WHU and on the LEVIR 1024 px regions (tuning side, reported apart).
 
 Usage::
 
-    .venv/bin/python bench/real_pairs.py --workdir /tmp/kdmsi-real [--regions LEVIR-CD,WHU-CD]
-        [--cross] [--markdown bench/results/real_pairs.md] [--train-args "--kd-epochs 8"]
+    .venv/bin/python bench/real_pairs.py --workdir /tmp/kdmsi-real [--side reporting|tuning|all]
+        [--grid auto|128] [--regions LEVIR-CD,WHU-CD] [--maps] [--cross]
+        [--markdown table.md] [--train-args "--kd-epochs 8"]
     .venv/bin/python bench/real_pairs.py --from-json /tmp/kdmsi-real/results.json  # reprint
 
 Skips cleanly (exit 0, one line) when the data folder is absent.
@@ -46,43 +57,38 @@ from typing import Any, Optional
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from real_maps import map_rows, map_stages, stage_map, stage_pseudo  # noqa: E402
 from real_regions import (  # noqa: E402 - the bench's own helper module, beside this file
-    NOT_SCORED,
+    REPORTING,
+    TUNING,
     Region,
     best_threshold_counts,
-    counts,
     default_regions,
-    metrics,
+    grid_for,
     naive_difference,
     tagged_masks,
     tile_tags,
     write_region,
     write_tags,
 )
+from real_tables import report, score_row  # noqa: E402 - beside this file
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
-HIST_BINS = 200
-MAPS = ("teacher-cam", "student", "msi")
-ROWS = (
-    "naive (oracle)",
-    "tags as the map",
-    "teacher CAM",
-    "student",
-    "student + MSI",
-    "pseudo labels, MSI alone",
-    "pseudo labels",
-    "final detector",
-)
 
 
 # --------------------------------------------------------------------------- stage processes
+
+
+PRODUCT_ENV: Optional[dict[str, str]] = None
+"""The child processes' environment with ``--product DIR`` (an earlier checkout's library
+first on the path, for the previous default's figures); None: this checkout's."""
 
 
 def run_stage(argv: list[str], log: Path) -> dict[str, Any]:
     """Run one stage as a child process: {'rc', 'wall_s', 'peak_mib', 'tail'}."""
     start = time.perf_counter()
     with open(log, "w") as out:
-        child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=PRODUCT_ENV)
         _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - start
     tail = log.read_text(errors="replace").strip().splitlines()[-3:]
@@ -96,97 +102,6 @@ def run_stage(argv: list[str], log: Path) -> dict[str, Any]:
 
 def kdmsi(*args: str) -> list[str]:
     return [sys.executable, "-m", "kdmsi.cli", "-q", *args]
-
-
-def stage_map(kind: str, kd_model: str, before: str, after: str, out: str, bands: str) -> None:
-    """Worker: a whole-region map of ``kind`` (teacher-cam, student, msi) from a KD model,
-    through the detect path (tiles, blending), written as a probability GeoTIFF."""
-    from kdmsi.data.normalisation import Normalisation
-    from kdmsi.detect.run import detect_with_predictor
-    from kdmsi.inference.msi import (
-        multiscale_sigmoid_inference,
-        single_scale_probability,
-        teacher_cam,
-    )
-    from kdmsi.models.checkpoint import load_checkpoint
-
-    role = "teacher" if kind == "teacher-cam" else "student"
-    model, meta = load_checkpoint(kd_model, role=role)
-    predict = {
-        "teacher-cam": lambda p, q: teacher_cam(model, p, q),
-        "student": lambda p, q: single_scale_probability(model, p, q),
-        "msi": lambda p, q: multiscale_sigmoid_inference(model, p, q),
-    }[kind]
-    detect_with_predictor(
-        before,
-        after,
-        predict,
-        Normalisation.from_dict(meta["normalisation"]),
-        Path(out).with_suffix(".gpkg"),
-        out,
-        bands=[int(b) for b in bands.split(",")] if bands else None,
-        tile_size=meta["tile_size"],  # as `kdmsi detect` runs a model
-        overwrite=True,
-    )
-
-
-def stage_pseudo(
-    kd_model: str, detector: str, before: str, after: str, tiles: str, out: str, bands: str
-) -> None:
-    """Worker: the MSI map of every tagged tile as `kdmsi train` computed it for the pseudo
-    labels (same windows, stretch and normalisation), pasted into a float32 raster (NaN
-    outside tagged tiles); the stored pseudo-label threshold goes into ``out``.json."""
-    import torch
-
-    from kdmsi.data.tagged import RasterTileDataset, read_tagged_windows
-    from kdmsi.geo.align import align_pair
-    from kdmsi.geo.stretch import pair_stretches
-    from kdmsi.inference.feature_vote import zero_shot_tile_maps
-    from kdmsi.inference.maps import collect_map_statistics, map_function
-    from kdmsi.models.checkpoint import load_checkpoint, read_checkpoint
-
-    student, meta = load_checkpoint(kd_model)
-    summary = read_checkpoint(detector)["metadata"]["training"]
-    chosen = [int(b) for b in bands.split(",")] if bands else None
-    with align_pair(before, after, chosen) as pair:
-        windows, size = read_tagged_windows(tiles, pair, meta["tile_size"])
-        data = RasterTileDataset(pair, windows, pair_stretches(pair), _norm(meta), size)
-        region = np.full((pair.height, pair.width), np.nan, np.float32)
-        order = iter(range(len(data)))
-
-        def paste(batch: dict, maps: dict) -> None:
-            for prob in maps["msi"][:, 0].numpy():
-                win = data.windows[next(order)]
-                region[win.y : win.y + win.h, win.x : win.x + win.w] = prob[: win.h, : win.w]
-
-        collect_map_statistics(
-            data, {"msi": map_function("msi", student)}, torch.device("cpu"), 4, on_batch=paste
-        )
-        _write_float(out, region)
-        if summary["pseudo_labels"].get("feature_vote"):  # the vote's second opinion, as trained
-            changed = [i for i, label in enumerate(data.labels) if label == 1]
-            distance = np.full((pair.height, pair.width), np.nan, np.float32)
-            for index, values in zero_shot_tile_maps(data, changed).items():
-                win = data.windows[index]
-                distance[win.y : win.y + win.h, win.x : win.x + win.w] = values[: win.h, : win.w]
-            _write_float(out.replace(".tif", "_vote.tif"), distance)
-    Path(out + ".json").write_text(json.dumps(summary["pseudo_labels"]))
-
-
-def _write_float(path: str, array: np.ndarray) -> None:
-    from osgeo import gdal
-
-    ds = gdal.GetDriverByName("GTiff").Create(
-        path, array.shape[1], array.shape[0], 1, gdal.GDT_Float32
-    )
-    ds.GetRasterBand(1).WriteArray(array)
-    ds = None
-
-
-def _norm(meta: dict):
-    from kdmsi.data.normalisation import Normalisation
-
-    return Normalisation.from_dict(meta["normalisation"])
 
 
 # ------------------------------------------------------------------------------ one region
@@ -210,25 +125,18 @@ def _rasterize(vector: Path, like: Path) -> np.ndarray:
     return mem.ReadAsArray().astype(bool)
 
 
-def _label_free_threshold(score: np.ndarray, tags, grid: int) -> float:
-    """`kdmsi`'s ``auto`` threshold of a map from the tagged tiles' values (no truth)."""
-    from kdmsi.inference.thresholds import ProbabilityHistograms, choose_threshold
-
-    hists = ProbabilityHistograms()
-    for (row, col), tag in tags.items():
-        if tag is not None:
-            tile = score[row * grid : (row + 1) * grid, col * grid : (col + 1) * grid]
-            hists.add(np.nan_to_num(tile), tag)
-    return choose_threshold(hists, "auto").value
-
-
-def detect_stage(detector: Path, folder: Path, band_args: list[str]) -> dict[str, Any]:
-    """`kdmsi detect` of ``detector`` on the pair in ``folder``: polygons and probabilities."""
+def detect_stage(
+    source: list[str], folder: Path, band_args: list[str], name: str = "detector"
+) -> dict[str, Any]:
+    """`kdmsi detect` (``source``: ``--model FILE`` or ``--zero-shot``) on the pair in
+    ``folder``: ``name``.gpkg polygons and ``name``.tif probabilities."""
     pair = ["--before", str(folder / "before.tif"), "--after", str(folder / "after.tif")]
-    outputs = ["--out", str(folder / "detector.gpkg")]
-    outputs += ["--probability", str(folder / "detector.tif")]
-    argv = ["detect", *pair, "--model", str(detector), *outputs, "--runtime", "torch"]
-    return run_stage(kdmsi(*argv, "--overwrite", *band_args), folder / "detect.log")
+    outputs = ["--out", str(folder / f"{name}.gpkg")]
+    outputs += ["--probability", str(folder / f"{name}.tif")]
+    argv = ["detect", *pair, *source, *outputs, "--overwrite", *band_args]
+    if source[0] == "--model":
+        argv += ["--runtime", "torch"]
+    return run_stage(kdmsi(*argv), folder / f"{name}.log")
 
 
 def run_region(
@@ -236,11 +144,12 @@ def run_region(
     data: Path,
     work: Path,
     train_args: list[str],
+    options: argparse.Namespace,
     trained: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
-    """Run the analyst's workflow on ``region`` (files in ``work``), then score it. With
-    ``trained`` (the region's earlier result), its models are kept and only detect and the
-    maps run again."""
+    """Run the analyst's workflow on ``region`` (files in ``work``) on the tag grid of
+    ``options.grid``, then score it. With ``trained`` (the region's earlier result), its
+    models are kept and only detect and the maps run again."""
     folder = work / region.name.replace("/", "_")
     band_args = ["--bands", _bands(region)] if region.bands else []
     grid_path = folder / "tiles.gpkg"
@@ -250,11 +159,16 @@ def run_region(
     stages: dict[str, Any] = {}
     if trained is not None:
         stages["train"] = trained["stages"]["train"]
+        grid = trained["grid"]
     else:
         write_region(data, region, folder)
-        grid_args = ["--out", str(grid_path), "--tile-size", str(region.grid), "--overwrite"]
-        subprocess.run(kdmsi("tile-grid", *pair, *grid_args), check=True)
-        write_tags(grid_path, tile_tags(_raster(paths["truth"]), region.grid))
+        truth = _raster(paths["truth"])
+        grid = grid_for(truth.shape, options.grid)
+        # explicit even for "auto" (the same size as the product's default), so that a run of
+        # an earlier product with another default is tagged on the same grid
+        grid_args = ["--out", str(grid_path), "--tile-size", str(grid), "--overwrite"]
+        subprocess.run(kdmsi("tile-grid", *pair, *grid_args), check=True, env=PRODUCT_ENV)
+        write_tags(grid_path, tile_tags(truth, grid))
         train_out = ["--out", str(detector), "--kd-model", str(kd_model), "--no-report"]
         stages["train"] = run_stage(
             kdmsi(
@@ -269,42 +183,15 @@ def run_region(
             ),  # fmt: skip
             folder / "train.log",
         )
+    stages["zero-shot"] = detect_stage(["--zero-shot"], folder, band_args, "zero_shot")
     if stages["train"]["rc"] == 0:
-        stages["detect"] = detect_stage(detector, folder, band_args)
-        for kind in MAPS:
-            stages[kind] = run_stage(
-                [
-                    sys.executable,
-                    __file__,
-                    "--stage",
-                    "map",
-                    kind,
-                    str(kd_model),
-                    str(paths["before"]),
-                    str(paths["after"]),
-                    str(folder / f"{kind}.tif"),
-                    _bands(region),
-                ],
-                folder / f"{kind}.log",
-            )
-        stages["pseudo"] = run_stage(
-            [
-                sys.executable,
-                __file__,
-                "--stage",
-                "pseudo",
-                str(kd_model),
-                str(detector),
-                str(paths["before"]),
-                str(paths["after"]),
-                str(grid_path),
-                str(folder / "pseudo_msi.tif"),
-                _bands(region),
-            ],
-            folder / "pseudo.log",
-        )
-    result = score_region(region, folder)
+        stages["detect"] = detect_stage(["--model", str(detector)], folder, band_args)
+        if options.maps:
+            maps = map_stages(_bands(region), folder, kd_model, detector, grid_path, run_stage)
+            stages.update(maps)
+    result = score_region(region, folder, grid)
     result["stages"] = stages
+    result["grid_mode"] = options.grid
     if stages["train"]["rc"] != 0:
         result["refused"] = " ".join(stages["train"]["tail"])[-300:]
     return result
@@ -314,22 +201,7 @@ def _bands(region: Region) -> str:
     return ",".join(str(b) for b in region.bands) if region.bands else ""
 
 
-def _row(score: np.ndarray, truth: np.ndarray, chosen: np.ndarray, where=None) -> dict:
-    """A table row: counts of the ``chosen`` decision, of the region's best threshold of
-    ``score`` against the truth, and the truth-split histograms of ``score`` (for pooled
-    best-threshold curves)."""
-    scored = truth != NOT_SCORED if where is None else (truth != NOT_SCORED) & where
-    edges = np.linspace(0.0, 1.0, HIST_BINS + 1)
-    values, positive = np.clip(score[scored], 0.0, 1.0), truth[scored] == 1
-    return {
-        "counts": counts(chosen, truth, where).tolist(),
-        "oracle": best_threshold_counts(score, truth, where)[1].tolist(),
-        "hist_pos": np.histogram(values[positive], edges)[0].tolist(),
-        "hist_neg": np.histogram(values[~positive], edges)[0].tolist(),
-    }
-
-
-def score_region(region: Region, folder: Path) -> dict[str, Any]:
+def score_region(region: Region, folder: Path, grid: int) -> dict[str, Any]:
     """Score what `run_region` left in ``folder`` (also used by ``--rescore``)."""
     truth = _raster(folder / "truth.tif")
     before, after = _raster(folder / "before.tif"), _raster(folder / "after.tif")
@@ -337,52 +209,45 @@ def score_region(region: Region, folder: Path) -> dict[str, Any]:
     if region.bands:
         index = [b - 1 for b in region.bands]
         before, after = before[index], after[index]
-    tags = tile_tags(truth, region.grid)
-    changed_tiles, tagged = tagged_masks(tags, truth.shape, region.grid)
+    tags = tile_tags(truth, grid)
+    changed_tiles, tagged = tagged_masks(tags, truth.shape, grid)
+    not_changed = tagged & ~changed_tiles
     naive = naive_difference(before, after)
     threshold, _ = best_threshold_counts(naive, truth)
     rows = {
-        "naive (oracle)": {**_row(naive, truth, naive >= threshold), "threshold": threshold},
-        "tags as the map": _row(changed_tiles.astype(np.float32), truth, changed_tiles),
+        "naive (oracle)": {
+            **score_row(naive, truth, naive >= threshold, None, not_changed),
+            "threshold": threshold,
+        },
+        "tags as the map": score_row(
+            changed_tiles.astype(np.float32), truth, changed_tiles, None, not_changed
+        ),
     }
     result: dict[str, Any] = {
         "region": region.name,
+        "side": region.side,
         "optical": region.optical,
         "size": list(truth.shape),
-        "grid": region.grid,
+        "grid": grid,
         "tags": [list(tags.values()).count(1), list(tags.values()).count(0)],
         "rows": rows,
     }
+    if (folder / "zero_shot.tif").is_file():
+        polygons = _rasterize(folder / "zero_shot.gpkg", folder / "truth.tif")
+        score = np.nan_to_num(_raster(folder / "zero_shot.tif"))
+        rows["zero-shot map"] = score_row(score, truth, polygons, None, not_changed)
     detector = folder / "detector.kdmsi"
     if not (folder / "detector.tif").is_file():
         return result
     from kdmsi.models.checkpoint import read_checkpoint
 
-    result["timing_s"] = read_checkpoint(detector)["metadata"]["training"].get("timing_s")
+    training = read_checkpoint(detector)["metadata"]["training"]
+    result["timing_s"] = training.get("timing_s")
+    result["tag_check"] = training.get("detector", {}).get("tag_check")
     polygons = _rasterize(folder / "detector.gpkg", folder / "truth.tif")
-    rows["final detector"] = _row(np.nan_to_num(_raster(folder / "detector.tif")), truth, polygons)
-    for kind, title in zip(MAPS, ("teacher CAM", "student", "student + MSI")):
-        if not (folder / f"{kind}.tif").is_file():
-            continue  # a cross-dataset run scores the detector only
-        score = np.nan_to_num(_raster(folder / f"{kind}.tif"))
-        value = _label_free_threshold(score, tags, region.grid)
-        rows[title] = {**_row(score, truth, score > value), "threshold": value}
-    if not (folder / "pseudo_msi.tif").is_file():
-        return result
-    msi = _raster(folder / "pseudo_msi.tif")
-    stored = json.loads((folder / "pseudo_msi.tif.json").read_text())
-    value = stored["threshold"]["value"]
-    where = tagged & ~np.isnan(msi)
-    pseudo = np.nan_to_num(msi) * changed_tiles
-    chosen = pseudo > value
-    weight = stored.get("feature_vote") or 0.0
-    if weight and (folder / "pseudo_msi_vote.tif").is_file():  # as `kdmsi train` voted
-        from kdmsi.inference.feature_vote import vote
-
-        distance = np.nan_to_num(_raster(folder / "pseudo_msi_vote.tif"))
-        chosen = vote(np.nan_to_num(msi), value, distance, weight) & changed_tiles
-        rows["pseudo labels, MSI alone"] = {**_row(pseudo, truth, pseudo > value, where)}
-    rows["pseudo labels"] = {**_row(pseudo, truth, chosen, where), "threshold": value}
+    score = np.nan_to_num(_raster(folder / "detector.tif"))
+    rows["final detector"] = score_row(score, truth, polygons, None, not_changed)
+    rows.update(map_rows(folder, truth, tags, grid, changed_tiles, tagged))
     return result
 
 
@@ -390,7 +255,7 @@ CROSS_SOURCE = "LEVIR-CD"  # trained on the LEVIR crops ...
 CROSS_TARGETS = ("WHU-CD", "LEVIR-1024/test_102", "LEVIR-1024/test_7", "LEVIR-1024/test_8")
 
 
-def run_cross(source: Region, target: Region, work: Path) -> dict[str, Any]:
+def run_cross(source: Region, target: Region, work: Path, grid: int) -> dict[str, Any]:
     """Detect on ``target`` with the detector trained on ``source`` (both run before, in
     ``work``): the region's pair and truth are reused, the detector row is scored."""
     home = work / target.name.replace("/", "_")
@@ -400,119 +265,34 @@ def run_cross(source: Region, target: Region, work: Path) -> dict[str, Any]:
         if not (folder / name).exists():
             (folder / name).symlink_to((home / name).resolve())
     detector = work / source.name.replace("/", "_") / "detector.kdmsi"
-    detect = detect_stage(detector, folder, [])
+    detect = detect_stage(["--model", str(detector)], folder, [])
     (folder / "detector.kdmsi").unlink(missing_ok=True)
     (folder / "detector.kdmsi").symlink_to(detector.resolve())
-    result = score_region(target, folder)
+    result = score_region(target, folder, grid)
     result["region"] = f"{source.name} -> {target.name}"
     result["cross"] = True
     result["stages"] = {"detect": detect}
     return result
 
 
-# ------------------------------------------------------------------------------------ tables
-
-
-def _iou(c) -> float:
-    return metrics(np.asarray(c))["cIoU"]
-
-
-def _best_single_threshold(pos: np.ndarray, neg: np.ndarray) -> float:
-    """The best change IoU of one threshold for all regions, from summed histograms."""
-    tp = pos[::-1].cumsum()[::-1]
-    fp = neg[::-1].cumsum()[::-1]
-    fn = pos.sum() - tp
-    return float((tp / np.maximum(tp + fp + fn, 1)).max())
-
-
-def pooled(results: list[dict[str, Any]], optical: bool) -> dict[str, dict[str, float]]:
-    """Pooled change IoU per row over the accepted regions of a kind (TP, FP, FN summed
-    first): ``label_free``, ``region_best`` (each region at its best threshold against the
-    truth) and ``one_best`` (one threshold against the truth for all regions)."""
-    out: dict[str, dict[str, float]] = {}
-    chosen = [
-        r
-        for r in results
-        if r["optical"] == optical and not r.get("refused") and not r.get("cross")
-    ]
-    for row in ROWS:
-        entries = [r["rows"][row] for r in chosen if row in r["rows"]]
-        if not entries:
-            continue
-        total = {
-            key: np.sum([np.asarray(e[key]) for e in entries], axis=0)
-            for key in ("counts", "oracle", "hist_pos", "hist_neg")
-        }
-        out[row] = {
-            "label_free": _iou(total["counts"]),
-            "region_best": _iou(total["oracle"]),
-            "one_best": _best_single_threshold(total["hist_pos"], total["hist_neg"]),
-        }
-    return out
-
-
-def table(results: list[dict[str, Any]]) -> str:
-    """Per-region change IoU of every row (region's best threshold against the truth in
-    brackets), then the pooled rows over the accepted optical and other regions."""
-    header = "| region | tags 1/0 | " + " | ".join(ROWS) + " | train s | train MiB |"
-    lines = [header, "|---|---|" + "---:|" * (len(ROWS) + 2)]
-    for r in results:
-        cells = []
-        for row in ROWS:
-            entry = r["rows"].get(row)
-            if entry is None:
-                cells.append("–")
-            elif row in ("naive (oracle)", "tags as the map"):
-                cells.append(f"{_iou(entry['counts']):.3f}")
-            else:
-                cells.append(f"{_iou(entry['counts']):.3f} ({_iou(entry['oracle']):.3f})")
-        train = r.get("stages", {}).get("train", {})
-        name = r["region"] + (" (refused)" if r.get("refused") else "")
-        lines.append(
-            f"| {name} | {r['tags'][0]}/{r['tags'][1]} | "
-            + " | ".join(cells)
-            + f" | {train.get('wall_s', '–')} | {train.get('peak_mib', '–')} |"
-        )
-    for optical, label in ((True, "optical"), (False, "SAR + Landsat")):
-        figures = pooled(results, optical)
-        if not figures:
-            continue
-        for key, what in (
-            ("label_free", f"**pooled, {label}**"),
-            ("region_best", f"pooled, {label}: best threshold per region (oracle)"),
-            ("one_best", f"pooled, {label}: best single threshold (oracle)"),
-        ):
-            cells = [f"{figures[row][key]:.3f}" if row in figures else "–" for row in ROWS]
-            if key == "label_free":
-                cells = [f"**{c}**" for c in cells]
-            lines.append(f"| {what} | | " + " | ".join(cells) + " | | |")
-    return "\n".join(lines)
-
-
-def paper_metrics(results: list[dict[str, Any]]) -> str:
-    """The paper's six metrics (%) of every row, pooled over the accepted optical regions."""
-    chosen = [r for r in results if r["optical"] and not r.get("refused") and not r.get("cross")]
-    keys = ("OA", "F1", "cIoU", "mIoU", "FP", "FN")
-    lines = ["| pooled, optical | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
-    for row in ROWS:
-        entries = [r["rows"][row]["counts"] for r in chosen if row in r["rows"]]
-        if entries:
-            values = metrics(np.sum(entries, axis=0))
-            lines.append(f"| {row} | " + " | ".join(f"{100 * values[k]:.2f}" for k in keys) + " |")
-    return "\n".join(lines)
-
-
-def report(results: list[dict[str, Any]]) -> str:
-    """Both tables, as printed and written by ``--markdown``."""
-    return table(results) + "\n\n" + paper_metrics(results)
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/kdmsi-real"))
-    parser.add_argument("--regions", help="comma-separated region names (default: all)")
+    parser.add_argument(
+        "--side",
+        choices=(REPORTING, TUNING, "all"),
+        default=REPORTING,
+        help="which side of the protocol to run (default: reporting, the headline)",
+    )
+    parser.add_argument(
+        "--grid", default="auto", help="tag grid: auto (the product's default) or a size in px"
+    )
+    parser.add_argument("--regions", help="comma-separated region names (default: the side's)")
     parser.add_argument("--train-args", default="", help="extra `kdmsi train` arguments")
+    parser.add_argument(
+        "--maps", action="store_true", help="also the teacher, student, MSI and pseudo-label rows"
+    )
     parser.add_argument("--cross", action="store_true", help="also the cross-dataset run")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
     parser.add_argument(
@@ -526,58 +306,73 @@ def main(argv: Optional[list[str]] = None) -> int:
         action="store_true",
         help="keep the workdir's trained models; run detect, the maps and the scoring again",
     )
+    parser.add_argument(
+        "--product",
+        type=Path,
+        help="run the product (every CLI and stage process) from this folder holding an "
+        "earlier checkout's library as kdmsi/ (git archive REV core), e.g. for the "
+        "previous default's figures",
+    )
     parser.add_argument("--stage", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.product:
+        global PRODUCT_ENV
+        PRODUCT_ENV = {**os.environ, "PYTHONPATH": str(args.product.resolve())}
     if args.stage:
-        {"map": stage_map, "pseudo": stage_pseudo}[args.stage[0]](*args.stage[1:])
+        {"map": stage_map, "pseudo": stage_pseudo}[args.stage[0]](*args.stage[1:])  # --maps
         return 0
+    if args.grid != "auto" and not args.grid.isdigit():
+        parser.error(f"--grid takes auto or a size in pixels, not {args.grid}")
     if args.from_json:
         merged = [r for path in args.from_json for r in json.loads(path.read_text())]
-        text = report(merged)
-        print(text)
-        if args.markdown:
-            args.markdown.write_text(text + "\n")
-        return 0
+        return _print_report(merged, args.markdown)
     if not args.data.is_dir():
         print(f"real-pair benchmark skipped: no data folder {args.data}")
         return 0
-    regions = default_regions()
+    regions = [r for r in default_regions() if args.side in ("all", r.side)]
     if args.regions:
         wanted = args.regions.split(",")
-        regions = [r for r in regions if r.name in wanted]
+        regions = [r for r in default_regions() if r.name in wanted]
     args.workdir.mkdir(parents=True, exist_ok=True)
     saved = args.workdir / "results.json"
+    earlier = {}
+    if args.rescore or args.reuse_training:
+        earlier = {r["region"]: r for r in json.loads(saved.read_text())}
     results = []
-    if args.rescore:
-        before = {r["region"]: r for r in json.loads(saved.read_text())}
-        for region in regions:
-            if region.name in before:
+    for region in regions:
+        if args.rescore:
+            if region.name in earlier:
                 folder = args.workdir / region.name.replace("/", "_")
-                result = score_region(region, folder)
-                result["stages"] = before[region.name].get("stages", {})
-                result["refused"] = before[region.name].get("refused")
+                result = score_region(region, folder, earlier[region.name]["grid"])
+                for key in ("stages", "refused", "grid_mode"):
+                    result[key] = earlier[region.name].get(key)
                 results.append(result)
-    earlier = {r["region"]: r for r in json.loads(saved.read_text())} if args.reuse_training else {}
-    for region in [] if args.rescore else regions:
+            continue
         print(f"== {region.name}", flush=True)
-        trained = earlier.get(region.name) if args.reuse_training else None
+        trained = earlier.get(region.name)
         if args.reuse_training and trained is None:
             continue  # not in the earlier run
-        run = run_region(region, args.data, args.workdir, shlex.split(args.train_args), trained)
-        results.append(run)
+        train_args = shlex.split(args.train_args)
+        results.append(run_region(region, args.data, args.workdir, train_args, args, trained))
         saved.write_text(json.dumps(results, indent=1))
     if args.cross and not args.rescore:
         by_name = {r.name: r for r in default_regions()}
+        grids = {r["region"]: r["grid"] for r in results}
         for target in CROSS_TARGETS:
             print(f"== {CROSS_SOURCE} -> {target}", flush=True)
-            results.append(run_cross(by_name[CROSS_SOURCE], by_name[target], args.workdir))
+            work = args.workdir
+            results.append(run_cross(by_name[CROSS_SOURCE], by_name[target], work, grids[target]))
             saved.write_text(json.dumps(results, indent=1))
     if args.rescore:
         saved.write_text(json.dumps(results, indent=1))
+    return _print_report(results, args.markdown)
+
+
+def _print_report(results: list[dict[str, Any]], markdown: Optional[Path]) -> int:
     text = report(results)
     print(text)
-    if args.markdown:
-        args.markdown.write_text(text + "\n")
+    if markdown:
+        markdown.write_text(text + "\n")
     return 0
 
 

@@ -30,42 +30,79 @@ UTM_32631 = 32631
 @dataclass(frozen=True)
 class Region:
     """A benchmark region: ``folder`` of ``../shared/data/real``, the image ``names`` in it (None:
-    all), the tag ``grid`` in pixels, ``gsd`` in metres, and whether it counts among the
-    optical regions pooled in the headline figure."""
+    all), ``gsd`` in metres, whether it counts among the optical regions pooled in the
+    headline figure, and its ``side`` of the protocol (`TUNING` or `REPORTING`, below). The tag
+    grid is the run's (`grid_for`): the product's own default, or a fixed size."""
 
     name: str
     folder: str
     names: Optional[tuple[str, ...]]
-    grid: int
     gsd: float
     optical: bool = True
     bands: Optional[tuple[int, ...]] = None  # bands the model reads (default: the first 3)
+    side: str = "tuning"
+
+
+# The protocol, fixed on 2026-12-04 before any figure of this round was read:
+#
+# * TUNING: the regions every default of `kdmsi.recipe` was chosen on (the eleven optical
+#   regions of the earlier rounds, and the SAR and Landsat pairs). Any choice of a default,
+#   threshold rule or mechanism may look at them; their figures are labelled "tuning side".
+# * REPORTING: the pairs added to ../shared/data/real on 2026-12-04 (EGY-BCD, the two Beijing
+#   pairs, the Italy pair), which took no part in any choice before this split and take none
+#   after it. Only their figures are the headline; a region never moves across.
+#
+# A fixed split rather than leave-one-region-out: the earlier defaults were chosen on all the
+# old regions and cannot be chosen again without each of them, and one run of the whole
+# benchmark takes about an hour of 2 cores, so re-making every choice per held-out region
+# is out of reach. The reporting side is small (three optical regions, one heterogeneous);
+# it grows with every new pair that reaches ../shared/data/real, which goes to REPORTING.
+TUNING = "tuning"
+REPORTING = "reporting"
 
 
 def default_regions() -> list[Region]:
-    """The regions of the benchmark: 1024 px images on a 128 px grid (8 x 8 tiles), crop
-    datasets on a 64 px grid (4 x 4 tiles per 256 px crop), SAR and Landsat apart."""
+    """The regions of the benchmark, both sides of the protocol (see `TUNING`, `REPORTING`):
+    1024 px images and crop datasets (crops side by side in one raster), SAR, Landsat and the
+    heterogeneous pair apart from the optical pool."""
     regions = [
-        Region(f"LEVIR-1024/{n}", "LEVIR-CD-1024", (n,), 128, 0.5)
+        Region(f"LEVIR-1024/{n}", "LEVIR-CD-1024", (n,), 0.5)
         for n in ("test_101", "test_102", "test_7", "test_8")
     ]
     regions += [
-        Region(f"xBD-joplin/{i:02d}", "xBD-joplin", (f"joplin-tornado_0000000{i}",), 128, 2.4)
+        Region(f"xBD-joplin/{i:02d}", "xBD-joplin", (f"joplin-tornado_0000000{i}",), 2.4)
         for i in range(3)
     ]
     regions += [
-        Region("LEVIR-CD", "LEVIR-CD", None, 64, 0.5),
-        Region("DSIFN-CD", "DSIFN-CD", None, 64, 2.0),
-        Region("WHU-CD", "WHU-CD", None, 64, 0.2),
-        Region("GZ-CD", "GZ-CD", None, 64, 0.55),
-        Region("OMBRIA-S2", "OMBRIA-S2", None, 64, 10.0),
-        Region("OMBRIA-S1", "OMBRIA-S1", None, 64, 10.0, optical=False),
-        Region("SAR-Bern", "SAR-Bern", None, 64, 20.0, optical=False),
-        Region("SAR-Sulzberger", "SAR-Sulzberger", None, 64, 20.0, optical=False),
+        Region("LEVIR-CD", "LEVIR-CD", None, 0.5),
+        Region("DSIFN-CD", "DSIFN-CD", None, 2.0),
+        Region("WHU-CD", "WHU-CD", None, 0.2),
+        Region("GZ-CD", "GZ-CD", None, 0.55),
+        Region("OMBRIA-S2", "OMBRIA-S2", None, 10.0),
+        Region("OMBRIA-S1", "OMBRIA-S1", None, 10.0, optical=False),
+        Region("SAR-Bern", "SAR-Bern", None, 20.0, optical=False),
+        Region("SAR-Sulzberger", "SAR-Sulzberger", None, 20.0, optical=False),
         # ETM+ bands 1, 2, 3 are blue, green, red: read as red, green, blue for the trunk
-        Region("Landsat-Taizhou", "Landsat-Taizhou", None, 64, 30.0, False, (3, 2, 1)),
+        Region("Landsat-Taizhou", "Landsat-Taizhou", None, 30.0, False, (3, 2, 1)),
+    ]
+    regions += [
+        Region("EGY-BCD", "EGY-BCD", None, 0.25, side=REPORTING),
+        Region("Beijing/A", "Beijing-Optical", ("beijing_A",), 1.0, side=REPORTING),
+        Region("Beijing/B", "Beijing-Optical", ("beijing_B",), 1.0, side=REPORTING),
+        Region("Italy-Hetero", "Italy-Hetero", None, 30.0, optical=False, side=REPORTING),
     ]
     return regions
+
+
+def grid_for(shape: tuple[int, int], grid: str) -> int:
+    """The tag grid of a region of ``shape`` (rows, cols): ``auto`` is the product's own
+    default (`kdmsi tile-grid` without --tile-size, `kdmsi.recipe.grid_tile_size`), a
+    number is that many pixels."""
+    if grid == "auto":
+        from kdmsi.recipe import grid_tile_size
+
+        return grid_tile_size(shape[1], shape[0])
+    return int(grid)
 
 
 def _read(path: Path) -> np.ndarray:

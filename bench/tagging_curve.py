@@ -1,7 +1,8 @@
 """Tagging curve (issue 16): detector change IoU against the number of tags, when the analyst
 tags in the suggested order versus in random order.
 
-For each region (default: LEVIR-CD, 240 tiles of 64 px; `real_regions.default_regions`), tags
+For each region (default: LEVIR-CD, 240 tiles of 64 px, the product's default grid;
+`real_regions.default_regions`), tags
 come from the mask as in `bench/real_pairs.py` (changed: >= 0.5 % of the tile changed,
 unchanged: none did, untagged in between: a tile the order reaches but the analyst cannot tag
 is skipped and not counted). Orders:
@@ -39,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_regions import (  # noqa: E402 - the bench's own helper module, beside this file
     counts,
     default_regions,
+    grid_for,
     metrics,
     tile_tags,
     write_region,
@@ -111,14 +113,15 @@ def run_region(data: Path, region, work: Path, steps: list[int], vote: Optional[
     folder = work / region.name.replace("/", "_")
     paths = write_region(data, region, folder)
     truth = _raster(paths["truth"])
-    truth_tags = tile_tags(truth, region.grid)
+    grid = grid_for(truth.shape, "auto")  # the product's default grid
+    truth_tags = tile_tags(truth, grid)
     cells = sorted(truth_tags)
     curves: dict[str, list[dict]] = {}
-    zero_shot = suggested_order(paths, region.grid, {}, None)
+    zero_shot = suggested_order(paths, grid, {}, None)
     curves["suggested"] = [
         train_and_score(
             paths,
-            region.grid,
+            grid,
             first_tags(zero_shot, truth_tags, n),
             folder / f"suggested_{n}",
             truth,
@@ -132,11 +135,9 @@ def run_region(data: Path, region, work: Path, steps: list[int], vote: Optional[
     for k, n in enumerate(steps):
         model = folder / f"active_{steps[k - 1]}" / "detector.kdmsi" if k else None
         usable = model is not None and model.is_file()
-        order = suggested_order(paths, region.grid, tags, model if usable else None)
+        order = suggested_order(paths, grid, tags, model if usable else None)
         tags = first_tags(order, truth_tags, n, tags)
-        active.append(
-            train_and_score(paths, region.grid, tags, folder / f"active_{n}", truth, vote)
-        )
+        active.append(train_and_score(paths, grid, tags, folder / f"active_{n}", truth, vote))
     curves["active"] = active
     print(f"{region.name} active: {[r['cIoU'] for r in active]}", flush=True)
     for seed in RANDOM_SEEDS:
@@ -145,7 +146,7 @@ def run_region(data: Path, region, work: Path, steps: list[int], vote: Optional[
         curves[f"random_{seed}"] = [
             train_and_score(
                 paths,
-                region.grid,
+                grid,
                 first_tags(order, truth_tags, n),
                 folder / f"random{seed}_{n}",
                 truth,
