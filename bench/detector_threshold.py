@@ -2,9 +2,11 @@
 
 Reads a `real_pairs.py` work folder (its ``results.json`` and, per region, the detector's
 probability raster, the truth and the tag grid) and re-thresholds each region's map with
-`kdmsi.training.calibration.detector_threshold` at several values of ``not_changed_target``
-(the share of the pixels of the tiles tagged not changed that the threshold may mark; None:
-the earlier rule, min(0.5, the pseudo labels' share)). The histograms are those of the whole
+`kdmsi.training.calibration.detector_threshold` under several rules (`RULES`): the share of
+the pseudo labels the detector is calibrated to mark, whether that rule may raise the
+threshold above 0.5, and ``not_changed_target``, the share of the pixels of the tiles tagged
+not changed the threshold may mark (the earlier rule: min(0.5, the pseudo labels' share)).
+The histograms are those of the whole
 region's detect map over the tagged tiles, a stand-in for `kdmsi train`'s pass over its
 training windows; the label share is the one the run stored. Pooled change IoU, marked share
 and the share marked inside tiles tagged not changed are printed per target.
@@ -30,7 +32,20 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_regions import TUNING, counts, metrics, tagged_masks, tile_tags  # noqa: E402
 
-TARGETS = (None, 0.002, 0.005, 0.01, 0.02, 0.05)
+# (name, share_factor, capped at 0.5, not-changed target, how high that bound may raise it)
+# of `detector_threshold`
+RULES = (
+    ("earlier: min(0.5, label share)", 1.0, True, None, 0.9),
+    ("min(0.5, label share), not-changed 1 %", 1.0, True, 0.01, 0.9),
+    ("min(0.5, label share), not-changed 2 %", 1.0, True, 0.02, 0.9),
+    ("min(0.5, label share), not-changed 5 %", 1.0, True, 0.05, 0.9),
+    ("min(0.5, label share), not-changed 1 % up to 0.5", 1.0, True, 0.01, 0.5),
+    ("min(0.5, label share), not-changed 2 % up to 0.5", 1.0, True, 0.02, 0.5),
+    ("label share", 1.0, False, None, 0.9),
+    ("0.75 x label share", 0.75, False, None, 0.9),
+    ("0.5 x label share", 0.5, False, None, 0.9),
+    ("0.75 x label share, not-changed 2 %", 0.75, False, 0.02, 0.9),
+)
 
 
 def _raster(path: Path) -> np.ndarray:
@@ -40,7 +55,7 @@ def _raster(path: Path) -> np.ndarray:
 
 
 def region_rows(folder: Path, grid: int) -> Optional[dict]:
-    """Per target: [TP, FP, FN, TN], marked [n, all], not-changed marked [n, all]."""
+    """Per rule: [TP, FP, FN, TN], marked [n, all], not-changed marked [n, all]."""
     from kdmsi.models.checkpoint import read_checkpoint
     from kdmsi.training.calibration import detector_threshold
     from kdmsi.training.tag_check import TileHistograms
@@ -59,10 +74,13 @@ def region_rows(folder: Path, grid: int) -> Optional[dict]:
     changed, tagged = tagged_masks(tags, truth.shape, grid)
     not_changed = tagged & ~changed
     rows = {}
-    for target in TARGETS:
-        value = detector_threshold(hists, label_share, not_changed_target=target)["value"]
+    for name, factor, capped, target, limit in RULES:
+        value = detector_threshold(
+            hists, label_share, not_changed_target=target, share_factor=factor, capped=capped,
+            not_changed_limit=limit,
+        )["value"]  # fmt: skip
         chosen = prob > value
-        rows[str(target)] = {
+        rows[name] = {
             "value": value,
             "counts": counts(chosen, truth).tolist(),
             "marked": [int(chosen[truth != 255].sum()), int((truth != 255).sum())],
@@ -89,24 +107,28 @@ def main(argv: Optional[list[str]] = None) -> int:
         if rows is not None:
             per_region[r["region"]] = rows
     lines = [
-        "| not-changed target | pooled change IoU | marked % | true % | in 'not changed' % | "
-        + " | ".join(per_region)
-        + " |",
-        "|---|---:|---:|---:|---:|" + "---:|" * len(per_region),
+        "| rule | pooled change IoU | marked % | true % | worst marked / true "
+        "| in 'not changed' % | " + " | ".join(per_region) + " |",
+        "|---|---:|---:|---:|---:|---:|" + "---:|" * len(per_region),
     ]
-    for target in map(str, TARGETS):
-        total = np.sum([rows[target]["counts"] for rows in per_region.values()], axis=0)
-        marked = np.sum([rows[target]["marked"] for rows in per_region.values()], axis=0)
-        inside = np.sum([rows[target]["not_changed"] for rows in per_region.values()], axis=0)
+    for name, *_ in RULES:
+        chosen = [rows[name] for rows in per_region.values()]
+        total = np.sum([row["counts"] for row in chosen], axis=0)
+        marked = np.sum([row["marked"] for row in chosen], axis=0)
+        inside = np.sum([row["not_changed"] for row in chosen], axis=0)
         true = (total[0] + total[2]) / max(total.sum(), 1)
+        worst = max(
+            (row["marked"][0] / row["marked"][1])
+            / max((row["counts"][0] + row["counts"][2]) / sum(row["counts"]), 1e-9)
+            for row in chosen
+        )
         cells = [
-            f"{metrics(np.asarray(rows[target]['counts']))['cIoU']:.3f} "
-            f"@{rows[target]['value']:.2f}"
-            for rows in per_region.values()
+            f"{metrics(np.asarray(row['counts']))['cIoU']:.3f} @{row['value']:.2f}"
+            for row in chosen
         ]
         lines.append(
-            f"| {target} | {metrics(total)['cIoU']:.3f} | {100 * marked[0] / marked[1]:.1f} "
-            f"| {100 * true:.1f} | {100 * inside[0] / max(inside[1], 1):.2f} | "
+            f"| {name} | {metrics(total)['cIoU']:.3f} | {100 * marked[0] / marked[1]:.1f} "
+            f"| {100 * true:.1f} | {worst:.1f} | {100 * inside[0] / max(inside[1], 1):.2f} | "
             + " | ".join(cells)
             + " |"
         )

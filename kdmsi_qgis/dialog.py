@@ -131,10 +131,12 @@ class KdmsiDialog(DetectTab, TrainTab, QDialog):
         offer_dependencies_page(self.iface, hint)
         return True
 
-    def notify(self, message: str, level) -> None:
-        """Message bar (when QGIS runs), the QGIS log and the dialog's own log."""
+    def notify(self, message: str, level, sticky: bool = False) -> None:
+        """Message bar (when QGIS runs), the QGIS log and the dialog's own log. A critical or
+        ``sticky`` message stays on the bar until the user closes it."""
         log_message(message, level)
         self.log.appendPlainText(message)
         if self.iface is not None:
             bar = self.iface.messageBar()
-            bar.pushMessage(TITLE, message, level, 0 if level == Qgis.Critical else 8)
+            stays = sticky or level == Qgis.Critical
+            bar.pushMessage(TITLE, message, level, 0 if stays else 8)

@@ -42,8 +42,16 @@ class TrainTab:
         tab, form = QWidget(), QFormLayout()
         tab.setLayout(form)
         self.train_pair = PairPicker(form)
-        self.grid_tile_size = spin_box(256, 32, 4096, 32)
-        form.addRow("Tile size (px)", self.grid_tile_size)
+        self.grid_tile_size = spin_box(0, 0, 4096, 32)
+        self.grid_tile_size.setSpecialValueText("auto")
+        self.grid_size_label = QLabel()
+        grid_row = QHBoxLayout()
+        grid_row.addWidget(self.grid_tile_size)
+        grid_row.addWidget(self.grid_size_label, 1)
+        form.addRow("Tile size (px)", grid_row)
+        self.train_pair.before.layerChanged.connect(self.show_grid_size)
+        self.grid_tile_size.valueChanged.connect(self.show_grid_size)
+        self.show_grid_size()
         self.grid_output = file_widget(True, "GeoPackage (*.gpkg)")
         self.grid_output.lineEdit().setPlaceholderText("[temporary file: save it to keep tags]")
         form.addRow("Tile grid", self.grid_output)
@@ -134,6 +142,29 @@ class TrainTab:
         form.addRow(buttons)
         return tab
 
+    def grid_tile_pixels(self) -> int:
+        """The grid's tile side: the box's, or with "auto" the one `kdmsi tile-grid` picks for
+        the before raster (`kdmsi.recipe.grid_tile_size`; 256 while no raster is chosen)."""
+        from kdmsi.recipe import GRID_TILE_SIZES, grid_tile_size  # torch-free, bundled
+
+        if self.grid_tile_size.value():
+            return self.grid_tile_size.value()
+        before = self.train_pair.before.currentLayer()
+        if not isinstance(before, QgsRasterLayer):
+            return GRID_TILE_SIZES[0]
+        return grid_tile_size(before.width(), before.height())
+
+    def show_grid_size(self, *_) -> None:
+        """Beside the box: the tile size and the number of tiles the analyst will see."""
+        before = self.train_pair.before.currentLayer()
+        if not isinstance(before, QgsRasterLayer):
+            self.grid_size_label.setText("auto: chosen from the before raster")
+            return
+        tile = self.grid_tile_pixels()
+        count = -(-before.width() // tile) * -(-before.height() // tile)
+        chosen = "auto: " if not self.grid_tile_size.value() else ""
+        self.grid_size_label.setText(f"{chosen}{tile} px, about {count} tiles over this raster")
+
     def grid_parameters(self) -> dict:
         params = self.train_pair.parameters()
         params.update(
@@ -203,7 +234,7 @@ class TrainTab:
             training_time_text(
                 self.tags.currentLayer(),
                 pixel,
-                self.grid_tile_size.value(),
+                self.grid_tile_pixels(),
                 self.kd_epochs.value(),
                 self.cd_epochs.value(),
                 BACKBONES[self.kd_backbone.currentIndex()],
@@ -248,7 +279,12 @@ class TrainTab:
 
     def _training_done(self, results: dict) -> None:
         self.model_file.setFilePath(results["OUTPUT"])
-        self.notify(f"model saved to {results['OUTPUT']} and chosen for detection", Qgis.Success)
+        saved = f"model saved to {results['OUTPUT']} and chosen for detection"
+        warnings = results.get("WARNINGS") or ""
+        if warnings:  # the model contradicts the tags: said loudly, and it stays on the bar
+            self.notify(f"{saved}, but {warnings}", Qgis.Warning, sticky=True)
+        else:
+            self.notify(f"{saved}; {results.get('TAG_CHECK') or ''}".rstrip("; "), Qgis.Success)
         self.report_path = results.get("REPORT") or ""
         self.report_button.setEnabled(bool(self.report_path))
         if self.report_path:
@@ -268,7 +304,7 @@ class TrainTab:
         device = DEVICES[self.train_device.currentIndex()]
         before = self.train_pair.before.currentLayer()
         size = (before.width(), before.height()) if before is not None else None
-        tile = self.grid_tile_size.value()
+        tile = self.grid_tile_pixels()
         overlap = self.overlap.value()  # the detect tab's, as detection will use it
         self.probe = SpeedProbe(DETECTOR_BACKBONES, device, tile, size, overlap, parent=self)
         self.probe.finished.connect(self._speed_measured)

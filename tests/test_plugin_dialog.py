@@ -212,6 +212,9 @@ def test_dialog_training_parameters_and_speed_label(project, scene_pair, tmp_pat
     grid = _grid_layer(project, scene_pair, tmp_path)
     dialog.tags.setLayer(grid)
     dialog.model_output.setFilePath(str(tmp_path / "mine"))
+    dialog.train_pair.before.setLayer(project.mapLayersByName("before 2024")[0])
+    assert dialog.grid_size_label.text() == "auto: 64 px, about 16 tiles over this raster"
+    assert dialog.grid_parameters()["TILE_SIZE"] == 0  # auto: kdmsi picks the same size
     assert "resnet50" in dialog.speed_label.text() and "ONNX" in dialog.speed_label.text()
     dialog.detector_backbone.setCurrentText("mobilenet_v3_large")
     dialog.quality.setChecked(True)
@@ -261,3 +264,60 @@ def _grid_layer(project, scene_pair, tmp_path):
     layer = QgsVectorLayer(out, "grid", "ogr")
     project.addMapLayer(layer)
     return layer
+
+
+def test_a_model_that_contradicts_the_tags_warns_on_the_message_bar(project, scene_pair, tmp_path):
+    """Half the changed tiles tagged *not changed*: Processing returns the warnings, and the
+    dialog puts them on the message bar as a warning that stays until it is closed."""
+    import processing
+    from osgeo import gdal
+    from qgis.core import Qgis, QgsVectorLayer
+    from qgis.gui import QgsMessageBar
+
+    from kdmsi_qgis.dialog import KdmsiDialog
+
+    before, after = _raster_layers(project, scene_pair)[::-1]
+    grid = processing.run(
+        "kdmsi:create_tile_grid",
+        {"BEFORE": before, "AFTER": after, "TILE_SIZE": 64, "SUGGEST": False,
+         "OUTPUT": str(tmp_path / "grid.gpkg")},
+    )["OUTPUT"]  # fmt: skip
+    layer = QgsVectorLayer(grid, "grid", "ogr")
+    truth = gdal.Open(str(scene_pair["truth"])).ReadAsArray() > 0
+    shares = {
+        f.id(): truth[
+            f["row"] * 64 : (f["row"] + 1) * 64, f["col"] * 64 : (f["col"] + 1) * 64
+        ].mean()
+        for f in layer.getFeatures()
+    }
+    changed = sorted(fid for fid, share in shares.items() if share > 0.02)
+    field = layer.fields().indexOf("changed")
+    layer.startEditing()
+    for fid, share in shares.items():
+        mistagged = fid in changed[: len(changed) // 2]
+        layer.changeAttributeValue(fid, field, int(share > 0.02 and not mistagged))
+    layer.commitChanges()
+    results = processing.run(
+        "kdmsi:train_from_tags",
+        {"BEFORE": before, "AFTER": after, "TILES": layer, "KD_EPOCHS": 10, "CD_EPOCHS": 1,
+         "BATCH_SIZE": 4, "TILE_SIZE": 0, "DEVICE": 1, "WRITE_REPORT": False,
+         "OUTPUT": str(tmp_path / "m.kdmsi")},
+    )  # fmt: skip
+    assert "tiles tagged" in results["TAG_CHECK"] and results["WARNINGS"]
+    assert "Tag more" in results["WARNINGS"]
+
+    class Iface:  # the one part of QGIS's interface the dialog uses here: a real message bar
+        bar = QgsMessageBar()
+
+        def messageBar(self):  # noqa: N802 (QGIS API)
+            return self.bar
+
+        def mainWindow(self):  # noqa: N802 (QGIS API)
+            return None
+
+    dialog = KdmsiDialog(Iface())
+    dialog._training_done(results)
+    (item,) = Iface.bar.items()
+    assert item.level() == Qgis.Warning and item.duration() == 0  # stays until closed
+    assert "model saved to" in item.text() and results["WARNINGS"] in item.text()
+    dialog.close()

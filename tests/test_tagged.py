@@ -290,3 +290,30 @@ def test_check_pseudo_labels_limits():
         check_pseudo_labels([tile, some], [1, 0], choice)
     with pytest.raises(DegeneratePseudoLabels, match="nearly\\) all change"):
         check_pseudo_labels([np.ones((10, 10), np.uint8), tile], [1, 0], choice)
+
+
+def test_a_model_that_contradicts_the_tags_is_said_loudly(tmp_path, scene_files, capsys):
+    """Tiles with plain change tagged *not changed*: the model saved, exit 0, and the CLI, the
+    model's metadata and the report say where it contradicts the tags and what to do."""
+    from kdmsi.cli import main
+
+    scene, files = scene_files
+    tags = truth_tags(scene)
+    changed = sorted(cell for cell, tag in tags.items() if tag == 1)
+    for cell in changed[: len(changed) // 2]:  # half the changed tiles mis-tagged
+        tags[cell] = 0
+    layer = write_tiles(tmp_path / "t.gpkg", scene, tags)
+    out, report = tmp_path / "m.kdmsi", tmp_path / "report"
+    argv = ["train", "--before", str(files["before"]), "--after", str(files["after"])]
+    argv += ["--tiles", str(layer), "--out", str(out), "--report", str(report)]
+    argv += ["--kd-epochs", "10", "--cd-epochs", "1", "--batch-size", "4", "--threshold", "0.3"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    check = load_checkpoint(out)[1]["training"]["detector"]["tag_check"]
+    assert check["not_changed_tiles"] == 16 - len(changed) + len(changed) // 2
+    assert check["warnings"], check
+    for warning in check["warnings"]:
+        assert warning in err
+    assert "Tag more" in err and "threshold than the model's" in err
+    page = (report / "index.html").read_text()
+    assert 'class="warning"' in page and "tags after training" in page

@@ -78,8 +78,8 @@ def test_cli_suggested_grid_then_tags_carried_over(tmp_path, scene_pair, capsys)
             layer.SetFeature(f)
             tagged[(f.GetField("row"), f.GetField("col"))] = f.GetField("suggest_rank") % 2
     ds = None
-    second = tmp_path / "grid2.gpkg"
-    argv = ["tile-grid", *pair, "--out", str(second), "--tile-size", "64", "--suggest"]
+    second = tmp_path / "grid2.gpkg"  # the default size: 64 px on this 256 px scene, as above
+    argv = ["tile-grid", *pair, "--out", str(second), "--suggest"]
     assert main([*argv, "--tags-from", str(first)]) == 0
     rows = _grid_rows(second)
     assert {cell: r["changed"] for cell, r in rows.items() if r["changed"] is not None} == tagged
@@ -87,6 +87,31 @@ def test_cli_suggested_grid_then_tags_carried_over(tmp_path, scene_pair, capsys)
     assert sorted(r["suggest_rank"] for r in rows.values() if r["suggest_rank"]) == list(
         range(1, 13)
     )
+
+
+def test_default_grid_gives_a_small_region_enough_tiles(tmp_path, capsys):
+    from osgeo import gdal, osr
+
+    from kdmsi.recipe import MIN_GRID_TILES, grid_tile_size
+
+    assert grid_tile_size(10000, 8000) == 256
+    assert grid_tile_size(1024, 1024) == 128  # 16 tiles of 256 px are too few to tag
+    assert grid_tile_size(500, 500) == 64 and grid_tile_size(100, 90) == 64
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32633)
+    paths = []
+    for name in ("before", "after"):
+        path = tmp_path / f"{name}.tif"
+        ds = gdal.GetDriverByName("GTiff").Create(str(path), 1024, 1024, 3, gdal.GDT_Byte)
+        ds.SetGeoTransform((500000, 0.5, 0, 5000000, 0, -0.5))
+        ds.SetProjection(srs.ExportToWkt())
+        ds = None
+        paths += [f"--{name}", str(path)]
+    grid = tmp_path / "grid.gpkg"
+    assert main(["tile-grid", *paths, "--out", str(grid)]) == 0
+    assert "wrote a grid of 64 tiles of 128 x 128 px" in capsys.readouterr().err
+    source = ogr.Open(str(grid))
+    assert source.GetLayer(0).GetFeatureCount() == MIN_GRID_TILES
 
 
 def test_cli_suggestion_errors_write_nothing(tmp_path, scene_pair, capsys):

@@ -186,6 +186,7 @@ def cmd_tile_grid(args) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add detect, export-onnx, evaluate-detection and tile-grid to the `kdmsi` subcommands."""
+    from .. import recipe
     from ..choices import PRECISIONS
     from ..runtime.onnx_runner import RUNTIMES
 
@@ -277,7 +278,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--before", required=True)
     p.add_argument("--after", required=True)
     p.add_argument("--out", required=True, help="tile layer (.gpkg recommended)")
-    p.add_argument("--tile-size", type=int, default=256)
+    p.add_argument(
+        "--tile-size",
+        type=int,
+        default=None,
+        help="tile side in px (default: from the raster, the largest of "
+        f"{', '.join(map(str, recipe.GRID_TILE_SIZES))} that gives at least "
+        f"{recipe.MIN_GRID_TILES} tiles to tag)",
+    )
     _bounds_argument(p)
     p.add_argument(
         "--suggest",

@@ -151,7 +151,7 @@ def cmd_train_cd(args) -> int:
         "pseudo_labels": pseudo,
     }
     device = pick_device(args.device)
-    threshold = calibrated_threshold(result.model.to(device), train, device)
+    threshold, training["tag_check"] = calibrated_threshold(result.model.to(device), train, device)
     training["threshold"] = threshold
     result.model.cpu()
     save_detector(

@@ -19,7 +19,13 @@ import numpy as np
 from ..data.tagged import TagError, read_grid_tags
 from ..geo.atomic import check_output_target
 from ..geo.raster import PROB_NODATA
-from ..geo.tile_layer import Cell, TileSuggestion, make_tile_grid, tile_cells
+from ..geo.tile_layer import (
+    Cell,
+    TileSuggestion,
+    default_grid_tile_size,
+    make_tile_grid,
+    tile_cells,
+)
 from ..geo.vector import vector_driver
 from ..inference.tile_suggest import tile_evidence, uncertainty_order, zero_shot_order
 from ..options import check_outputs_are_not_inputs
@@ -129,7 +135,7 @@ def check_suggested_grid(
     before: PathLike,
     after: PathLike,
     out: PathLike,
-    tile_size: int = 256,
+    tile_size: Optional[int] = None,
     *,
     tags_from: Optional[PathLike] = None,
     model: Optional[PathLike] = None,
@@ -161,7 +167,7 @@ def make_suggested_tile_grid(
     before: PathLike,
     after: PathLike,
     out: PathLike,
-    tile_size: int = 256,
+    tile_size: Optional[int] = None,
     *,
     tags_from: Optional[PathLike] = None,
     model: Optional[PathLike] = None,
@@ -173,7 +179,8 @@ def make_suggested_tile_grid(
     cancelled: Optional[CancelCheck] = None,
 ) -> tuple[Path, Suggestions]:
     """`make_tile_grid` with the suggestion fields filled (`suggest_tiles`); the tags of an
-    earlier grid of the same tiles (``tags_from``) are carried over. The output is checked
+    earlier grid of the same tiles (``tags_from``) are carried over. ``tile_size`` None:
+    `default_grid_tile_size`, as `make_tile_grid`. The output is checked
     before any compute (`check_suggested_grid`) and written whole, or not at all.
 
     Raises:
@@ -183,6 +190,8 @@ def make_suggested_tile_grid(
         before, after, out, tile_size, tags_from=tags_from, model=model, bands=bands,
         bounds=bounds, device=device, overwrite=overwrite,
     )  # fmt: skip
+    if tile_size is None:
+        tile_size = default_grid_tile_size(before, after, bounds)
     suggestions = suggest_tiles(
         before, after, tile_size, tags=tags, model=model, bands=bands, bounds=bounds,
         device=device, progress=sub_progress(progress, 0.0, 0.97), cancelled=cancelled,

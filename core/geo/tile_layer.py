@@ -54,17 +54,30 @@ def tile_cells(width: int, height: int, tile_size: int) -> list[Cell]:
     ]
 
 
+def default_grid_tile_size(
+    before: PathLike, after: PathLike, bounds: Optional[Sequence[float]] = None
+) -> int:
+    """The grid's tile side when none is given: `kdmsi.recipe.grid_tile_size` of the pair's
+    aligned overlap (cut to ``bounds``), so that a small region still gives enough tiles to
+    tag."""
+    from ..recipe import grid_tile_size
+
+    with gdal_exceptions(), align_pair(before, after, bands=[1], bounds=bounds) as pair:
+        return grid_tile_size(pair.width, pair.height)
+
+
 def make_tile_grid(
     before: PathLike,
     after: PathLike,
     out: PathLike,
-    tile_size: int = 256,
+    tile_size: Optional[int] = None,
     overwrite: bool = False,
     bounds: Optional[Sequence[float]] = None,
     tags: Optional[Mapping[Cell, int]] = None,
     suggestions: Optional[Mapping[Cell, TileSuggestion]] = None,
 ) -> Path:
-    """Write a polygon layer of ``tile_size`` px tiles for an analyst to tag as changed or not.
+    """Write a polygon layer of ``tile_size`` px tiles for an analyst to tag as changed or not
+    (None: `default_grid_tile_size`, chosen from the raster's size).
 
     Tiles do not overlap and follow the aligned grid of `align_pair` (the before raster's
     pixels over the two rasters' overlap), row by row from the top-left; the last column/row
@@ -84,10 +97,14 @@ def make_tile_grid(
     target = Path(out)
     driver = vector_driver(target)
     check_output_target(target, overwrite)
-    if tile_size < 1:
+    if tile_size is not None and tile_size < 1:
         raise ValueError(f"--tile-size must be positive, got {tile_size}")
     with gdal_exceptions(), align_pair(before, after, bands=[1], bounds=bounds) as pair:
         gt, width, height, crs_wkt = pair.geotransform, pair.width, pair.height, pair.crs_wkt
+    if tile_size is None:
+        from ..recipe import grid_tile_size
+
+        tile_size = grid_tile_size(width, height)
     kwargs: dict[str, Any] = {"driver": driver, "schema": TILE_GRID_SCHEMA}
     kwargs["crs"] = CRS.from_wkt(crs_wkt)
     if driver in ("GPKG", "GeoJSON"):
@@ -97,7 +114,8 @@ def make_tile_grid(
             records = _tile_records(gt, width, height, tile_size, tags or {}, suggestions or {})
             sink.writerecords(records)
     log.info(
-        "wrote a grid of %d x %d px tiles over %d x %d px to %s",
+        "wrote a grid of %d tiles of %d x %d px over %d x %d px to %s",
+        len(tile_cells(width, height, tile_size)),
         tile_size,
         tile_size,
         width,

@@ -38,6 +38,10 @@ MAX_CHANGED_FRACTION = 0.97
 """More than this share is "all change": the labels then say no more than the tile tags."""
 
 
+ZERO_SHOT_HINT = "detect --zero-shot; in QGIS the Detect tab's zero-shot box"
+"""Where the training-free map is, named wherever training cannot give a detector."""
+
+
 class DegeneratePseudoLabels(ValueError):
     """Pseudo labels that would train a useless detector; the message says what to do."""
 
@@ -73,14 +77,16 @@ def check_pseudo_labels(
             f"the pseudo labels are (nearly) empty: {where} are above the threshold "
             f"{choice.value:.3f}{note}, so a detector would learn to find nothing. Tag more "
             "tiles of both kinds (tens of each, changed tiles where the change is plain to "
-            "see), or give a lower --threshold (e.g. 0.5)"
+            "see), or give a lower --threshold (e.g. 0.5); until then the zero-shot map needs "
+            f"no tags ({ZERO_SHOT_HINT})"
         )
     if fraction > MAX_CHANGED_FRACTION:
         raise DegeneratePseudoLabels(
             f"the pseudo labels are (nearly) all change: {where} are above the threshold "
             f"{choice.value:.3f}{note}, which says no more than the tags. Tag more tiles as "
             "not changed (unchanged tiles that look like the changed ones' surroundings), or "
-            "give a higher --threshold (e.g. 0.8)"
+            "give a higher --threshold (e.g. 0.8); until then the zero-shot map needs no tags "
+            f"({ZERO_SHOT_HINT})"
         )
     return fraction
 

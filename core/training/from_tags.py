@@ -21,7 +21,12 @@ from ..geo.align import align_pair
 from ..geo.atomic import check_folder_target, check_output_target
 from ..geo.stretch import pair_stretches
 from ..inference.msi import DEFAULT_SCALES, pick_device
-from ..inference.pseudo_labels import DegeneratePseudoLabels, check_pseudo_labels, msi_pseudo_labels
+from ..inference.pseudo_labels import (
+    ZERO_SHOT_HINT,
+    DegeneratePseudoLabels,
+    check_pseudo_labels,
+    msi_pseudo_labels,
+)
 from ..inference.thresholds import ProbabilityHistograms
 from ..models.checkpoint import save_detector, save_kd, thin_steps
 from ..models.pretrained import describe_weights
@@ -150,7 +155,8 @@ def train_from_tags(
                 raise TagError(
                     f"{tiles} has {counts[tag]} tiles tagged {name} over the rasters; at least "
                     f"{MIN_TILES_PER_CLASS} of each class are needed (more give better models: "
-                    "tens of each is a good start)"
+                    "tens of each is a good start); until then the zero-shot map needs no tags "
+                    f"({ZERO_SHOT_HINT})"
                 )
         report(progress, 0.0, f"{counts[1]} changed and {counts[0]} unchanged tiles tagged")
         stretches = pair_stretches(pair)
@@ -187,11 +193,11 @@ def train_from_tags(
         log.info("pseudo labels: %s", choice.describe())
         sources = {"before": str(before), "after": str(after), "tiles": str(tiles)}
 
-        def write_report(cd, **extra) -> None:
+        def write_report(cd, notes: Optional[dict] = None, **extra) -> None:
             dataset.augment = False
             tags_report(
                 report_dir, dataset, kd, cd, masks, choice, histograms, config.scales, device,
-                overwrite, settings=sources, **extra,
+                overwrite, settings={**sources, **(notes or {})}, **extra,
             )  # fmt: skip
 
         try:
@@ -249,10 +255,12 @@ def train_from_tags(
                 "selection": hicd.selection,
             }
             deployed = hicd.model
-        threshold = calibrated_threshold(deployed.to(device), dataset, device, cancelled=cancelled)
+        threshold, check = calibrated_threshold(
+            deployed.to(device), dataset, device, cancelled=cancelled
+        )
         deployed.cpu()
-        summary["detector"]["threshold"] = threshold
-        log.info("detector threshold %.3f (%s)", threshold["value"], threshold["method"])
+        summary["detector"].update(threshold=threshold, tag_check=check)
+        summary["warnings"] = check["warnings"]
         save_detector(
             out,
             deployed,
@@ -266,7 +274,8 @@ def train_from_tags(
         )
         report(progress, 0.98, f"saved {out}")
         if report_dir is not None:
-            write_report(cd, detector=deployed)
+            notes = {"tags after training": check["summary"]}
+            write_report(cd, notes, detector=deployed, warnings=summary["warnings"])
             report(progress, 1.0, f"training report in {report_dir}")
         else:
             report(progress, 1.0, f"saved {out}")

@@ -39,12 +39,18 @@ class CreateTileGridAlgorithm(KdmsiAlgorithm):
             "which tiles to tag first (rank 1 first): without a model, the tiles most likely "
             "changed by the zero-shot map, alternating with a spread of likely unchanged ones; "
             "with a trained model, the tiles it is least sure about. Tags of an earlier grid "
-            "of the same tiles are carried over."
+            "of the same tiles are carried over. Tile size 0 (the default) picks it from the "
+            "raster, so that even a small region gives enough tiles to tag (a 1024 px raster "
+            "gets 128 px tiles); the log says which."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
         self.add_pair_parameters()
-        self.addParameter(number_parameter("TILE_SIZE", "Tile size (px)", 256, 16, maxValue=4096))
+        self.addParameter(
+            number_parameter(
+                "TILE_SIZE", "Tile size (px; 0: chosen from the raster)", 0, 0, maxValue=4096
+            )
+        )
         self.addParameter(extent_parameter())
         self.addParameter(
             QgsProcessingParameterBoolean("SUGGEST", "Suggest what to tag first", True)
@@ -82,7 +88,7 @@ class CreateTileGridAlgorithm(KdmsiAlgorithm):
         return True
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
-        tile_size = int_value(self, parameters, "TILE_SIZE", context)
+        tile_size = int_value(self, parameters, "TILE_SIZE", context) or None  # 0: from the raster
         suggest = self.parameterAsBoolean(parameters, "SUGGEST", context)
         if not suggest and (self.files["model"] or self.files["tags"]):
             raise QgsProcessingException("MODEL and TAGS_FROM rank the tiles: tick SUGGEST")

@@ -8,6 +8,7 @@ from qgis.core import (
     QgsProcessing,
     QgsProcessingException,
     QgsProcessingOutputFile,
+    QgsProcessingOutputString,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFileDestination,
@@ -113,6 +114,12 @@ class TrainFromTagsAlgorithm(KdmsiAlgorithm):
             )
         )
         self.addOutput(QgsProcessingOutputFile("REPORT", "Training report (index.html)"))
+        self.addOutput(
+            QgsProcessingOutputString("TAG_CHECK", "What the model marks in the tagged tiles")
+        )
+        self.addOutput(
+            QgsProcessingOutputString("WARNINGS", "Where the model contradicts the tags")
+        )
 
     def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
         self.prepare_pair(parameters, context)
@@ -179,7 +186,14 @@ class TrainFromTagsAlgorithm(KdmsiAlgorithm):
         feedback.pushInfo(
             f"trunk weights: teacher and student {weights['kd']}; detector {weights['detector']}"
         )
-        results = {"OUTPUT": self.files["output"], "REPORT": None}
+        check = summary["detector"]["tag_check"]
+        feedback.pushInfo(f"tags after training: {check['summary']}")
+        results = {
+            "OUTPUT": self.files["output"],
+            "REPORT": None,
+            "TAG_CHECK": check["summary"],
+            "WARNINGS": "\n".join(check["warnings"]),
+        }
         if report_dir is not None:
             results["REPORT"] = str(Path(report_dir) / "index.html")
             feedback.pushInfo(f"training report: {results['REPORT']}")
