@@ -191,25 +191,50 @@ def _pooled_lines(results, rows, side: str, optical: bool, label: str) -> list[s
 
 def ratios(results: list[dict[str, Any]]) -> str:
     """The headline: per side and grid, the final detector's and the zero-shot map's pooled
-    change IoU over naive differencing's oracle on the same pixels."""
+    change IoU over naive differencing's oracle on the same pixels (the regions `kdmsi train`
+    accepted), and what the analyst gets over all the optical regions: the detector, or the
+    zero-shot map the refusal offers where training is refused."""
     lines = [
-        "| side | grid | regions | final detector | zero-shot map | naive (oracle) "
-        "| detector / naive | detector / zero-shot |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| side | grid | trained (refused) | final detector | zero-shot map | naive (oracle) "
+        "| detector / naive | detector / zero-shot | analyst gets, all regions | naive, all |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for side in (REPORTING, TUNING):
-        chosen = _accepted(results, side, True)
-        for grid in sorted({_grid_mode(r) for r in chosen}):
-            subset = [r for r in chosen if _grid_mode(r) == grid]
-            figures = pooled(subset, side, True)
-            if "final detector" not in figures:
+        everything = [
+            r
+            for r in results
+            if r.get("side", TUNING) == side and r["optical"] and not r.get("cross")
+        ]
+        for grid in sorted({_grid_mode(r) for r in everything}):
+            subset = [r for r in everything if _grid_mode(r) == grid]
+            trained = [r for r in subset if "final detector" in r["rows"]]
+            refused = [r["region"] for r in subset if "final detector" not in r["rows"]]
+            names = ", ".join(r["region"] for r in trained) + (
+                f" ({', '.join(refused)})" if refused else ""
+            )
+            gets = _iou(
+                np.sum(
+                    [r["rows"]["final detector" if r in trained else "zero-shot map"]["counts"]
+                     for r in subset if "zero-shot map" in r["rows"] or r in trained],
+                    axis=0,
+                )
+            )  # fmt: skip
+            naive_all = _iou(
+                np.sum([r["rows"]["naive (oracle)"]["counts"] for r in subset], axis=0)
+            )
+            if not trained:
+                lines.append(
+                    f"| {side} | {grid} | none ({', '.join(refused)}) | – | – | – | – | – "
+                    f"| {gets:.3f} | {naive_all:.3f} |"
+                )
                 continue
+            figures = pooled(trained, side, True)
             det, naive = figures["final detector"]["label_free"], figures["naive (oracle)"]
             zero = figures.get("zero-shot map", {}).get("label_free", float("nan"))
             lines.append(
-                f"| {side} | {grid} | {', '.join(r['region'] for r in subset)} | {det:.3f} "
-                f"| {zero:.3f} | {naive['label_free']:.3f} | {det / naive['label_free']:.2f}x "
-                f"| {det / zero:.2f}x |"
+                f"| {side} | {grid} | {names} | {det:.3f} | {zero:.3f} | {naive['label_free']:.3f} "
+                f"| {det / naive['label_free']:.2f}x | {det / zero:.2f}x | {gets:.3f} "
+                f"| {naive_all:.3f} |"
             )
     return "\n".join(lines)
 
