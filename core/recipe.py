@@ -43,10 +43,15 @@ DETECTOR_HEAD_CHANNELS = 128
 DETECTOR_SEPARABLE = False
 
 
+def grid_tile_count(width: int, height: int, size: int) -> int:
+    """How many tiles of ``size`` px (the last ones cut at the edge) cover the raster."""
+    return -(-width // size) * -(-height // size)
+
+
 def grid_tile_size(width: int, height: int) -> int:
     """The default tag-grid tile side in pixels for a ``width`` x ``height`` raster."""
     for size in GRID_TILE_SIZES:
-        if -(-width // size) * -(-height // size) >= MIN_GRID_TILES:
+        if grid_tile_count(width, height, size) >= MIN_GRID_TILES:
             return size
     return GRID_TILE_SIZES[-1]
 
@@ -67,5 +72,6 @@ __all__ = [
     "MIN_GRID_TILES",
     "OPTIMIZER",
     "WEIGHTS",
+    "grid_tile_count",
     "grid_tile_size",
 ]

@@ -160,8 +160,10 @@ class TrainTab:
         if not isinstance(before, QgsRasterLayer):
             self.grid_size_label.setText("auto: chosen from the before raster")
             return
+        from kdmsi.recipe import grid_tile_count  # torch-free, bundled
+
         tile = self.grid_tile_pixels()
-        count = -(-before.width() // tile) * -(-before.height() // tile)
+        count = grid_tile_count(before.width(), before.height(), tile)
         chosen = "auto: " if not self.grid_tile_size.value() else ""
         self.grid_size_label.setText(f"{chosen}{tile} px, about {count} tiles over this raster")
 

@@ -30,7 +30,13 @@ from ..data.pairs import IGNORE_INDEX, subset
 from ..models.checkpoint import DETECTOR_THRESHOLD
 from ..progress import CancelCheck, check_cancel
 from .common import eval_loader
-from .tag_check import BINS, TagCheck, TileHistograms, lowest_threshold_within
+from .tag_check import (
+    BINS,
+    TagCheck,
+    TileHistograms,
+    lowest_threshold_within,
+    shares_at_or_above,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +111,7 @@ def detector_threshold(
         "label_share", "not_changed_bound" (None without such tiles or target)}.
     """
     total = np.sum(hists.hists, axis=0) if hists.hists else np.zeros(BINS, np.int64)
-    above = total[::-1].cumsum()[::-1] / max(int(total.sum()), 1)
-    matched = lowest_threshold_within(above, share_factor * label_share)
+    matched = lowest_threshold_within(shares_at_or_above(total), share_factor * label_share)
     value = min(default, matched) if capped else min(matched, MAX_THRESHOLD)
     method = "label share" if value != default else "default"
     bound = None

@@ -24,6 +24,16 @@ EMPTY_CHANGED_WARN_SHARE = 0.2
 """Warn when more than this share of the tiles tagged changed come out empty."""
 
 
+def shares_at_or_above(hist: np.ndarray) -> np.ndarray:
+    """Share of a histogram's pixels at or above each bin's lower edge: float [BINS]."""
+    return hist[::-1].cumsum()[::-1] / max(int(hist.sum()), 1)
+
+
+def first_bin(value: float) -> int:
+    """The first bin whose pixels count as marked at threshold ``value`` (`BINS`: none)."""
+    return min(int(np.ceil(value * BINS - 1e-9)), BINS)
+
+
 @dataclass
 class TileHistograms:
     """Per tagged tile: the histogram of the detector's probability over its scored pixels
@@ -42,14 +52,11 @@ class TileHistograms:
         """Pooled share of the pixels of the tiles tagged ``label`` at or above each bin's
         lower edge: float [BINS] (empty when no tile has that tag)."""
         chosen = [h for h, tag in zip(self.hists, self.labels) if tag == label]
-        if not chosen:
-            return np.zeros(0)
-        total = np.sum(chosen, axis=0)
-        return total[::-1].cumsum()[::-1] / max(int(total.sum()), 1)
+        return shares_at_or_above(np.sum(chosen, axis=0)) if chosen else np.zeros(0)
 
     def tile_shares(self, value: float) -> np.ndarray:
         """Share of each tile's pixels at or above ``value``: float [tiles]."""
-        start = min(int(np.ceil(value * BINS - 1e-9)), BINS)
+        start = first_bin(value)
         return np.array(
             [h[start:].sum() / max(int(h.sum()), 1) for h in self.hists], dtype=np.float64
         )
@@ -80,7 +87,7 @@ class TagCheck:
     def from_histograms(cls, hists: TileHistograms, threshold: float) -> TagCheck:
         shares = hists.tile_shares(threshold)
         labels = np.array(hists.labels)
-        start = min(int(np.ceil(threshold * BINS - 1e-9)), BINS)
+        start = first_bin(threshold)
         not_changed = hists.above(0)
         marked = float(not_changed[start]) if start < BINS and len(not_changed) else 0.0
         return cls(
@@ -141,5 +148,7 @@ __all__ = [
     "NOT_CHANGED_WARN_SHARE",
     "TagCheck",
     "TileHistograms",
+    "first_bin",
     "lowest_threshold_within",
+    "shares_at_or_above",
 ]
