@@ -136,17 +136,27 @@ def _is_int_text(text: str) -> bool:
 
 
 def check_threshold(value: Any, words: Sequence[str] = THRESHOLD_WORDS) -> Union[str, float]:
-    """A threshold: one of ``words`` or a probability in [0, 1]."""
+    """A threshold: one of ``words`` or a probability in [0, 1]. Where words are accepted (a
+    threshold that cuts a probability map into pseudo labels), a number must lie strictly
+    between 0 and 1: 0 would mark every pixel and 1 none, which
+    `kdmsi.inference.thresholds.choose_threshold` refuses only after the teacher and student
+    have trained."""
     if isinstance(value, str) and value.strip().lower() in words:
         return value.strip().lower()
+    choices = ", ".join(words)
     try:
-        return check_number("threshold", value)
+        number = check_number("threshold", value)
     except OptionError:
-        choices = ", ".join(words)
         raise OptionError(
             f"--threshold must be {choices + ' or ' if words else ''}a probability from 0 to 1, "
             f"not {value!r}"
         ) from None
+    if words and not 0.0 < number < 1.0:
+        raise OptionError(
+            f"--threshold must be {choices} or a probability strictly between 0 and 1, "
+            f"not {value!r} (0 marks every pixel of the changed tiles as change, 1 none)"
+        )
+    return number
 
 
 def _list_items(value: Union[str, Iterable[Any]]) -> list[Any]:

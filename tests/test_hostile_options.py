@@ -77,6 +77,8 @@ def test_training_refuses_bad_numbers(work, capsys, argv, expected):
         (["--batch-size", "0"], "--batch-size must be"),
         (["--kd-lr", "-1"], "--kd-lr must be a number above 0"),
         (["--threshold", "banana"], "--threshold must be auto, otsu, unchanged-quantile or"),
+        (["--threshold", "1"], "a probability strictly between 0 and 1, not '1'"),
+        (["--threshold", "0"], "a probability strictly between 0 and 1, not '0'"),
         (["--device", "gpu"], "--device 'gpu' is not a device"),
     ],
 )

@@ -38,6 +38,20 @@ def test_threshold_words_or_probability():
         check_threshold("banana")
     with pytest.raises(OptionError, match="must be a probability"):
         check_threshold("auto", words=())
+    # a pseudo-label threshold cuts inside (0, 1); a detect threshold may be 0 or 1
+    for edge in ("0", 1, "1.0"):
+        with pytest.raises(OptionError, match="strictly between 0 and 1"):
+            check_threshold(edge)
+        assert check_threshold(edge, words=()) == float(edge)
+
+
+def test_train_from_tags_refuses_threshold_one_before_reading_anything(tmp_path):
+    from kdmsi.training.from_tags import TagTrainingConfig, train_from_tags
+
+    config = TagTrainingConfig(threshold=1.0)
+    missing = tmp_path / "nothing.tif"  # the option is named before any input is opened
+    with pytest.raises(OptionError, match="strictly between 0 and 1"):
+        train_from_tags(missing, missing, tmp_path / "t.gpkg", tmp_path / "m.kdmsi", config)
 
 
 def test_lists_bounds_and_devices():

@@ -14,8 +14,9 @@ from typing import Optional, Union
 
 import numpy as np
 
+from ..options import THRESHOLD_WORDS
+
 HIST_BINS = 1000
-THRESHOLD_METHODS = ("auto", "otsu", "unchanged-quantile")
 
 
 @dataclass
@@ -106,10 +107,8 @@ def choose_threshold(
         if not 0.0 < value < 1.0:
             raise ValueError(f"an explicit threshold must lie in (0, 1), not {value}")
         return ThresholdChoice(value, "explicit")
-    if method not in THRESHOLD_METHODS:
-        raise ValueError(
-            f"unknown threshold method {method!r}; use a number or {THRESHOLD_METHODS}"
-        )
+    if method not in THRESHOLD_WORDS:
+        raise ValueError(f"unknown threshold method {method!r}; use a number or {THRESHOLD_WORDS}")
     has_changed, has_unchanged = hists.changed.sum() > 0, hists.unchanged.sum() > 0
     otsu = otsu_threshold(hists.changed) if has_changed else None
     uq = histogram_quantile(hists.unchanged, quantile) if has_unchanged else None
