@@ -29,8 +29,12 @@ class DetectTab:
         self.zero_shot = QCheckBox("zero-shot: no model, a first map before any tag")
         self.zero_shot.toggled.connect(lambda on: self.model_file.setEnabled(not on))
         form.addRow("", self.zero_shot)
-        self.tile_size = spin_box(256, 32, 4096, 32)
-        self.overlap = spin_box(64, 0, 1024, 16)
+        # at their minimum the boxes say "model's" / "auto": the library's defaults (the model's
+        # tile size, its export's overlap) apply, so an ONNX export runs at its own size
+        self.tile_size = spin_box(0, 0, 4096, 32)
+        self.tile_size.setSpecialValueText("model's")
+        self.overlap = spin_box(-1, -1, 1024, 16)
+        self.overlap.setSpecialValueText("auto")
         self.batch_size = spin_box(4, 1, 256)
         self.device = combo_box(DEVICES)
         self.runtime = combo_box(RUNTIMES)
@@ -76,7 +80,7 @@ class DetectTab:
             ZERO_SHOT=zero_shot,
             MODEL=model or None,
             TILE_SIZE=self.tile_size.value(),
-            OVERLAP=self.overlap.value(),
+            OVERLAP=self.overlap.value() if self.overlap.value() >= 0 else None,
             BATCH_SIZE=self.batch_size.value(),
             DEVICE=self.device.currentIndex(),
             RUNTIME=self.runtime.currentIndex(),

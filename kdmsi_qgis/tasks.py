@@ -129,12 +129,17 @@ class AlgorithmRun(QObject):
         self.finished.emit(ok, results, error)
 
 
-def _probe(task, backbones, device: str, tile_size: int, overlap: int, pair_size):
-    """Worker-thread body of `SpeedProbe`: {backbone: (s per tile pair, s for the pair)}."""
+def _probe(task, backbones, device: str, tile_size: int, overlap: Optional[int], pair_size):
+    """Worker-thread body of `SpeedProbe`: {backbone: (s per tile pair, s for the pair)};
+    ``overlap`` None: detect's default for the tile size."""
     from .bridge import require_dependencies
 
     require_dependencies()
+    from kdmsi.geo.tiling import default_overlap
     from kdmsi.runtime.speed import expected_detect_seconds, measure_tile_speed
+
+    if overlap is None:
+        overlap = default_overlap(tile_size)
 
     measured = {}
     for i, backbone in enumerate(backbones):
@@ -154,8 +159,8 @@ class SpeedProbe(QObject):
 
     Signals:
         finished(dict, str): {backbone: (seconds per tile pair, expected seconds to detect a
-            pair of `pair_size` (width, height) px with tiles overlapping by `overlap` px, or
-            None)}, and an error message ("" when the probe ran).
+            pair of `pair_size` (width, height) px with tiles overlapping by `overlap` px (None:
+            detect's default), or None)}, and an error message ("" when the probe ran).
     """
 
     finished = pyqtSignal(dict, str)
@@ -166,7 +171,7 @@ class SpeedProbe(QObject):
         device: str,
         tile_size: int,
         pair_size: Optional[tuple] = None,
-        overlap: int = 64,
+        overlap: Optional[int] = None,
         parent: Optional[QObject] = None,
     ):
         super().__init__(parent)
@@ -176,7 +181,7 @@ class SpeedProbe(QObject):
             list(backbones),
             device,
             int(tile_size),
-            min(int(overlap), int(tile_size) // 2),
+            None if overlap is None else min(int(overlap), int(tile_size) // 2),
             pair_size,
             on_finished=self._done,
         )

@@ -308,6 +308,7 @@ class TrainTab:
         size = (before.width(), before.height()) if before is not None else None
         tile = self.grid_tile_pixels()
         overlap = self.overlap.value()  # the detect tab's, as detection will use it
+        overlap = overlap if overlap >= 0 else None  # "auto": the library's default
         self.probe = SpeedProbe(DETECTOR_BACKBONES, device, tile, size, overlap, parent=self)
         self.probe.finished.connect(self._speed_measured)
         self.probe.start()

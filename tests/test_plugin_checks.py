@@ -46,10 +46,8 @@ def test_number_ranges_agree_with_the_library(qgis_app):
             spec = NUMBERS.get(names.get(parameter.name(), ""))
             if spec is None:
                 continue
-            auto = parameter.name() == "TILE_SIZE" and alg.name() in (
-                "train_from_tags",  # 0: the tagged tiles' own size
-                "create_tile_grid",  # 0: chosen from the raster
-            )
+            # 0: the tagged tiles' own size / chosen from the raster / the model's own
+            auto = parameter.name() == "TILE_SIZE"
             assert parameter.minimum() == (0 if auto else spec.low), (alg.name(), parameter.name())
             if spec.high is not None:
                 assert parameter.maximum() == spec.high, (alg.name(), parameter.name())

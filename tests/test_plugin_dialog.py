@@ -178,9 +178,12 @@ def test_dialog_runs_grid_and_detection_into_the_project(
     assert [f["suggest_rank"] for f in grid.getSelectedFeatures()] == [1]
 
     dialog.model_file.setFilePath(str(qgis_detector))
-    dialog.tile_size.setValue(128)
     dialog.device.setCurrentIndex(1)
     dialog.detect_output.setFilePath(str(tmp_path / "changes.gpkg"))
+    # left alone, the tile boxes say so and send the library's defaults: the model's 128 px
+    assert (dialog.tile_size.text(), dialog.overlap.text()) == ("model's", "auto")
+    params = dialog.detection_parameters()
+    assert params["TILE_SIZE"] == 0 and params["OVERLAP"] is None
     dialog.start_detection()
     wait_for(dialog.run)
     assert dialog.progress.value() == 100 and dialog.detect_button.isEnabled()

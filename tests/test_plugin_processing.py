@@ -97,6 +97,37 @@ def test_detect_changes_writes_vector_and_probability(
     assert (raster.RasterXSize, raster.RasterYSize) == (256, 256)
 
 
+def test_an_onnx_export_at_128_px_runs_with_the_defaults(
+    qgis_app, scene_pair, qgis_detector, tmp_path
+):
+    """TILE_SIZE and OVERLAP left alone are the model's: an export at 128 px (whose tile size
+    is fixed) runs at 128 px and its recorded overlap, with nothing to change in Processing."""
+    import processing
+
+    from kdmsi.runtime.onnx_export import export_onnx
+
+    onnx = export_onnx(qgis_detector, tmp_path / "detector.onnx", tile_size=128, overlap_px=16)
+    out, prob = tmp_path / "changes.gpkg", tmp_path / "prob.tif"
+    result = processing.run(
+        "kdmsi:detect_changes",
+        {
+            "BEFORE": str(scene_pair["before"]),
+            "AFTER": str(scene_pair["after"]),
+            "MODEL": str(onnx),
+            "DEVICE": 1,
+            "RUNTIME": 2,  # onnx
+            "OUTPUT": str(out),
+            "PROBABILITY": str(prob),
+        },
+    )
+    assert out.is_file() and Path(result["PROBABILITY"]) == prob
+    info = gdal.Open(str(prob)).GetMetadata()
+    assert (info["tile_size"], info["overlap_px"]) == ("128", "16"), info
+    alg = qgis_core.QgsApplication.processingRegistry().algorithmById("kdmsi:detect_changes")
+    assert alg.parameterDefinition("TILE_SIZE").defaultValue() == 0
+    assert alg.parameterDefinition("OVERLAP").defaultValue() is None
+
+
 def test_bad_model_file_gives_processing_exception(qgis_app, scene_pair, tmp_path):
     import processing
 

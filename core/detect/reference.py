@@ -197,7 +197,7 @@ def evaluate_model(
     *,
     threshold: Optional[float] = None,
     tile_size: Optional[int] = None,
-    overlap_px: int = 64,
+    overlap_px: Optional[int] = None,
     batch_size: int = 4,
     device: str = "auto",
     runtime: str = "auto",

@@ -30,6 +30,7 @@ from .parameters import (
     int_value,
     model_parameter,
     number_parameter,
+    optional_int,
     threshold_parameter,
 )
 
@@ -111,8 +112,21 @@ class KdmsiAlgorithm(QgsProcessingAlgorithm):
         if optional_model:
             label = "Model file (.kdmsi or .onnx; empty with zero-shot)"
         self.addParameter(model_parameter(label=label, optional=optional_model))
-        self.addParameter(number_parameter("TILE_SIZE", "Tile size (px)", 256, 16, maxValue=4096))
-        self.addParameter(number_parameter("OVERLAP", "Tile overlap (px)", 64, 0, maxValue=4095))
+        # the library's defaults (the model's tile size, its export's overlap) apply when these
+        # are left at 0 / empty: an ONNX export runs only at its own tile size
+        self.addParameter(
+            number_parameter("TILE_SIZE", "Tile size (px; 0: the model's own)", 0, 0, maxValue=4096)
+        )
+        self.addParameter(
+            number_parameter(
+                "OVERLAP",
+                "Tile overlap (px; empty: the model's export's, else 64, at most a quarter tile)",
+                None,
+                0,
+                maxValue=4095,
+                optional=True,
+            )
+        )
         self.addParameter(number_parameter("BATCH_SIZE", "Batch size", 4, 1, maxValue=1024))
         self.addParameter(
             QgsProcessingParameterEnum("DEVICE", "Device", options=DEVICES, defaultValue=0)
@@ -134,8 +148,8 @@ class KdmsiAlgorithm(QgsProcessingAlgorithm):
         if parameters.get("THRESHOLD") not in (None, ""):
             threshold = self.parameterAsDouble(parameters, "THRESHOLD", context)
         return {
-            "tile_size": int_value(self, parameters, "TILE_SIZE", context),
-            "overlap_px": int_value(self, parameters, "OVERLAP", context),
+            "tile_size": int_value(self, parameters, "TILE_SIZE", context) or None,
+            "overlap_px": optional_int(self, parameters, "OVERLAP", context),
             "batch_size": int_value(self, parameters, "BATCH_SIZE", context),
             "device": self.device(parameters, context),
             "runtime": RUNTIMES[self.parameterAsEnum(parameters, "RUNTIME", context)],

@@ -5,6 +5,8 @@ factories for the parameters several algorithms declare the same way.
 
 from __future__ import annotations
 
+from typing import Optional
+
 from qgis.core import (
     QgsProcessingParameterExtent,
     QgsProcessingParameterFile,
@@ -25,6 +27,13 @@ METRICS = ("OA", "F1", "cIoU", "mIoU", "FP", "FN")
 
 def int_value(alg, parameters, name, context) -> int:
     return int(alg.parameterAsInt(parameters, name, context))
+
+
+def optional_int(alg, parameters, name, context) -> Optional[int]:
+    """An optional integer parameter's value; None when left empty."""
+    if parameters.get(name) in (None, ""):
+        return None
+    return int_value(alg, parameters, name, context)
 
 
 def number_parameter(name: str, label: str, default, minimum, double: bool = False, **kw):
