@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
@@ -17,20 +15,16 @@ from ..data.pairs import IGNORE_INDEX, subset
 from ..inference.msi import pick_device
 from ..metrics.change import ConfusionCounts
 from ..models import SiameseDeepLabV3Plus
-from ..progress import CancelCheck, ProgressCallback, check_cancel, no_progress
+from ..progress import CancelCheck, ProgressCallback, check_cancel
 from .common import (
-    cpu_state,
     eval_loader,
     freeze_stages,
     make_optimizer,
-    poly_lr,
     seed_everything,
-    set_train_mode,
     to_device,
     train_loader,
 )
-
-log = logging.getLogger(__name__)
+from .loop import LAST_EPOCH, run_epochs
 
 
 @dataclass
@@ -108,7 +102,6 @@ def train_detector(
 
     Model selection: change IoU on `val_dataset` when it has pixel masks, else the last epoch.
     """
-    progress = progress or no_progress
     generator = seed_everything(config.seed)
     device = pick_device(config.device)
     model = SiameseDeepLabV3Plus(
@@ -121,7 +114,7 @@ def train_detector(
     if init is not None:
         model.load_state_dict(init)
     freeze_stages(model.trunk, config.frozen_stages)
-    model.to(device, memory_format=torch.channels_last)
+    model.to(device)
     optimizer = make_optimizer(
         model.param_groups(config.lr, config.head_lr_mult),
         config.optimizer,
@@ -131,53 +124,58 @@ def train_detector(
     loader = train_loader(
         subset(dataset, range(len(dataset)), augment=True), config.batch_size, generator
     )
-    total_steps = max(1, config.epochs * len(loader))
     use_val = val_dataset is not None and getattr(val_dataset, "has_masks", False)
-    criterion = "val_change_iou" if use_val else "last_epoch"
-    best_score, best = -np.inf, None
-    history: list[dict] = []
-    steps: list[dict] = []
-    step = 0
-    for epoch in range(1, config.epochs + 1):
-        set_train_mode(model, config.freeze_bn)
-        loss_sum, n_batches = 0.0, 0
-        for i, batch in enumerate(loader, start=1):
-            check_cancel(cancelled)
-            if batch["pre"].shape[0] < 2:
-                continue  # BatchNorm in ASPP's pooling branch cannot train on one sample
-            poly_lr(optimizer, step, total_steps, config.poly_power)
-            logits = model(to_device(batch, "pre", device), to_device(batch, "post", device))
-            loss = F.cross_entropy(logits, batch["mask"].to(device), ignore_index=IGNORE_INDEX)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item()
-            n_batches += 1
-            step += 1
-            steps.append({"step": step, "epoch": epoch - 1 + i / len(loader), "ce": loss.item()})
-            tiles = min(i * config.batch_size, len(dataset))
-            progress(
-                step / total_steps,
-                f"detector epoch {epoch}/{config.epochs}, tile {tiles}/{len(dataset)}: "
-                f"loss {loss.item():.4f}",
-            )
-        record = {"epoch": epoch, "train_ce": loss_sum / max(n_batches, 1)}
-        if use_val:
-            record["val_change_iou"] = detector_change_iou(model, val_dataset, device, cancelled)
-            score = record["val_change_iou"]
-        else:
-            score = epoch
-        history.append(record)
-        if score > best_score:
-            best_score, best = score, (epoch, cpu_state(model))
-        msg = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "epoch")
-        log.info("detector epoch %d/%d: %s", epoch, config.epochs, msg)
-        progress(step / total_steps, f"detector epoch {epoch}/{config.epochs}: {msg}")
-    epoch, state = best
-    model.load_state_dict(state)
-    model.to(memory_format=torch.contiguous_format)
-    selection = {"criterion": criterion, "epoch": epoch, "value": history[epoch - 1].get(criterion)}
-    return CDResult(model.cpu().eval(), history, selection, asdict(config), steps)
+    method = DetectorMethod(model, device, val_dataset if use_val else None, cancelled)
+    loop = run_epochs(
+        method,
+        loader,
+        optimizer,
+        epochs=config.epochs,
+        criterion="val_change_iou" if use_val else LAST_EPOCH,
+        poly_power=config.poly_power,
+        freeze_bn=config.freeze_bn,
+        progress=progress,
+        cancelled=cancelled,
+    )
+    return CDResult(model.cpu().eval(), loop.history, loop.selection, asdict(config), loop.steps)
+
+
+class DetectorMethod:
+    """`TrainingMethod` of the detector: cross-entropy against the (pseudo) label masks (255
+    ignored); selected by change IoU on ``val_dataset`` when given, else the last epoch."""
+
+    name = "detector"
+    step_keys = ("ce",)
+
+    def __init__(
+        self,
+        model: SiameseDeepLabV3Plus,
+        device: torch.device,
+        val_dataset: Optional[Dataset] = None,
+        cancelled: Optional[CancelCheck] = None,
+    ):
+        self.model, self.device = model, device
+        self.networks = [model]
+        self.val_dataset, self.cancelled = val_dataset, cancelled
+
+    def begin_epoch(self, epoch: int) -> None:
+        pass
+
+    def step(self, batch: dict) -> Optional[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        if batch["pre"].shape[0] < 2:
+            return None  # BatchNorm in ASPP's pooling branch cannot train on one sample
+        pre, post = to_device(batch, "pre", self.device), to_device(batch, "post", self.device)
+        logits = self.model(pre, post)
+        mask = batch["mask"].to(self.device)
+        loss = F.cross_entropy(logits, mask, ignore_index=IGNORE_INDEX)
+        return loss, {"ce": loss}
+
+    def score(self, record: dict) -> Optional[float]:
+        if self.val_dataset is None:
+            return None
+        iou = detector_change_iou(self.model, self.val_dataset, self.device, self.cancelled)
+        record["val_change_iou"] = iou
+        return iou
 
 
 @torch.no_grad()

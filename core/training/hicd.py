@@ -17,11 +17,9 @@ kept, one student forward/backward, and the bounded correlation matrices of `kdm
 from __future__ import annotations
 
 import copy
-import logging
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
@@ -31,19 +29,11 @@ from ..data.pairs import IGNORE_INDEX, subset
 from ..inference.msi import pick_device
 from ..losses.hicd import HiCDLoss, HiCDLossConfig, feature_mse_loss
 from ..models import SiameseDeepLabV3Plus
-from ..progress import CancelCheck, ProgressCallback, check_cancel, no_progress
+from ..progress import CancelCheck, ProgressCallback
 from .cd import detector_change_iou
-from .common import (
-    cpu_state,
-    make_optimizer,
-    poly_lr,
-    seed_everything,
-    set_train_mode,
-    train_loader,
-)
+from .common import make_optimizer, seed_everything, train_loader
 from .degrade import DegradedPairDataset, check_preset
-
-log = logging.getLogger(__name__)
+from .loop import LAST_EPOCH, run_epochs
 
 METHODS = ("direct", "feature-mse", "hicd")
 INITS = ("teacher", "imagenet", "random")
@@ -160,87 +150,95 @@ def train_hicd(
         `HiCDResult` whose ``model`` is the student in eval mode on the CPU.
     """
     config = (config or HiCDConfig()).validate()
-    progress = progress or no_progress
     generator = seed_everything(config.seed)
-    sample_gen = torch.Generator().manual_seed(config.seed + 1)
     device = pick_device(config.device)
-    needs_teacher = config.method != "direct"
-    frozen_teacher = frozen(teacher, device) if needs_teacher else None
     student = make_student(teacher, config, device)
-    hicd = HiCDLoss(config.loss) if config.method == "hicd" else None
+    method = HiCDMethod(
+        student,
+        frozen(teacher, device) if config.method != "direct" else None,
+        config,
+        device,
+        cancelled,
+    )
     optimizer = make_optimizer(
         student.param_groups(config.lr, config.head_lr_mult),
         config.optimizer,
         config.momentum,
         config.weight_decay,
     )
-    train_set = DegradedPairDataset(dataset, config.preset, config.degrade_seed, True)
-    train_view = subset(train_set, range(len(train_set)), augment=True)
-    loader = train_loader(train_view, config.batch_size, generator)
-    val = None
+    degraded = DegradedPairDataset(dataset, config.preset, config.degrade_seed, True)
+    view = subset(degraded, range(len(degraded)), augment=True)
+    method.train_set = view.dataset  # `subset` may have copied it: the loader reads this one
+    loader = train_loader(view, config.batch_size, generator)
     if val_dataset is not None and getattr(val_dataset, "has_masks", False):
-        val = DegradedPairDataset(val_dataset, config.preset, config.degrade_seed + 1)
-    criterion = "val_change_iou" if val is not None else "last_epoch"
-    total_steps = max(1, config.epochs * len(loader))
-    best_score, best = -np.inf, None
-    history: list[dict] = []
-    steps: list[dict] = []
-    step = 0
-    for epoch in range(1, config.epochs + 1):
-        train_view.dataset.set_epoch(epoch)
-        set_train_mode(student, config.freeze_bn)
-        sums: dict[str, float] = {}
-        n_batches = 0
-        for i, batch in enumerate(loader, start=1):
-            check_cancel(cancelled)
-            if batch["pre"].shape[0] < 2:
-                continue  # BatchNorm in ASPP's pooling branch cannot train on one sample
-            poly_lr(optimizer, step, total_steps, config.poly_power)
-            pre, post = batch["pre"].to(device), batch["post"].to(device)
-            feats = student.forward_features(pre, post)
-            ce = F.cross_entropy(feats.logits, batch["mask"].to(device), ignore_index=IGNORE_INDEX)
-            parts = {"ce": ce}
-            if frozen_teacher is not None:
-                with torch.no_grad():
-                    t_feats = frozen_teacher.forward_features(pre, batch["post_clean"].to(device))
-                if hicd is not None:
-                    terms = hicd(feats, t_feats, sample_gen)
-                    parts.update({k: v for k, v in terms.items() if k != "total"})
-                    parts["distill"] = terms["total"]
-                else:
-                    parts["feat_mse"] = feature_mse_loss(feats, t_feats, config.loss.stages)
-                    parts["distill"] = config.lambda_feat * parts["feat_mse"]
-            loss = ce + parts["distill"] if "distill" in parts else ce
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            n_batches += 1
-            step += 1
-            entry = {"step": step, "epoch": epoch - 1 + i / len(loader), "ce": ce.item()}
-            if "distill" in parts:
-                entry["distill"] = parts["distill"].item()
-            steps.append(entry)
-            progress(
-                step / total_steps,
-                f"{config.method} epoch {epoch}/{config.epochs}: loss {loss.item():.4f}",
-            )
-        record = {"epoch": epoch, **{f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()}}
-        if val is not None:
-            record["val_change_iou"] = detector_change_iou(student, val, device, cancelled)
-            score = record["val_change_iou"]
+        method.val = DegradedPairDataset(val_dataset, config.preset, config.degrade_seed + 1)
+    loop = run_epochs(
+        method,
+        loader,
+        optimizer,
+        epochs=config.epochs,
+        criterion="val_change_iou" if method.val is not None else LAST_EPOCH,
+        poly_power=config.poly_power,
+        freeze_bn=config.freeze_bn,
+        channels_last=False,  # as measured in the HiCD bench; the loop can switch it on
+        progress=progress,
+        cancelled=cancelled,
+    )
+    return HiCDResult(
+        student.cpu().eval(), loop.history, loop.selection, config.to_dict(), loop.steps
+    )
+
+
+class HiCDMethod:
+    """`TrainingMethod` of the quality-robust student: cross-entropy on degraded after images
+    plus, for `hicd` and `feature-mse`, distillation from the frozen teacher's features on the
+    clean pair. Selected by change IoU on the degraded ``val`` set when given."""
+
+    step_keys = ("ce", "distill")
+
+    def __init__(
+        self,
+        student: SiameseDeepLabV3Plus,
+        teacher: Optional[SiameseDeepLabV3Plus],
+        config: HiCDConfig,
+        device: torch.device,
+        cancelled: Optional[CancelCheck] = None,
+    ):
+        self.name, self.student, self.teacher = config.method, student, teacher
+        self.networks = [student]
+        self.config, self.device, self.cancelled = config, device, cancelled
+        self.hicd = HiCDLoss(config.loss) if config.method == "hicd" else None
+        self.sample_gen = torch.Generator().manual_seed(config.seed + 1)
+        self.train_set: Optional[DegradedPairDataset] = None
+        self.val: Optional[DegradedPairDataset] = None
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.train_set.set_epoch(epoch)
+
+    def step(self, batch: dict) -> Optional[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        if batch["pre"].shape[0] < 2:
+            return None  # BatchNorm in ASPP's pooling branch cannot train on one sample
+        pre, post = batch["pre"].to(self.device), batch["post"].to(self.device)
+        feats = self.student.forward_features(pre, post)
+        mask = batch["mask"].to(self.device)
+        ce = F.cross_entropy(feats.logits, mask, ignore_index=IGNORE_INDEX)
+        parts = {"ce": ce}
+        if self.teacher is None:
+            return ce, parts
+        with torch.no_grad():
+            t_feats = self.teacher.forward_features(pre, batch["post_clean"].to(self.device))
+        if self.hicd is not None:
+            terms = self.hicd(feats, t_feats, self.sample_gen)
+            parts.update({k: v for k, v in terms.items() if k != "total"})
+            parts["distill"] = terms["total"]
         else:
-            score = epoch
-        history.append(record)
-        if score > best_score:
-            best_score, best = score, (epoch, cpu_state(student))
-        msg = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "epoch")
-        log.info("%s epoch %d/%d: %s", config.method, epoch, config.epochs, msg)
-        progress(step / total_steps, f"{config.method} epoch {epoch}/{config.epochs}: {msg}")
-    if step == 0:
-        raise ValueError("no training step ran: the dataset needs at least 2 tiles")
-    epoch, state = best
-    student.load_state_dict(state)
-    selection = {"criterion": criterion, "epoch": epoch, "value": history[epoch - 1].get(criterion)}
-    return HiCDResult(student.cpu().eval(), history, selection, config.to_dict(), steps)
+            parts["feat_mse"] = feature_mse_loss(feats, t_feats, self.config.loss.stages)
+            parts["distill"] = self.config.lambda_feat * parts["feat_mse"]
+        return ce + parts["distill"], parts
+
+    def score(self, record: dict) -> Optional[float]:
+        if self.val is None:
+            return None
+        iou = detector_change_iou(self.student, self.val, self.device, self.cancelled)
+        record["val_change_iou"] = iou
+        return iou

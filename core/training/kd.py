@@ -7,7 +7,6 @@ The two networks have separate weights and one SGD optimiser.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
@@ -22,25 +21,20 @@ from ..inference.maps import collect_map_statistics, map_function
 from ..inference.msi import pick_device
 from ..losses.kd import DEFAULT_KD_WEIGHT, classification_loss, kd_loss
 from ..models import SiameseCAMNet
-from ..progress import CancelCheck, ProgressCallback, check_cancel, no_progress
+from ..progress import CancelCheck, ProgressCallback
 from .common import (
-    cpu_state,
     eval_loader,
     freeze_stages,
     make_optimizer,
-    poly_lr,
     seed_everything,
-    set_train_mode,
     stratified_holdout,
     to_device,
     train_loader,
 )
+from .loop import LAST_EPOCH, run_epochs
 
 MIN_TILES_PER_CLASS = 2
 CHANCE_LOSS = float(np.log(2.0))  # binary cross-entropy of a classifier that knows nothing
-
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -141,7 +135,6 @@ def train_kd(
     `val_dataset` when it has pixel masks; otherwise by the teacher's classification loss on a
     stratified held-out part (`holdout_fraction`) of the image-labelled tiles.
     """
-    progress = progress or no_progress
     labels = list(dataset.labels)
     if any(label is None for label in labels):
         raise ValueError("KD training needs an image label for every tile")
@@ -175,84 +168,84 @@ def train_kd(
         student.load_state_dict(init["student"])
     shared = share_frozen_prefix(teacher, student, config.frozen_stages)
     for net in (teacher, student):
-        net.to(device, memory_format=torch.channels_last)
+        net.to(device)
     groups = teacher.param_groups(config.lr, config.head_lr_mult) + student.param_groups(
         config.lr, config.head_lr_mult
     )
     optimizer = make_optimizer(groups, config.optimizer, config.momentum, config.weight_decay)
-    loader = train_loader(train_set, config.batch_size, generator)
-    total_steps = max(1, config.epochs * len(loader))
-
+    method = KDMethod(teacher, student, shared, config.kd_weight, device, cancelled)
     if use_val_iou:
-        criterion = "val_change_iou"
+        method.val_dataset, criterion = val_dataset, "val_change_iou"
     elif held_set is not None:
-        criterion = "heldout_teacher_cls_loss"
+        method.held_set, criterion = held_set, "heldout_teacher_cls_loss"
     else:
-        criterion = "last_epoch"
-    best_score, best = -np.inf, None
-    history: list[dict] = []
-    steps: list[dict] = []
-    step = 0
-    for epoch in range(1, config.epochs + 1):
-        set_train_mode(teacher, config.freeze_bn)
-        set_train_mode(student, config.freeze_bn)
-        sums = {"total": 0.0, "cls": 0.0, "kd": 0.0}
-        n_batches = 0
-        for batch in loader:
-            check_cancel(cancelled)
-            poly_lr(optimizer, step, total_steps, config.poly_power)
-            pre, post = to_device(batch, "pre", device), to_device(batch, "post", device)
-            y = batch["label"].to(device)
-            with torch.no_grad():  # the frozen prefix, run once for both networks
-                state = teacher.start(pre, post, shared)
-            g_teacher, g_student = teacher.forward_from(state), student.forward_from(state)
-            losses = kd_loss(g_teacher, g_student, y, config.kd_weight)
-            optimizer.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            optimizer.step()
-            values = {k: losses[k].item() for k in sums}
-            for k in sums:
-                sums[k] += values[k]
-            n_batches += 1
-            step += 1
-            steps.append({"step": step, "epoch": epoch - 1 + n_batches / len(loader), **values})
-            tiles = min(n_batches * config.batch_size, len(train_set))
-            progress(
-                step / total_steps,
-                f"KD epoch {epoch}/{config.epochs}, tile {tiles}/{len(train_set)}: "
-                f"loss {losses['total'].item():.4f}",
-            )
-        record = {"epoch": epoch, **{f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()}}
-        if criterion == "val_change_iou":
-            record["val_change_iou"] = student_change_iou(student, val_dataset, device, cancelled)
-            score = record["val_change_iou"]
-        elif criterion == "heldout_teacher_cls_loss":
-            record["heldout_teacher_cls_loss"] = teacher_cls_loss(teacher, held_set, device)
-            score = -record["heldout_teacher_cls_loss"]
-        else:
-            score = epoch
-        history.append(record)
-        if score > best_score:
-            best_score = score
-            best = (epoch, cpu_state(teacher), cpu_state(student))
-        message = _epoch_message(record, config.epochs)
-        log.info(message)
-        progress(step / total_steps, message)
-
-    epoch, t_state, s_state = best
-    teacher.load_state_dict(t_state)
-    student.load_state_dict(s_state)
-    for net in (teacher, student):  # back to the default memory order for callers
-        net.to(memory_format=torch.contiguous_format)
-    selection = {
-        "criterion": criterion,
-        "epoch": epoch,
-        "value": history[epoch - 1].get(criterion, None),
-        "heldout_tiles": len(held_idx),
-    }
-    return KDResult(
-        teacher.cpu().eval(), student.cpu().eval(), history, selection, asdict(config), steps
+        criterion = LAST_EPOCH
+    loop = run_epochs(
+        method,
+        train_loader(train_set, config.batch_size, generator),
+        optimizer,
+        epochs=config.epochs,
+        criterion=criterion,
+        poly_power=config.poly_power,
+        freeze_bn=config.freeze_bn,
+        progress=progress,
+        cancelled=cancelled,
     )
+    selection = {**loop.selection, "heldout_tiles": len(held_idx)}
+    return KDResult(
+        teacher.cpu().eval(), student.cpu().eval(), loop.history, selection, asdict(config),
+        loop.steps,
+    )  # fmt: skip
+
+
+class KDMethod:
+    """`TrainingMethod` of the joint teacher/student training (`kd_loss`: the teacher's
+    classification loss + ``kd_weight`` x the student's CAM distillation). The frozen trunk
+    prefix both share runs once per batch. Selected by the student's change IoU on
+    ``val_dataset``, else by the teacher's classification loss on ``held_set``, else the last
+    epoch."""
+
+    name = "KD"
+    step_keys = None
+
+    def __init__(
+        self,
+        teacher: SiameseCAMNet,
+        student: SiameseCAMNet,
+        shared: int,
+        kd_weight: float,
+        device: torch.device,
+        cancelled: Optional[CancelCheck] = None,
+    ):
+        self.teacher, self.student, self.shared = teacher, student, shared
+        self.networks = [teacher, student]
+        self.kd_weight, self.device, self.cancelled = kd_weight, device, cancelled
+        self.val_dataset: Optional[Dataset] = None
+        self.held_set: Optional[Dataset] = None
+
+    def begin_epoch(self, epoch: int) -> None:
+        pass
+
+    def step(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        pre, post = to_device(batch, "pre", self.device), to_device(batch, "post", self.device)
+        y = batch["label"].to(self.device)
+        with torch.no_grad():  # the frozen prefix, run once for both networks
+            state = self.teacher.start(pre, post, self.shared)
+        g_teacher, g_student = self.teacher.forward_from(state), self.student.forward_from(state)
+        losses = kd_loss(g_teacher, g_student, y, self.kd_weight)
+        return losses["total"], {k: losses[k] for k in ("total", "cls", "kd")}
+
+    def score(self, record: dict) -> Optional[float]:
+        if self.val_dataset is not None:
+            record["val_change_iou"] = student_change_iou(
+                self.student, self.val_dataset, self.device, self.cancelled
+            )
+            return record["val_change_iou"]
+        if self.held_set is not None:
+            loss = teacher_cls_loss(self.teacher, self.held_set, self.device)
+            record["heldout_teacher_cls_loss"] = loss
+            return -loss
+        return None
 
 
 def share_frozen_prefix(
@@ -267,12 +260,6 @@ def share_frozen_prefix(
     for mine, theirs in zip(student.trunk.stages()[:parts], teacher.trunk.stages()[:parts]):
         mine.load_state_dict(theirs.state_dict())
     return parts
-
-
-def _epoch_message(record: dict, epochs: int) -> str:
-    parts = [f"KD epoch {record['epoch']}/{epochs}"]
-    parts += [f"{k} {v:.4f}" for k, v in record.items() if k != "epoch"]
-    return ", ".join(parts)
 
 
 @torch.no_grad()
