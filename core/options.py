@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
-PathLike = Union[str, "os.PathLike[str]"]
+from .types import PathLike
 
 
 class OptionError(ValueError):

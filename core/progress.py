@@ -23,10 +23,6 @@ def no_progress(fraction: float, message: str) -> None:
     """A progress callback that ignores everything."""
 
 
-def never_cancelled() -> bool:
-    return False
-
-
 def check_cancel(cancelled: Optional[CancelCheck]) -> None:
     """Raise `Cancelled` when the cancel check says so, or a stop signal came (see
     `interrupts_deferred`)."""

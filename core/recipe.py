@@ -31,6 +31,10 @@ small and too alike to re-estimate them)."""
 FEATURE_VOTE = 0.5
 """Weight of the pretrained features' vote in the pseudo labels of `kdmsi train`
 (`kdmsi.inference.feature_vote`; 0: the student's MSI alone, as in the paper)."""
+TAG_FIELD = "changed"
+"""The tile layer's tag field: 1 changed, 0 not changed, NULL untagged (`kdmsi tile-grid`,
+the plugin's tagging tools and `kdmsi train` all read this name)."""
+
 GRID_TILE_SIZES = (256, 128, 64)
 MIN_GRID_TILES = 64
 """`kdmsi tile-grid` without --tile-size takes the largest of `GRID_TILE_SIZES` that cuts the

@@ -41,7 +41,6 @@ from .install.report import diagnostics, ready, rows
 from .install_task import DependencyRun
 
 TITLE = "KD-MSI dependencies"
-BUILDS = ("auto", "cpu", "cuda")
 MISSING = QColor(200, 30, 30)
 
 

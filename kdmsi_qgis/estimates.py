@@ -11,11 +11,11 @@ from __future__ import annotations
 import statistics
 from typing import Dict, Optional, Sequence
 
-TAG_FIELD = "changed"
-
 
 def tagged_tiles(layer) -> tuple[int, list[float]]:
     """(number of features tagged 0 or 1, their extents' longer sides in layer units)."""
+    from kdmsi.recipe import TAG_FIELD  # torch-free, bundled
+
     if layer is None or layer.fields().indexOf(TAG_FIELD) < 0:
         return 0, []
     count, sides = 0, []

@@ -25,6 +25,7 @@ LAYERS = (
     "progress",
     "choices",
     "recipe",
+    "types",
 )
 """`kdmsi`'s folders and torch-free modules, top to bottom: each imports only those below it."""
 QT_ROOTS = ("qgis", "PyQt5", "PyQt6", "sip", "PySide2", "PySide6")

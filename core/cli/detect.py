@@ -113,10 +113,10 @@ def cmd_export_onnx(args) -> int:
 
 
 def cmd_evaluate_detection(args) -> int:
-    from ..detect.process import limit_gdal_cache
+    from ..detect.process import tune_process_for_detect
     from ..detect.reference import evaluate_model
 
-    limit_gdal_cache()
+    tune_process_for_detect()
     evaluation = _run_with_bar(
         "evaluate",
         evaluate_model,

@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import copy
 import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
+from ..types import PathLike
 from .normalisation import IMAGENET_MEAN, IMAGENET_STD, Normalisation  # noqa: F401 (re-export)
 
 IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 class DatasetError(ValueError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -15,15 +15,12 @@ from ..geo.align import AlignedPair
 from ..geo.stretch import BandStretch
 from ..geo.tile_layer import Cell
 from ..geo.tiling import Window
+from ..recipe import TAG_FIELD
+from ..types import PathLike
 from .pairs import IGNORE_INDEX, Normalisation, paired_augment
 from .tile_prep import TilePreparer
 
-PathLike = Union[str, Path]
-
 log = logging.getLogger(__name__)
-
-
-TAG_FIELD = "changed"
 
 
 class TagError(ValueError):

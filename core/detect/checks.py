@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 from ..geo.atomic import check_output_target
 from ..geo.raster import RasterInputError, gdal_exceptions, open_raster
@@ -20,9 +20,7 @@ from ..options import (
 from ..options import (
     check_numbers as check_option_values,
 )
-
-PathLike = Union[str, Path]
-
+from ..types import PathLike
 
 PROBABILITY_SUFFIXES = (".tif", ".tiff")
 

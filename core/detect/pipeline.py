@@ -25,7 +25,7 @@ Memory is bounded by tile rows, never by the raster: the reader cycles through t
 preallocated batches (one in the model, one queued, one being built), the accumulator holds
 ``(tile_size + stride) x width`` float32 twice, the probability writer one block row;
 polygonizing streams strips and polygons from disk (see `kdmsi.geo.vector`). GDAL's own block
-cache (``GDAL_CACHEMAX``, bounded by `kdmsi detect`, see `limit_gdal_cache`) comes on top.
+cache (``GDAL_CACHEMAX``, bounded by `kdmsi detect`, see `kdmsi.detect.process`) comes on top.
 
 Nodata or masked pixels of either date are never change: they are set to the normalised mean
 (0) in both dates before the model sees them, they get zero blending weight, so they come out
@@ -36,12 +36,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 from ..progress import CancelCheck, ProgressCallback
 from ..runtime.load import load_runner, model_threshold
 from ..runtime.onnx_runner import is_onnx_path
+from ..types import PathLike
 from .checks import check_detect_options, check_outputs, resolve_bands
 from .run import (
     DEFAULT_OVERLAP,
@@ -52,8 +52,6 @@ from .run import (
 )
 
 log = logging.getLogger(__name__)
-
-PathLike = Union[str, Path]
 
 
 def detect_changes(

@@ -43,9 +43,6 @@ def tune_process_for_detect(gdal_cache_mb: int = DETECT_GDAL_CACHE_MB) -> None:
         keep_triton_out()
 
 
-limit_gdal_cache = tune_process_for_detect  # the name an earlier kdmsi used
-
-
 def release_freed_memory(threshold_bytes: int = 256 << 10) -> bool:
     """Have glibc's malloc serve blocks of ``threshold_bytes`` and more with mmap, returned to
     the system when freed. By default glibc raises that threshold (up to 32 MiB) after the

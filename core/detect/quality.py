@@ -7,15 +7,13 @@ option) trains a quality-robust one. `quality_warning` gives the message to show
 
 from __future__ import annotations
 
-import os
 from typing import Any, Optional, Union
 
 from ..geo.align import pixel_size_ratio
+from ..types import PathLike
 
 PIXEL_SIZE_RATIO_LIMIT = 2.0
 """Pixel sizes differing by more than this factor call for a quality-robust model."""
-
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 def quality_warning(

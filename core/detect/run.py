@@ -27,11 +27,10 @@ from ..geo.tiling import (
 from ..progress import CancelCheck, ProgressCallback, check_cancel, report, sub_progress
 from ..runtime.load import DEFAULT_THRESHOLD
 from ..runtime.runners import BatchRunner, Predict, torch_batch_runner
+from ..types import PathLike
 from .checks import check_numbers, check_outputs
 from .outputs import output_metadata, polygon_strip_rows, write_polygons
 from .tile_loop import predict_probability_raster
-
-PathLike = Union[str, Path]
 
 if TYPE_CHECKING:
     import torch
@@ -81,11 +80,6 @@ class DetectResult:
     model_kind: str
     bands: tuple[int, ...]
     runtime: str = "torch"
-
-    @property
-    def pixels_per_second(self) -> float:
-        """End-to-end throughput: analysed pixels / total seconds."""
-        return self.width * self.height / max(self.timing_s.get("total", 0.0), 1e-9)
 
 
 def overlap_or_default(overlap_px: Optional[int], tile_size: int) -> int:

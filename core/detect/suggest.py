@@ -12,7 +12,7 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -30,11 +30,10 @@ from ..geo.vector import vector_driver
 from ..inference.tile_suggest import tile_evidence, uncertainty_order, zero_shot_order
 from ..options import check_outputs_are_not_inputs
 from ..progress import CancelCheck, ProgressCallback, report, sub_progress
+from ..types import PathLike
 from .checks import check_detect_options
 
 log = logging.getLogger(__name__)
-
-PathLike = Union[str, Path]
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
@@ -21,9 +20,8 @@ from ..geo.tiling import (
 )
 from ..progress import CancelCheck, ProgressCallback, check_cancel, report
 from ..runtime.runners import BatchRunner
+from ..types import PathLike
 from .tile_reader import TileReader
-
-PathLike = Union[str, Path]
 
 
 @dataclass

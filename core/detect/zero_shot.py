@@ -4,20 +4,19 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 from ..data.normalisation import Normalisation
 from ..geo.align import align_pair
 from ..geo.raster import gdal_exceptions
 from ..inference.zero_shot import ZERO_SHOT_THRESHOLD, zero_shot_info, zero_shot_predictor
 from ..progress import CancelCheck, ProgressCallback
+from ..types import PathLike
 from .checks import check_detect_options, check_outputs
 from .run import DetectResult, detect_with_predictor
 
 log = logging.getLogger(__name__)
 
-PathLike = Union[str, Path]
 ZERO_SHOT_TILE = 256
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from osgeo import gdal, osr
 
+from ..types import PathLike
 from .raster import (
     RasterInputError,
     crs_label,
@@ -24,8 +24,6 @@ from .raster import (
     raster_extent,
     srs_from_wkt,
 )
-
-PathLike = Union[str, Path]
 
 log = logging.getLogger(__name__)
 

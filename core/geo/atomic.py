@@ -13,11 +13,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator
+
+from ..types import PathLike
 
 log = logging.getLogger(__name__)
 
-PathLike = Union[str, "os.PathLike[str]"]
 
 # Files that travel with a main file, named by what follows the main file's stem.
 _SIDECARS: dict[str, tuple[str, ...]] = {

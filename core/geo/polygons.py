@@ -39,11 +39,10 @@ from ..progress import (
     report,
     stop_signal,
 )
+from ..types import PathLike
 from .probability_raster import scratch_compression
 from .raster import gdal_exceptions, open_raster, raster_extent, srs_from_wkt
 from .vector import AreaCalculator, ChangePolygon, vector_driver, write_features
-
-PathLike = Union[str, Path]
 
 log = logging.getLogger(__name__)
 

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from osgeo import gdal
 
 from ..progress import CancelCheck, ProgressCallback, check_cancel, interrupts_deferred, stop_signal
+from ..types import PathLike
 from .metadata import decode_metadata, metadata_strings
 from .raster import PROB_NODATA, gdal_exceptions
-
-PathLike = Union[str, Path]
 
 log = logging.getLogger(__name__)
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator
 
 from osgeo import gdal, ogr, osr
 
+from ..types import PathLike
+
 log = logging.getLogger(__name__)
 
-PathLike = Union[str, Path]
 
 PROB_NODATA = -1.0
 """Nodata value of the probability raster (probabilities are float32 in [0, 1])."""

@@ -6,14 +6,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
+from ..recipe import TAG_FIELD
+from ..types import PathLike
 from .align import align_pair
 from .atomic import atomic_output, check_output_target
 from .raster import gdal_exceptions
 from .vector import vector_driver
-
-PathLike = Union[str, Path]
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ TILE_GRID_SCHEMA = {
         "tile_id": "int",
         "row": "int",
         "col": "int",
-        "changed": "int",
+        TAG_FIELD: "int",
         "change_score": "float",
         "suggest": "float",
         "suggest_rank": "int",

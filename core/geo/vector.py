@@ -9,16 +9,16 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence, Union
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from osgeo import gdal, ogr, osr
 
+from ..types import PathLike
 from .atomic import atomic_output
 from .raster import gdal_exceptions, srs_from_wkt
 
 log = logging.getLogger(__name__)
 
-PathLike = Union[str, Path]
 
 VECTOR_DRIVERS: dict[str, str] = {
     ".gpkg": "GPKG",
@@ -28,9 +28,6 @@ VECTOR_DRIVERS: dict[str, str] = {
     ".fgb": "FlatGeobuf",
 }
 """Output extension -> OGR driver used by `write_vector`."""
-
-SCHEMA_PROPERTIES = {"id": "int", "area_m2": "float", "mean_prob": "float", "max_prob": "float"}
-"""The output's attributes as fiona reports them."""
 
 
 class VectorOutputError(ValueError):

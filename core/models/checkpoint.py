@@ -15,7 +15,6 @@ also carry ``quality_robust`` (bool) and, when known, ``method`` (e.g. ``hicd``)
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -25,6 +24,7 @@ import torch
 from .. import __version__
 from ..data.normalisation import Normalisation
 from ..geo.atomic import atomic_output
+from ..types import PathLike
 from . import MODEL_KINDS, build_model
 
 FORMAT = "kdmsi-checkpoint"
@@ -32,7 +32,6 @@ FORMAT_VERSION = 1
 DETECTOR_THRESHOLD = 0.5  # change-class probability; argmax of the two classes
 DETECTOR_CLASSES = ("no change", "change")
 REQUIRED_METADATA = ("kind", "model", "bands", "normalisation", "tile_size")
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 class CheckpointError(ValueError):

@@ -20,19 +20,18 @@ from __future__ import annotations
 import html
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 import numpy as np
 
 from ..geo.atomic import atomic_folder
 from ..inference.thresholds import ProbabilityHistograms
+from ..types import PathLike
 
 log = logging.getLogger(__name__)
 
-PathLike = Union[str, "os.PathLike[str]"]
 
 # Panel key -> (title, kind); the row order of the paper's figures.
 PANELS: dict[str, tuple[str, str]] = {

@@ -18,13 +18,13 @@ from ..data.pairs import IGNORE_INDEX, PairDataset
 from ..inference.msi import DEFAULT_SCALES
 from ..inference.thresholds import ProbabilityHistograms, ThresholdChoice
 from ..metrics.change import ConfusionCounts
+from ..types import PathLike
 from .page import write_training_report
 from .tiles import build_report, dataset_truth
 
 log = logging.getLogger(__name__)
 
 REPORT_SUFFIX = "_report"
-PathLike = Union[str, Path]
 
 
 def default_report_dir(model_path: PathLike) -> Path:

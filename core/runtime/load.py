@@ -16,9 +16,10 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence
 
 from ..data.normalisation import Normalisation
+from ..types import PathLike
 from .onnx_runner import (
     RUNTIMES,
     OnnxModelError,
@@ -37,7 +38,6 @@ from .runners import (
 
 log = logging.getLogger(__name__)
 
-PathLike = Union[str, Path]
 DEFAULT_THRESHOLD = 0.5
 AUTO_PROBE_MIN_TILES = 256
 """``runtime="auto"`` on a CPU times both runtimes only for grids of at least this many tiles

@@ -28,13 +28,13 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 from .. import __version__
+from ..types import PathLike
 
 log = logging.getLogger(__name__)
 
-PathLike = Union[str, Path]
 
 MAX_ENTRIES = 3
 """Exports kept (a resnet50 detector's is ~160 MB); the least recently used go first."""

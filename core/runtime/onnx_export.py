@@ -31,6 +31,7 @@ from ..geo.atomic import atomic_output, check_output_target
 from ..geo.tiling import default_overlap
 from ..inference.msi import DEFAULT_SCALES
 from ..models.checkpoint import DETECTOR_CLASSES, load_checkpoint
+from ..types import PathLike
 from .onnx_runner import (
     ONNX_FORMAT,
     ONNX_FORMAT_VERSION,
@@ -43,7 +44,6 @@ from .onnx_runner import (
 
 log = logging.getLogger(__name__)
 
-PathLike = Union[str, Path]
 
 DEFAULT_ONNX_BATCH = 4
 """Tiles per forward pass of an exported model (`kdmsi detect`'s default batch)."""

@@ -16,16 +16,16 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import numpy as np
 
 from ..data.normalisation import Normalisation
 from ..geo.metadata import decode_metadata
+from ..types import PathLike
 
 log = logging.getLogger(__name__)
 
-PathLike = Union[str, Path]
 
 RUNTIMES = ("auto", "torch", "onnx")
 """``--runtime`` choices: ``auto`` (ONNX Runtime when installed and faster), ``torch``, ``onnx``."""

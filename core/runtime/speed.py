@@ -12,13 +12,11 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from ..geo.tiling import tile_starts
-
-BatchRunner = Callable[[np.ndarray, np.ndarray], np.ndarray]
+from .runners import BatchRunner
 
 OUTSIDE_MODEL_S_PER_TILE = 0.006
 """Wall seconds per tile that `kdmsi detect` spends outside the model's forward (reads,

@@ -43,14 +43,13 @@ from ..progress import CancelCheck, ProgressCallback, report, sub_progress
 from ..reports.page import require_report_dependencies
 from ..reports.runs import tags_report
 from ..runtime.speed import training_stage_shares
+from ..types import PathLike
 from . import CDConfig, HiCDConfig, KDConfig, train_detector, train_hicd, train_kd
 from .calibration import calibrated_threshold
 from .kd import MIN_TILES_PER_CLASS
 from .warm_start import WarmStart, planned_configs, read_warm_start
 
 log = logging.getLogger(__name__)
-
-PathLike = Union[str, Path]
 
 
 @dataclass

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import torch
 
 from ..models.checkpoint import CheckpointError, read_checkpoint
-
-PathLike = Union[str, Path]
+from ..types import PathLike
 
 
 @dataclass(frozen=True)

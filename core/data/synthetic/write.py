@@ -9,13 +9,12 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 
+from ...types import PathLike
 from .scene import Scene
-
-PathLike = Union[str, Path]
 
 
 def _gdal():
