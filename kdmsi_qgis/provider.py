@@ -7,7 +7,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from .icon import ICON_PATH
 
-# What kdmsi's writers accept (core/vector.py `vector_driver`, GeoTIFF for probabilities).
+# What kdmsi's writers accept (`kdmsi.geo.vector.vector_driver`; GeoTIFF for probabilities).
 VECTOR_EXTENSIONS = ["gpkg", "shp", "geojson", "fgb"]
 RASTER_EXTENSIONS = ["tif"]
 
