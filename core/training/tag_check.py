@@ -2,8 +2,8 @@
 after training, without any pixel mask.
 
 A tile tagged *not changed* is pixel truth for the whole tile; a tile tagged *changed* should
-not come out empty. `TileHistograms` holds each tagged tile's probability histogram (one pass
-of the detector over its training tiles, `kdmsi.training.calibration`); `TagCheck` reads it
+not come out empty. `TileHistograms` holds each tagged tile's probability histogram (read on
+the map `kdmsi detect` will write, `kdmsi.training.calibration`); `TagCheck` reads it
 at the detector's threshold and says, loudly, when the model contradicts the tags.
 """
 
