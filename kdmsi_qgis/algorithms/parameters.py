@@ -16,7 +16,7 @@ from qgis.core import (
 DEVICES = ["auto", "cpu", "cuda"]
 RUNTIMES = ["auto", "torch", "onnx"]
 # kdmsi.choices / kdmsi.recipe, spelled out so that this module loads without kdmsi (the
-# plugin then says what to install); tests/test_plugin_processing.py checks they agree
+# plugin then says what to install); tests/plugin/test_plugin_processing.py checks they agree
 BACKBONES = ["efficientnet_lite0", "resnet18", "resnet34", "resnet50"]
 DETECTOR_BACKBONES = [*BACKBONES, "mobilenet_v3_large"]
 DEFAULT_BACKBONE = "efficientnet_lite0"

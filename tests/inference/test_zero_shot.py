@@ -43,7 +43,7 @@ def test_predictor_takes_any_band_count():
 
 def bench_module(name: str):
     """A helper module of ``bench/`` (imported from its file: the bench is not a package)."""
-    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    path = Path(__file__).resolve().parents[2] / "bench" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look themselves up there

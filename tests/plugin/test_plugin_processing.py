@@ -424,7 +424,7 @@ def test_triton_is_kept_out_of_a_fresh_qgis_python():
         "assert out.shape == (1, 2, 32, 32)\n"
         "assert sys.modules['triton'] is None and 'triton._C' not in sys.modules\n"
     )
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
 

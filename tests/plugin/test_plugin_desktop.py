@@ -1,6 +1,6 @@
 """The real QGIS desktop under Xvfb with the packaged plugin enabled in a fresh profile.
 
-`tests/desktop/open_dialog.py` runs inside QGIS (`qgis --code`): it adds two rasters, clicks
+`tests/plugin/desktop/open_dialog.py` runs inside QGIS (`qgis --code`): it adds two rasters, clicks
 the plugin's toolbar action, and saves screenshots of the dialog and the main window to
 `build/screenshots/` (KDMSI_SCREENSHOTS to change), which this test checks are not blank;
 then it runs detection from the dialog and saves the main window with the result layers.
