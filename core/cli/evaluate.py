@@ -13,12 +13,14 @@ def cmd_evaluate(args) -> int:
     from ..inference.maps import (
         KD_MAPS,
         collect_map_statistics,
+        label_folder_metrics,
         map_function,
         metrics_from_statistics,
     )
     from ..inference.msi import pick_device
     from ..metrics.change import format_table
     from ..models.checkpoint import load_checkpoint
+    from ..runtime.load import stored_threshold
 
     if args.ablation:
         return _evaluate_ablation(args)
@@ -40,7 +42,7 @@ def cmd_evaluate(args) -> int:
         else:
             detector, det_meta = load_checkpoint(path, device=device)
             functions["detector"] = map_function("detector", detector)
-            fixed["detector"] = stored_detector_threshold(det_meta)
+            fixed["detector"] = stored_threshold(det_meta)
     if wanted:
         unknown = sorted(set(wanted) - set(functions))
         if unknown:
@@ -58,7 +60,7 @@ def cmd_evaluate(args) -> int:
         )
         rows = metrics_from_statistics(stats, _threshold(args.threshold), fixed)
     if args.pseudo_labels:
-        rows["pseudo-labels"] = evaluate_label_folder(data, Path(args.pseudo_labels))
+        rows["pseudo-labels"] = label_folder_metrics(data, Path(args.pseudo_labels))
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -69,45 +71,22 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def stored_detector_threshold(meta: dict):
-    """The threshold a detector file records, read as `kdmsi detect` reads it
-    (`kdmsi.runtime.load.model_threshold`), as a `ThresholdChoice` naming how it was chosen
-    (calibrated at training, `kdmsi.training.calibration`)."""
-    from ..inference.thresholds import ThresholdChoice
-    from ..runtime.load import DEFAULT_THRESHOLD, model_threshold
-
-    if meta.get("threshold") is None:
-        return ThresholdChoice(DEFAULT_THRESHOLD, "argmax")
-    training = meta.get("training") or {}
-    calibration = (training.get("detector") or {}).get("threshold") or training.get("threshold")
-    method = (calibration or {}).get("method")
-    return ThresholdChoice(
-        model_threshold(meta["threshold"]), f"stored: {method}" if method else "stored"
-    )
-
-
 def _evaluate_ablation(args) -> int:
     """`evaluate --ablation`: the paper's ablation table of a KD model (+ detector)."""
     from ..inference.msi import pick_device
-    from ..inference.thresholds import ThresholdChoice
-    from ..models.checkpoint import load_checkpoint, read_checkpoint
+    from ..models.checkpoint import load_checkpoint
     from ..reports.ablation import (
+        ablation_models,
         ablation_rows,
         ablation_statistics,
         format_ablation,
+        pseudo_label_threshold,
         save_ablation,
     )
+    from ..runtime.load import stored_threshold
 
     device = pick_device(args.device)
-    kd_path = detector_path = None
-    for path in args.model or []:
-        kind = read_checkpoint(path)["metadata"]["kind"]
-        if kind == "kd":
-            kd_path = path
-        else:
-            detector_path = path
-    if kd_path is None:
-        raise ValueError("--ablation needs the KD model (--model kd.kdmsi), plus the detector")
+    kd_path, detector_path = ablation_models(args.model or [])
     out = Path(args.out) if args.out else None
     if out is not None:
         if not out.parent.is_dir():
@@ -117,25 +96,13 @@ def _evaluate_ablation(args) -> int:
                 raise FileExistsError(f"{out / name} exists; choose another --out or --overwrite")
     teacher, meta = load_checkpoint(kd_path, role="teacher", device=device)
     student, _ = load_checkpoint(kd_path, role="student", device=device)
-    detector, pseudo_source, detector_threshold = None, None, None
-    pseudo = None
-    if args.pseudo_threshold is not None:
-        pseudo, pseudo_source = (
-            ThresholdChoice(args.pseudo_threshold, "given"),
-            "--pseudo-threshold",
-        )
+    detector = det_meta = detector_threshold = None
     if detector_path:
         detector, det_meta = load_checkpoint(detector_path, device=device)
-        detector_threshold = stored_detector_threshold(det_meta)
-        stored = (det_meta.get("training") or {}).get("pseudo_labels") or {}
-        if pseudo is None and (stored.get("threshold") or {}).get("value") is not None:
-            pseudo = ThresholdChoice(stored["threshold"]["value"], "stored with the detector")
-            pseudo_source = str(detector_path)
-    if pseudo is None and args.pseudo_labels:
-        info = Path(args.pseudo_labels).parent / "pseudo_labels.json"
-        if info.is_file():
-            value = json.loads(info.read_text())["threshold"]["value"]
-            pseudo, pseudo_source = ThresholdChoice(value, "from pseudo_labels.json"), str(info)
+        detector_threshold = stored_threshold(det_meta)
+    pseudo, pseudo_source = pseudo_label_threshold(
+        args.pseudo_threshold, det_meta, detector_path, args.pseudo_labels
+    )
     args.tile_size = meta["tile_size"]
     data = _dataset(args, args.data, bands=meta["bands"], normalisation=_norm(meta))
     if not data.has_masks:
@@ -170,20 +137,6 @@ def _evaluate_ablation(args) -> int:
         md, js = save_ablation(out, rows, info, args.overwrite)
         log.info("ablation table saved to %s and %s", md, js)
     return 0
-
-
-def evaluate_label_folder(data, label_dir: Path) -> dict:
-    """Metrics of a folder of 0/255 label images (e.g. pseudo labels) against `data`'s masks."""
-    from ..data.pairs import find_mask, read_image
-    from ..metrics.change import ConfusionCounts
-
-    counts = ConfusionCounts()
-    for name in data.pairs:
-        pred_path, truth_path = find_mask(label_dir, name), data.masks[name]
-        if pred_path is None:
-            raise ValueError(f"{label_dir} has no label image for {name}")
-        counts.update(read_image(pred_path)[0] > 0, read_image(truth_path)[0] > 0)
-    return counts.metrics()
 
 
 def cmd_synth(args) -> int:

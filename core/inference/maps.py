@@ -10,6 +10,7 @@ and without holding the maps in memory.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -146,3 +147,17 @@ def metrics_from_statistics(
         values = st.counts_at(choice.value).metrics()
         rows[kind] = {**values, "threshold": choice.value, "threshold_method": choice.method}
     return rows
+
+
+def label_folder_metrics(data, label_dir: Path) -> dict:
+    """Metrics of a folder of 0/255 label images (e.g. pseudo labels) against `data`'s masks."""
+    from ..data.pairs import find_mask, read_image
+    from ..metrics.change import ConfusionCounts
+
+    counts = ConfusionCounts()
+    for name in data.pairs:
+        pred_path, truth_path = find_mask(label_dir, name), data.masks[name]
+        if pred_path is None:
+            raise ValueError(f"{label_dir} has no label image for {name}")
+        counts.update(read_image(pred_path)[0] > 0, read_image(truth_path)[0] > 0)
+    return counts.metrics()

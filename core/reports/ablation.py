@@ -180,3 +180,46 @@ def save_ablation(
     with atomic_output(js, overwrite) as tmp:
         tmp.write_text(json.dumps({"rows": rows, "info": info}, indent=2), encoding="utf-8")
     return md, js
+
+
+def ablation_models(model_paths: Sequence[Union[str, Path]]) -> tuple[str, Optional[str]]:
+    """(the KD model file, the detector file or None) among ``model_paths``, by their kind.
+
+    Raises:
+        ValueError: no KD model among them.
+    """
+    from ..models.checkpoint import read_checkpoint
+
+    kd_path = detector_path = None
+    for path in model_paths:
+        if read_checkpoint(path)["metadata"]["kind"] == "kd":
+            kd_path = str(path)
+        else:
+            detector_path = str(path)
+    if kd_path is None:
+        raise ValueError("--ablation needs the KD model (--model kd.kdmsi), plus the detector")
+    return kd_path, detector_path
+
+
+def pseudo_label_threshold(
+    given: Optional[float],
+    detector_meta: Optional[dict],
+    detector_path: Optional[str],
+    pseudo_labels: Optional[Union[str, Path]],
+) -> tuple[Optional[ThresholdChoice], Optional[str]]:
+    """The pseudo-label row's threshold and where it came from: ``given``, else the one stored
+    with the detector, else the ``pseudo_labels.json`` beside a pseudo-label folder, else
+    (None, None): chosen on the data (auto)."""
+    if given is not None:
+        return ThresholdChoice(given, "given"), "--pseudo-threshold"
+    stored = ((detector_meta or {}).get("training") or {}).get("pseudo_labels") or {}
+    if (stored.get("threshold") or {}).get("value") is not None:
+        return ThresholdChoice(stored["threshold"]["value"], "stored with the detector"), str(
+            detector_path
+        )
+    if pseudo_labels:
+        info = Path(pseudo_labels).parent / "pseudo_labels.json"
+        if info.is_file():
+            value = json.loads(info.read_text())["threshold"]["value"]
+            return ThresholdChoice(value, "from pseudo_labels.json"), str(info)
+    return None, None

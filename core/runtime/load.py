@@ -382,3 +382,19 @@ def load_runner(
     )
     model.resources = resources
     return model
+
+
+def stored_threshold(meta: dict):
+    """The threshold a detector file records, read as `kdmsi detect` reads it
+    (`model_threshold`), as a `kdmsi.inference.thresholds.ThresholdChoice` naming how it was
+    chosen (calibrated at training, `kdmsi.training.calibration`); argmax (0.5) without one."""
+    from ..inference.thresholds import ThresholdChoice
+
+    if meta.get("threshold") is None:
+        return ThresholdChoice(DEFAULT_THRESHOLD, "argmax")
+    training = meta.get("training") or {}
+    calibration = (training.get("detector") or {}).get("threshold") or training.get("threshold")
+    method = (calibration or {}).get("method")
+    return ThresholdChoice(
+        model_threshold(meta["threshold"]), f"stored: {method}" if method else "stored"
+    )
