@@ -95,15 +95,20 @@ class Environment:
         return "MPS" if sys.platform == "darwin" else "CPU"
 
 
+def _run_code(python: str, code: str, *args: str, timeout: float) -> subprocess.CompletedProcess:
+    """``python -c code args...``, its output captured, no console window."""
+    return subprocess.run(
+        [python, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **hidden_window(),
+    )
+
+
 def _run_snippet(python: str, code: str, args: dict, timeout: float) -> dict:
     try:
-        done = subprocess.run(
-            [python, "-c", code, json.dumps(args)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            **hidden_window(),
-        )
+        done = _run_code(python, code, json.dumps(args), timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ProbeError(f"could not run QGIS's Python ({python}): {exc}") from exc
     lines = done.stdout.strip().splitlines()
@@ -116,13 +121,7 @@ def _run_snippet(python: str, code: str, args: dict, timeout: float) -> dict:
 def is_python(path: str, timeout: float = 30) -> bool:
     """Whether ``path`` runs a line of Python (``-c``) and says so."""
     try:
-        done = subprocess.run(
-            [path, "-c", "print('kdmsi-python')"],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            **hidden_window(),
-        )
+        done = _run_code(path, "print('kdmsi-python')", timeout=timeout)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return done.returncode == 0 and done.stdout.strip() == "kdmsi-python"
