@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ..inference.pseudo_labels import ZERO_SHOT_HINT
+
 BINS = 1000
 NOT_CHANGED_WARN_SHARE = 0.02
 """Warn when the detector marks more than this share of the pixels of the tiles tagged not
@@ -136,6 +138,13 @@ class TagCheck:
                 f"out (nearly) empty (under {100 * EMPTY_CHANGED_SHARE:.1f} % marked): the model "
                 "misses change of that kind. Tag more changed tiles where the change is plain to "
                 f"see, or detect with a lower threshold than the model's {self.threshold:.2f}"
+                + (
+                    # nothing the analyst tagged changed is found: the tags added nothing
+                    "; until then the zero-shot map, which needs no tags, may serve better "
+                    f"({ZERO_SHOT_HINT})"
+                    if self.changed_tiles_empty == self.changed_tiles
+                    else ""
+                )
             )
         return out
 

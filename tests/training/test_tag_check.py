@@ -57,6 +57,13 @@ def test_changed_tiles_that_come_out_empty_are_named():
     assert warning.startswith("3 of the 4 tiles tagged changed come out (nearly) empty")
     assert "lower threshold than the model's 0.50" in warning
     assert "leaves 3 of the 4 tiles tagged changed (nearly) empty" in check.describe()
+    assert "zero-shot" not in warning
+    (none_found,) = TagCheck.from_histograms(hists, 0.999).warnings()
+    assert none_found.startswith("4 of the 4 tiles tagged changed")
+    assert (
+        "the zero-shot map, which needs no tags" in none_found
+        and "detect --zero-shot" in none_found
+    )
 
 
 def test_no_not_changed_tile_keeps_the_label_share_rule():
