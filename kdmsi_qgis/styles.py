@@ -91,19 +91,21 @@ def style_tile_grid(layer: QgsVectorLayer) -> None:
     """Tiles coloured by their `changed` tag, so tagging progress shows; with suggestions
     (`kdmsi tile-grid --suggest`), untagged tiles are filled by priority and the next
     `LABELLED_RANKS` carry their rank."""
+    from kdmsi.recipe import TAG_FIELD  # torch-free, bundled
+
     if layer.fields().indexOf("suggest") < 0:
         categories = []
         for value, (label, colour) in TAG_COLOURS.items():
             categories.append(QgsRendererCategory(value, _tag_symbol(colour), label))
         categories.append(QgsRendererCategory(None, _untagged_symbol(), "not tagged"))
-        layer.setRenderer(QgsCategorizedSymbolRenderer("changed", categories))
+        layer.setRenderer(QgsCategorizedSymbolRenderer(TAG_FIELD, categories))
         layer.setLabelsEnabled(False)
         layer.triggerRepaint()
         return
     root = QgsRuleBasedRenderer.Rule(None)
     for value, (label, colour) in TAG_COLOURS.items():
         root.appendChild(
-            QgsRuleBasedRenderer.Rule(_tag_symbol(colour), 0, 0, f'"changed" = {value}', label)
+            QgsRuleBasedRenderer.Rule(_tag_symbol(colour), 0, 0, f'"{TAG_FIELD}" = {value}', label)
         )
     suggested = QgsFillSymbol.createSimple(
         {"color": SUGGEST_COLOUR, "outline_color": "120,120,120,255", "outline_style": "dash"}
@@ -116,14 +118,14 @@ def style_tile_grid(layer: QgsVectorLayer) -> None:
     )
     root.appendChild(
         QgsRuleBasedRenderer.Rule(
-            suggested, 0, 0, '"changed" IS NULL', "not tagged (stronger: tag first)"
+            suggested, 0, 0, f'"{TAG_FIELD}" IS NULL', "not tagged (stronger: tag first)"
         )
     )
     layer.setRenderer(QgsRuleBasedRenderer(root))
     settings = QgsPalLayerSettings()
     settings.isExpression = True
     settings.fieldName = (
-        f'if("changed" IS NULL AND "suggest_rank" <= {LABELLED_RANKS}, "suggest_rank", \'\')'
+        f'if("{TAG_FIELD}" IS NULL AND "suggest_rank" <= {LABELLED_RANKS}, "suggest_rank", \'\')'
     )
     settings.placement = QgsPalLayerSettings.OverPoint
     text = QgsTextFormat()

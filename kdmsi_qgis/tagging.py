@@ -12,15 +12,19 @@ CONTEXT_FACTOR = 3.0  # zoom out from the tile so its neighbours show
 
 
 def is_tile_grid(layer) -> bool:
-    """Whether ``layer`` is a polygon layer with the `changed` field of a tile grid."""
-    return isinstance(layer, QgsVectorLayer) and layer.fields().indexOf("changed") >= 0
+    """Whether ``layer`` is a polygon layer with the tag field of a tile grid."""
+    from kdmsi.recipe import TAG_FIELD  # torch-free, bundled
+
+    return isinstance(layer, QgsVectorLayer) and layer.fields().indexOf(TAG_FIELD) >= 0
 
 
 def next_tile_to_tag(layer: QgsVectorLayer) -> Optional[QgsFeature]:
     """The untagged tile with the lowest `suggest_rank`; on a grid without suggestions, the
     first untagged tile in `tile_id` order; None when every tile is tagged."""
+    from kdmsi.recipe import TAG_FIELD  # torch-free, bundled
+
     ranked = layer.fields().indexOf("suggest_rank") >= 0
-    expression = '"changed" IS NULL' + (' AND "suggest_rank" IS NOT NULL' if ranked else "")
+    expression = f'"{TAG_FIELD}" IS NULL' + (' AND "suggest_rank" IS NOT NULL' if ranked else "")
     order = "suggest_rank" if ranked else "tile_id"
     if layer.fields().indexOf(order) < 0:
         order = ""

@@ -199,8 +199,12 @@ class TrainTab:
         tags = self.tags.currentLayer()
         if tags is None:
             raise ValueError("choose the tagged tile layer (create one with step 1)")
-        if tags.fields().indexOf("changed") < 0:
-            raise ValueError(f"{tags.name()} has no field 'changed': create the grid with step 1")
+        from kdmsi.recipe import TAG_FIELD  # torch-free, bundled
+
+        if tags.fields().indexOf(TAG_FIELD) < 0:
+            raise ValueError(
+                f"{tags.name()} has no field '{TAG_FIELD}': create the grid with step 1"
+            )
         output = self.model_output.filePath()
         if not output:
             raise ValueError("choose where to save the model file (.kdmsi)")
