@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
-from ..recipe import TAG_FIELD
+from ..recipe import TAG_FIELD, grid_tile_size
 from ..types import PathLike
 from .align import align_pair
 from .atomic import atomic_output, check_output_target
@@ -60,8 +60,6 @@ def default_grid_tile_size(
     """The grid's tile side when none is given: `kdmsi.recipe.grid_tile_size` of the pair's
     aligned overlap (cut to ``bounds``), so that a small region still gives enough tiles to
     tag."""
-    from ..recipe import grid_tile_size
-
     with gdal_exceptions(), align_pair(before, after, bands=[1], bounds=bounds) as pair:
         return grid_tile_size(pair.width, pair.height)
 
@@ -102,8 +100,6 @@ def make_tile_grid(
     with gdal_exceptions(), align_pair(before, after, bands=[1], bounds=bounds) as pair:
         gt, width, height, crs_wkt = pair.geotransform, pair.width, pair.height, pair.crs_wkt
     if tile_size is None:
-        from ..recipe import grid_tile_size
-
         tile_size = grid_tile_size(width, height)
     kwargs: dict[str, Any] = {"driver": driver, "schema": TILE_GRID_SCHEMA}
     kwargs["crs"] = CRS.from_wkt(crs_wkt)

@@ -35,6 +35,7 @@ from ..progress import CancelCheck, check_cancel
 from .common import eval_loader
 from .tag_check import (
     BINS,
+    NOT_CHANGED_WARN_SHARE,
     TagCheck,
     TileHistograms,
     lowest_threshold_within,
@@ -49,12 +50,12 @@ LABEL_SHARE_FACTOR = 1.0
 """The detector is calibrated to mark this multiple of its pseudo labels' share."""
 CAPPED_AT_DEFAULT = True
 """The label-share rule only lowers the threshold below the default, never raises it."""
-NOT_CHANGED_TARGET: Optional[float] = 0.02
+NOT_CHANGED_TARGET: Optional[float] = NOT_CHANGED_WARN_SHARE
 """The share of the pixels of the tiles tagged not changed that the saved threshold may mark
 (None: no bound, the earlier rule). Measured on the tuning side of `bench/real_pairs.py`
 (`bench/detector_threshold.py`, pooled change IoU at the default grid / at 128 px, on the
 detect maps): no bound 0.360 / 0.304, 5 % 0.354 / 0.309, 2 % 0.348 / 0.307, 1 % 0.337 / 0.272.
-2 % is the share at which the check after training warns (`NOT_CHANGED_WARN_SHARE`): a looser
+2 %, the share at which the check after training warns (`NOT_CHANGED_WARN_SHARE`): a looser
 bound saved models the product then warned about, at every training. A tighter bound erases
 true change where the detector marks a little of a tile tagged not changed (edges,
 unlabelled change)."""

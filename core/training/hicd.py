@@ -30,7 +30,7 @@ from ..inference.msi import pick_device
 from ..losses.hicd import HiCDLoss, HiCDLossConfig, feature_mse_loss
 from ..models import SiameseDeepLabV3Plus
 from ..progress import CancelCheck, ProgressCallback
-from .cd import detector_change_iou
+from .cd import DetectorMethod
 from .common import make_optimizer, seed_everything, train_loader
 from .degrade import DegradedPairDataset, check_preset
 from .loop import LAST_EPOCH, run_epochs
@@ -171,13 +171,15 @@ def train_hicd(
     method.train_set = view.dataset  # `subset` may have copied it: the loader reads this one
     loader = train_loader(view, config.batch_size, generator)
     if val_dataset is not None and getattr(val_dataset, "has_masks", False):
-        method.val = DegradedPairDataset(val_dataset, config.preset, config.degrade_seed + 1)
+        method.val_dataset = DegradedPairDataset(
+            val_dataset, config.preset, config.degrade_seed + 1
+        )
     loop = run_epochs(
         method,
         loader,
         optimizer,
         epochs=config.epochs,
-        criterion="val_change_iou" if method.val is not None else LAST_EPOCH,
+        criterion="val_change_iou" if method.val_dataset is not None else LAST_EPOCH,
         poly_power=config.poly_power,
         freeze_bn=config.freeze_bn,
         channels_last=False,  # as measured in the HiCD bench; the loop can switch it on
@@ -189,10 +191,11 @@ def train_hicd(
     )
 
 
-class HiCDMethod:
+class HiCDMethod(DetectorMethod):
     """`TrainingMethod` of the quality-robust student: cross-entropy on degraded after images
     plus, for `hicd` and `feature-mse`, distillation from the frozen teacher's features on the
-    clean pair. Selected by change IoU on the degraded ``val`` set when given."""
+    clean pair. Selected as the detector is (`DetectorMethod.score`), on the degraded
+    validation set (``val_dataset``) when given."""
 
     step_keys = ("ce", "distill")
 
@@ -204,13 +207,11 @@ class HiCDMethod:
         device: torch.device,
         cancelled: Optional[CancelCheck] = None,
     ):
-        self.name, self.student, self.teacher = config.method, student, teacher
-        self.networks = [student]
-        self.config, self.device, self.cancelled = config, device, cancelled
+        super().__init__(student, device, None, cancelled)
+        self.name, self.student, self.teacher, self.config = config.method, student, teacher, config
         self.hicd = HiCDLoss(config.loss) if config.method == "hicd" else None
         self.sample_gen = torch.Generator().manual_seed(config.seed + 1)
         self.train_set: Optional[DegradedPairDataset] = None
-        self.val: Optional[DegradedPairDataset] = None
 
     def begin_epoch(self, epoch: int) -> None:
         self.train_set.set_epoch(epoch)
@@ -235,10 +236,3 @@ class HiCDMethod:
             parts["feat_mse"] = feature_mse_loss(feats, t_feats, self.config.loss.stages)
             parts["distill"] = self.config.lambda_feat * parts["feat_mse"]
         return ce + parts["distill"], parts
-
-    def score(self, record: dict) -> Optional[float]:
-        if self.val is None:
-            return None
-        iou = detector_change_iou(self.student, self.val, self.device, self.cancelled)
-        record["val_change_iou"] = iou
-        return iou
