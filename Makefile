@@ -11,9 +11,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_OUT ?= demo_out
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: setup system-packages demo test lint clean
+.PHONY: setup system-packages demo test test-qgis-lts lint clean
 
-setup: system-packages $(VENV)/.deps-stamp
+setup: system-packages $(VENV)/.deps-stamp $(VENV)/.qt6-stamp
 
 # Debian's QGIS + GDAL bind to /usr/bin/python3; install them only when one is missing.
 system-packages:
@@ -40,11 +40,23 @@ $(VENV)/.deps-stamp: requirements.txt pyproject.toml $(VENV)/.torch-stamp
 	  assert int(numpy.__version__.split('.')[0]) < 2, 'numpy must stay < 2 for Debian GDAL/QGIS'"
 	touch $@
 
+# Qt6's bindings apart from the venv's path, for the plugin's Qt6 check (tests/plugin/test_qt6.py)
+$(VENV)/.qt6-stamp: requirements-qt6.txt | $(PY)
+	rm -rf $(VENV)/qt6
+	$(PIP) install -q --no-deps --target $(VENV)/qt6 -r requirements-qt6.txt
+	touch $@
+
 demo: setup
 	$(PY) -m kdmsi.demo --out $(DEMO_OUT)
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The tests on QGIS 3.40 LTR (Debian 13; QGIS_SUITE=trixie-backports: QGIS 3.44) in a Debian root
+# built once into /var/cache/kdmsi (about 2 GB); needs root. See README, "Other QGIS versions".
+QGIS_SUITE ?= trixie
+test-qgis-lts:
+	$(SUDO) env QGIS_SUITE=$(QGIS_SUITE) QGIS_LTS_TESTS="$(QGIS_LTS_TESTS)" bash .ci/qgis_lts.sh
 
 lint: setup
 	$(VENV)/bin/ruff check core kdmsi_qgis tests bench

@@ -1,4 +1,4 @@
-"""Throughput and memory of the detect path (`kdmsi.detect.pipeline`) on synthetic raster pairs.
+"""Throughput and memory of the detect path (`kdmsi.detect.with_model`) on synthetic raster pairs.
 
 For each run (raster size, model) it prints, from one fresh subprocess per run:
 
@@ -131,7 +131,7 @@ def _model_only_seconds(
     from kdmsi.geo.raster import gdal_exceptions
     from kdmsi.geo.stretch import pair_stretches
     from kdmsi.geo.tiling import tile_grid
-    from kdmsi.runtime.runners import forward_batch
+    from kdmsi.runtime.batch_runners import forward_batch
 
     device = torch.device("cpu")
     with gdal_exceptions(), align_pair(before, after) as pair:
@@ -158,10 +158,10 @@ def worker(before: Path, after: Path, model: str, out: Path) -> dict[str, Any]:
     import torch
 
     from kdmsi.data.pairs import Normalisation
-    from kdmsi.detect.pipeline import detect_changes
-    from kdmsi.detect.run import detect_with_predictor
+    from kdmsi.detect.with_model import detect_changes
+    from kdmsi.detect.with_runner import detect_with_predictor
     from kdmsi.models.checkpoint import load_checkpoint
-    from kdmsi.runtime.runners import forward_batch, model_predictor
+    from kdmsi.runtime.batch_runners import forward_batch, model_predictor
 
     torch.manual_seed(0)
     batch = BATCH[model]

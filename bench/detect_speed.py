@@ -1,6 +1,6 @@
 """Detect speed and memory per backbone and runtime on synthetic raster pairs (`kdmsi detect`).
 
-For every raster size x detector backbone x runtime it runs `kdmsi.detect.pipeline.detect_changes`
+For every raster size x detector backbone x runtime it runs `kdmsi.detect.with_model.detect_changes`
 in a fresh subprocess (so peak RSS is that run's alone) and prints one table row:
 
 * tile pairs/s: tiles run / wall seconds of the whole detect call (align, stretch, tile loop,
@@ -36,8 +36,8 @@ hours on 2 cores.
 
 Pairs: 3-band uint8 GeoTIFFs (tiled 256, EPSG:32633, 0.5 m), written block by block from one
 2048^2 `kdmsi.data.synthetic.make_scene` rotated/flipped per block (`detect_bench.write_pair`).
-Each run first calls `kdmsi.detect.process.tune_process_for_detect`, as `kdmsi detect` does (GDAL
-cache 32 MB, OMP_WAIT_POLICY=PASSIVE, freed arrays returned to the system).
+Each run first calls `kdmsi.detect.process_tuning.tune_process_for_detect`, as `kdmsi detect`
+does (GDAL cache 32 MB, OMP_WAIT_POLICY=PASSIVE, freed arrays returned to the system).
 
 Usage::
 
@@ -107,9 +107,9 @@ def strip_bounds(before: Path, max_tiles: int) -> tuple[Optional[list[float]], i
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """One measured detect run in this fresh process."""
-    from kdmsi.detect.pipeline import detect_changes
-    from kdmsi.detect.process import tune_process_for_detect
-    from kdmsi.detect.run import detect_with_runner
+    from kdmsi.detect.process_tuning import tune_process_for_detect
+    from kdmsi.detect.with_model import detect_changes
+    from kdmsi.detect.with_runner import detect_with_runner
 
     tune_process_for_detect()  # as `kdmsi detect` does
     bounds = spec["bounds"]

@@ -6,10 +6,10 @@ probability raster, the truth and the tag grid) and re-thresholds each region's 
 the pseudo labels the detector is calibrated to mark, whether that rule may raise the
 threshold above 0.5, and ``not_changed_target``, the share of the pixels of the tiles tagged
 not changed the threshold may mark (the earlier rule: min(0.5, the pseudo labels' share)).
-The histograms are those of the whole
-region's detect map over the tagged tiles, which is what `kdmsi train` reads too
-(`kdmsi.training.tagged_map`); the label share is the one the run stored. Pooled change IoU, marked share
-and the share marked inside tiles tagged not changed are printed per target.
+The histograms are those of the whole region's detect map over the tagged tiles, which is what
+`kdmsi train` reads too (`kdmsi.training.tagged_map`); the label share is the one the run
+stored. Pooled change IoU, marked share and the share marked inside tiles tagged not changed
+are printed per target.
 
 Only regions of the tuning side may be read for this choice (`real_regions.TUNING`); the
 script refuses a folder that holds a reporting-side region.

@@ -44,8 +44,8 @@ from kdmsi import recipe
 from kdmsi.choices import PRECISIONS
 from kdmsi.inference.msi import pick_device
 from kdmsi.models import SiameseCAMNet, SiameseDeepLabV3Plus
-from kdmsi.models.fold import for_inference
-from kdmsi.runtime.runners import model_predictor, torch_batch_runner
+from kdmsi.models.batchnorm_fold import for_inference
+from kdmsi.runtime.batch_runners import model_predictor, torch_batch_runner
 
 
 def build(

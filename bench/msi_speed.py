@@ -37,7 +37,7 @@ from kdmsi.data.synthetic import make_scene
 from kdmsi.geo.atomic import atomic_output
 from kdmsi.inference.msi import DEFAULT_SCALES, multiscale_sigmoid_inference, pick_device
 from kdmsi.models import SiameseCAMNet
-from kdmsi.runtime.runners import autocast_dtype
+from kdmsi.runtime.batch_runners import autocast_dtype
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

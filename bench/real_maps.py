@@ -20,7 +20,7 @@ def stage_map(kind: str, kd_model: str, before: str, after: str, out: str, bands
     """Worker: a whole-region map of ``kind`` (teacher-cam, student, msi) from a KD model,
     through the detect path (tiles, blending), written as a probability GeoTIFF."""
     from kdmsi.data.normalisation import Normalisation
-    from kdmsi.detect.run import detect_with_predictor
+    from kdmsi.detect.with_runner import detect_with_predictor
     from kdmsi.inference.msi import (
         multiscale_sigmoid_inference,
         single_scale_probability,

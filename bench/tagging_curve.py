@@ -73,7 +73,7 @@ def train_and_score(
     paths: dict, grid: int, tags: dict, folder: Path, truth: np.ndarray, vote: Optional[float]
 ) -> dict:
     """`kdmsi train` on a fresh grid holding ``tags``, detect, score; 0 when refused."""
-    from kdmsi.detect.pipeline import detect_changes
+    from kdmsi.detect.with_model import detect_changes
     from kdmsi.geo.tile_layer import make_tile_grid
     from kdmsi.training.from_tags import TagTrainingConfig, train_from_tags
 

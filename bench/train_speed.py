@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from kdmsi.choices import DETECTOR_BACKBONES
+
 
 def _best(fn, repeats: int) -> float:
     fn()  # warm-up: kernel selection, allocator
@@ -66,17 +68,17 @@ def measure(backbone: str, tile: int, batch: int, repeats: int) -> dict[str, flo
     from kdmsi.inference.msi import multiscale_sigmoid_inference
     from kdmsi.losses.kd import kd_loss
     from kdmsi.models import SiameseCAMNet
-    from kdmsi.models.backbones import MOBILENETS
-    from kdmsi.models.fold import for_inference
+    from kdmsi.models.batchnorm_fold import for_inference
     from kdmsi.training import CDConfig, KDConfig
     from kdmsi.training.common import make_optimizer, set_train_mode
     from kdmsi.training.kd import share_frozen_prefix
+    from kdmsi.trunk_registry import TRUNKS
 
     torch.manual_seed(0)
     x = torch.randn(batch, 3, tile, tile).contiguous(memory_format=torch.channels_last)
     cd = CDConfig(backbone=backbone, weights=None)
     cd_step = _detector_step(backbone, cd, x)
-    if backbone in MOBILENETS:  # a detector-only trunk: no KD networks
+    if TRUNKS[backbone].detector_only:  # no KD networks
         return {"cd_step": _best(cd_step, repeats) / batch}
     kd = KDConfig(backbone=backbone, weights=None)
     labels = torch.ones(batch)
@@ -171,9 +173,7 @@ def end_to_end(tagged: int, tile: int, workdir: Path) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--backbones", default="efficientnet_lite0,resnet18,resnet34,resnet50,mobilenet_v3_large"
-    )
+    parser.add_argument("--backbones", default=",".join(DETECTOR_BACKBONES), help="default: all")
     parser.add_argument("--tile", type=int, default=256)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)

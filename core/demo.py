@@ -1,8 +1,9 @@
 """`make demo`: the whole KD-MSI chain on built-in synthetic scenes, on CPU, in minutes.
 
-Steps (each one the `kdmsi` CLI, run in-process): synthetic train/test tile sets ->
-train-kd -> pseudo-labels -> train-cd -> evaluate --ablation. It ends with the ablation table
-(teacher CAM, student, student + MI, student + MSI, pseudo labels, final detector) on held-out
+Steps (each one the library function the matching `kdmsi` command calls, run in-process):
+synthetic train/test tile sets -> train-kd -> pseudo-labels -> train-cd -> evaluate --ablation.
+It ends with the ablation table (teacher CAM, student, student + MI, student + MSI, pseudo
+labels, final detector) on held-out
 scenes in `<out>/ablation/`, plus the pseudo labels against the training truth; the training
 report (loss curves, threshold, sample tiles) is `<out>/report/index.html`, the KD step's own
 report `<out>/kd_report/index.html`, and the timings `<out>/demo_metrics.json`.
@@ -15,7 +16,9 @@ from the ImageNet weights installed with kdmsi (offline), trained on a CPU in mi
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import logging
 import shutil
 import sys
 import time
@@ -23,8 +26,10 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import recipe
-from .choices import DEFAULT_BACKBONE
-from .cli import main as kdmsi
+from .choices import BACKBONES, DEFAULT_BACKBONE
+from .cli.common import run_with_bar
+from .cli.main import one_line
+from .progress import Cancelled
 
 DEMO_SCENES = 12
 """Training scenes (16 tiles of 128 px each). With 6, the KD networks saw too few tiles to
@@ -52,13 +57,16 @@ def check_demo_arguments(out: Path, scenes: int, seed: int) -> None:
         )
 
 
-def _step(title: str, argv: list[str], timings: dict) -> None:
-    print(f"\n== {title}\n$ kdmsi {' '.join(argv)}", flush=True)
+def _step(title: str, timings: dict, fn, *args, **kwargs):
+    """Run one step of the chain (a library function) with a progress bar, timed."""
+    print(f"\n== {title}", flush=True)
     start = time.perf_counter()
-    status = kdmsi(argv)
+    if "progress" in inspect.signature(fn).parameters:
+        result = run_with_bar(title, fn, *args, **kwargs)
+    else:
+        result = fn(*args, **kwargs)
     timings[title] = round(time.perf_counter() - start, 1)
-    if status != 0:
-        raise SystemExit(status)
+    return result
 
 
 def run_demo(
@@ -76,8 +84,21 @@ def run_demo(
     return {'timings_s', 'settings'}.
 
     The training scenes have seeds ``seed`` .. ``seed + scenes - 1``, the two held-out scenes
-    ``seed + HELD_OUT_SEED_OFFSET`` and the next one.
+    ``seed + HELD_OUT_SEED_OFFSET`` and the next one. Each step is the library function the
+    matching ``kdmsi`` command calls, with that command's defaults.
     """
+    from .data.pairs import PairDataset
+    from .data.synthetic import write_synthetic_dataset
+    from .inference.maps import label_folder_metrics
+    from .metrics.change import format_table
+    from .reports.ablation import evaluate_ablation, format_ablation
+    from .training import CDConfig, KDConfig
+    from .training.folder_steps import (
+        pseudo_labels_from_model,
+        train_detector_on_folder,
+        train_kd_on_folder,
+    )
+
     check_demo_arguments(out, scenes, seed)
     if out.exists():
         shutil.rmtree(out)
@@ -85,100 +106,41 @@ def run_demo(
     (out / DEMO_MARKER).write_text("written by python -m kdmsi.demo\n")
     train, test = out / "train", out / "test"
     kd, cd, pseudo = out / "kd.kdmsi", out / "detector.kdmsi", out / "pseudo"
-    size, tile = ["--size", str(scene_size)], ["--tile-size", str(tile_size)]
-    extra = ["--weights", weights]
     timings: dict[str, float] = {}
     start = time.perf_counter()
     _step(
-        "synthetic training scenes",
-        ["synth", "--out", str(train), "--scenes", str(scenes), "--seed", str(seed), *size, *tile],
-        timings,
-    )
+        "synthetic training scenes", timings, write_synthetic_dataset, train, scenes,
+        scene_size, tile_size, seed=seed,
+    )  # fmt: skip
     _step(
-        "synthetic held-out scenes",
-        [
-            "synth",
-            "--out",
-            str(test),
-            "--scenes",
-            "2",
-            "--seed",
-            str(seed + HELD_OUT_SEED_OFFSET),
-            *size,
-            *tile,
-        ],
-        timings,
-    )
+        "synthetic held-out scenes", timings, write_synthetic_dataset, test, 2, scene_size,
+        tile_size, seed=seed + HELD_OUT_SEED_OFFSET,
+    )  # fmt: skip
+    kd_config = KDConfig(backbone=backbone, weights=weights, epochs=kd_epochs)
     _step(
-        "teacher + student (KD)",
-        [
-            "train-kd",
-            "--data",
-            str(train),
-            "--out",
-            str(kd),
-            "--backbone",
-            backbone,
-            "--epochs",
-            str(kd_epochs),
-            *tile,
-            *extra,
-        ],
-        timings,
-    )
+        "teacher + student (KD)", timings, train_kd_on_folder, train, kd, kd_config,
+        tile_size=tile_size, report_dir=out / "kd_report",
+    )  # fmt: skip
     _step(
-        "MSI pseudo labels",
-        ["pseudo-labels", "--model", str(kd), "--data", str(train), "--out", str(pseudo)],
-        timings,
-    )
+        "MSI pseudo labels", timings, pseudo_labels_from_model, kd, train, pseudo,
+        feature_vote=recipe.FEATURE_VOTE,
+    )  # fmt: skip
+    cd_config = CDConfig(backbone=backbone, weights=weights, epochs=cd_epochs)
     _step(
-        "Siamese DeepLabV3+ on pseudo labels",
-        [
-            "train-cd",
-            "--data",
-            str(train),
-            "--labels",
-            str(pseudo / "label"),
-            "--out",
-            str(cd),
-            "--backbone",
-            backbone,
-            "--epochs",
-            str(cd_epochs),
-            "--report",
-            str(out / "report"),
-            *tile,
-            *extra,
-        ],
-        timings,
-    )
-    _step(
-        "ablation on held-out scenes",
-        [
-            "evaluate",
-            "--ablation",
-            "--model",
-            str(kd),
-            "--model",
-            str(cd),
-            "--data",
-            str(test),
-            "--out",
-            str(out / "ablation"),
-        ],
-        timings,
-    )
-    _step(
-        "pseudo labels against the training truth",
-        [
-            "evaluate",
-            "--data",
-            str(train),
-            "--pseudo-labels",
-            str(pseudo / "label"),
-        ],
-        timings,
-    )
+        "Siamese DeepLabV3+ on pseudo labels", timings, train_detector_on_folder, train,
+        pseudo / "label", cd, cd_config, tile_size=tile_size, report_dir=out / "report",
+    )  # fmt: skip
+    rows = _step(
+        "ablation on held-out scenes", timings, evaluate_ablation, [kd, cd], test,
+        out / "ablation",
+    )  # fmt: skip
+    print(format_ablation(rows), flush=True)
+    truth = PairDataset(train, tile_size=tile_size)
+    rows = _step(
+        "pseudo labels against the training truth", timings, label_folder_metrics, truth,
+        pseudo / "label",
+    )  # fmt: skip
+    print(format_table({"pseudo-labels": rows}), flush=True)
     timings["total"] = round(time.perf_counter() - start, 1)
     summary = {
         "timings_s": timings,
@@ -209,29 +171,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--tile-size", type=int, default=128)
     parser.add_argument("--kd-epochs", type=int, default=recipe.KD_EPOCHS)
     parser.add_argument("--cd-epochs", type=int, default=recipe.CD_EPOCHS)
-    parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
     parser.add_argument(
         "--weights", default=recipe.WEIGHTS, help="imagenet (default), none, or a local .pth"
     )
     parser.add_argument(
         "--seed", type=int, default=1, help="seed of the first training scene (another draw)"
     )
+    parser.add_argument(
+        "--backbone", default=DEFAULT_BACKBONE, choices=BACKBONES, help="the trunk of every network"
+    )
     args = parser.parse_args(argv)
     try:
         check_demo_arguments(args.out, args.scenes, args.seed)
     except ValueError as exc:
         parser.error(str(exc))
-    run_demo(
-        args.out,
-        args.scenes,
-        args.scene_size,
-        args.tile_size,
-        args.kd_epochs,
-        args.cd_epochs,
-        args.backbone,
-        weights=args.weights,
-        seed=args.seed,
-    )
+    logging.basicConfig(level=logging.INFO, format="kdmsi: %(message)s", force=True)
+    try:
+        run_demo(
+            args.out, args.scenes, args.scene_size, args.tile_size, args.kd_epochs,
+            args.cd_epochs, args.backbone, weights=args.weights, seed=args.seed,
+        )  # fmt: skip
+    except (Cancelled, KeyboardInterrupt):
+        print("kdmsi demo: cancelled", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as exc:  # the library's one-line errors, as the CLI shows them
+        print(f"kdmsi demo: error: {one_line(exc)}", file=sys.stderr)
+        return 2
     return 0
 
 

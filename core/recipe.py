@@ -31,6 +31,12 @@ small and too alike to re-estimate them)."""
 FEATURE_VOTE = 0.5
 """Weight of the pretrained features' vote in the pseudo labels of `kdmsi train`
 (`kdmsi.inference.feature_vote`; 0: the student's MSI alone, as in the paper)."""
+DEFAULT_BANDS = (
+    "red, green, blue where the rasters say which bands they are (colour interpretation or "
+    "band descriptions), else the first three data bands"
+)
+"""The bands read from a raster pair when none are given (`kdmsi.geo.bands.default_bands`);
+a model reads the bands it was trained on."""
 TAG_FIELD = "changed"
 """The tile layer's tag field: 1 changed, 0 not changed, NULL untagged (`kdmsi tile-grid`,
 the plugin's tagging tools and `kdmsi train` all read this name)."""

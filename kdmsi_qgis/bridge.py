@@ -48,11 +48,11 @@ def require_dependencies() -> None:
     """Raise QgsProcessingException with the install command when torch/kdmsi are missing.
 
     Called before any torch import of the plugin, so it also keeps triton out (see
-    `kdmsi.runtime.onnx_runner.keep_triton_out`).
+    `kdmsi.runtime.onnx_model.keep_triton_out`).
     """
     if missing_dependencies():
         raise QgsProcessingException(install_hint())
-    from kdmsi.runtime.onnx_runner import keep_triton_out  # importable now; torch-free
+    from kdmsi.runtime.onnx_model import keep_triton_out  # importable now; torch-free
 
     keep_triton_out()
 
@@ -161,7 +161,7 @@ def vector_layer_file(
     result = QgsVectorFileWriter.writeAsVectorFormatV3(
         layer, target, context.transformContext(), options
     )
-    if result[0] != QgsVectorFileWriter.NoError:
+    if result[0] != QgsVectorFileWriter.WriterError.NoError:
         raise QgsProcessingException(f"{name}: cannot copy {layer.name()} to {target}: {result[1]}")
     if feedback is not None:
         feedback.pushInfo(f"{layer.name()} copied to {target}")

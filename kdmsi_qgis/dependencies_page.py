@@ -78,9 +78,9 @@ class DependenciesDialog(QDialog):
         self.summary.setWordWrap(True)
         self.table = QTableWidget(0, 4)
         self.table.setHorizontalHeaderLabels(["Package", "Version", "Where", "Needed for"])
-        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(3, QHeaderView.Stretch)
+        self.table.horizontalHeader().setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
         layout = QVBoxLayout(self)
         layout.addWidget(self.summary)
         layout.addWidget(self.table, 1)
@@ -108,7 +108,7 @@ class DependenciesDialog(QDialog):
         self.build.addItem("CPU", "cpu")
         self.build.addItem("CUDA (NVIDIA GPU)", "cuda")
         self.wheels = QgsFileWidget()
-        self.wheels.setStorageMode(QgsFileWidget.GetDirectory)
+        self.wheels.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
         self.wheels.setToolTip("A folder of .whl files (for machines without internet access)")
         self.offline = QCheckBox("Only from this folder (no internet)")
         wheels = QHBoxLayout()
@@ -211,7 +211,7 @@ class DependenciesDialog(QDialog):
         try:
             request = self.request()
         except ValueError as exc:
-            self.notify(str(exc), Qgis.Warning)
+            self.notify(str(exc), Qgis.MessageLevel.Warning)
             return
         self.log.clear()
         self.progress.setValue(0)
@@ -234,10 +234,14 @@ class DependenciesDialog(QDialog):
         if ok:
             self.progress.setValue(100)
             ready_now = "; the plugin is ready" if self.ready else ""
-            self.notify(message + ready_now, Qgis.Success)
+            self.notify(message + ready_now, Qgis.MessageLevel.Success)
         else:
             self.progress.setValue(0)
-            level = Qgis.Info if message.startswith("cancelled") else Qgis.Critical
+            level = (
+                Qgis.MessageLevel.Info
+                if message.startswith("cancelled")
+                else Qgis.MessageLevel.Critical
+            )
             self.notify(message, level)
 
     def copy_diagnostics(self) -> str:
@@ -263,7 +267,7 @@ class DependenciesDialog(QDialog):
             self.iface.messageBar().pushMessage(TITLE, message, level, 10)
 
 
-def offer_dependencies_page(iface, message: str, level=Qgis.Critical) -> None:
+def offer_dependencies_page(iface, message: str, level=Qgis.MessageLevel.Critical) -> None:
     """A message-bar entry with the missing packages and a button that opens the page."""
     if iface is None:
         return

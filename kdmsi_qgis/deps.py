@@ -50,15 +50,23 @@ def add_plugin_paths() -> Optional[Path]:
 add_plugin_paths()
 
 
-def _numpy_major() -> Optional[int]:
+def _numpy_problem() -> Optional[str]:
+    """Why the numpy that imports here is unusable, or None. QGIS 3.22 (Debian 12) runs numpy
+    1.x, QGIS 3.40 and later numpy 2.x: either is right as long as it is the one QGIS's GDAL
+    was built against, which GDAL's numpy bridge tells by importing (a numpy of the other
+    major, installed over QGIS's, makes it fail)."""
     try:
         import numpy
     except ImportError:
-        return None
+        return "numpy"
     try:
-        return int(numpy.__version__.split(".")[0])
-    except ValueError:
-        return None
+        from osgeo import gdal_array  # noqa: F401 - compiled against QGIS's numpy
+    except ImportError:
+        return (
+            f"the numpy QGIS was built with (numpy {numpy.__version__} shadows it and GDAL "
+            "cannot use it)"
+        )
+    return None
 
 
 def missing_dependencies() -> List[str]:
@@ -72,11 +80,9 @@ def missing_dependencies() -> List[str]:
             found = False
         if not found:
             missing.append(name)
-    major = _numpy_major()
-    if major is None:
-        missing.append("numpy")
-    elif major >= 2:
-        missing.append("numpy<2 (QGIS and GDAL are built against numpy 1.x)")
+    problem = _numpy_problem()
+    if problem:
+        missing.append(problem)
     return missing
 
 

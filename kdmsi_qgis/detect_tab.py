@@ -23,7 +23,7 @@ class DetectTab:
     def _detect_tab(self) -> QWidget:
         tab, form = QWidget(), QFormLayout()
         tab.setLayout(form)
-        self.detect_pair = PairPicker(form)
+        self.detect_pair = PairPicker(form, model_bands=True)
         self.model_file = file_widget(False, MODEL_FILTER)
         form.addRow("Model file", self.model_file)
         self.zero_shot = QCheckBox("zero-shot: no model, a first map before any tag")
@@ -104,10 +104,14 @@ class DetectTab:
         if count == 0:
             from kdmsi.detect.outputs import no_change_message
 
-            self.notify(no_change_message(float(results["THRESHOLD_USED"])), Qgis.Warning)
+            self.notify(
+                no_change_message(float(results["THRESHOLD_USED"])), Qgis.MessageLevel.Warning
+            )
         else:
-            self.notify(f"{count} change polygons added to the group '{name}'", Qgis.Success)
+            self.notify(
+                f"{count} change polygons added to the group '{name}'", Qgis.MessageLevel.Success
+            )
         if results.get("QUALITY_WARNING"):
-            self.notify(results["QUALITY_WARNING"], Qgis.Warning)
+            self.notify(results["QUALITY_WARNING"], Qgis.MessageLevel.Warning)
         if layers and self.iface is not None:
             self.iface.mapCanvas().refresh()

@@ -60,9 +60,9 @@ class KdmsiDialog(DetectTab, TrainTab, QDialog):
         bar = QHBoxLayout()
         bar.addWidget(self.progress, 1)
         bar.addWidget(self.cancel_button)
-        close = QDialogButtonBox(QDialogButtonBox.Close)
+        close = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
         close.rejected.connect(self.close)
-        dependencies = close.addButton("Dependencies…", QDialogButtonBox.ActionRole)
+        dependencies = close.addButton("Dependencies…", QDialogButtonBox.ButtonRole.ActionRole)
         dependencies.setObjectName("kdmsiDependenciesButton")
         dependencies.clicked.connect(lambda: open_dependencies_page(self.iface))
         layout = QVBoxLayout(self)
@@ -82,7 +82,7 @@ class KdmsiDialog(DetectTab, TrainTab, QDialog):
         try:
             parameters = build()
         except ValueError as exc:
-            self.notify(str(exc), Qgis.Warning)
+            self.notify(str(exc), Qgis.MessageLevel.Warning)
             return
         self.log.clear()
         self.progress.setValue(0)
@@ -114,11 +114,11 @@ class KdmsiDialog(DetectTab, TrainTab, QDialog):
             try:
                 done(results)
             except ValueError as exc:
-                self.notify(str(exc), Qgis.Critical)
+                self.notify(str(exc), Qgis.MessageLevel.Critical)
         elif error:
-            self.notify(error, Qgis.Critical)
+            self.notify(error, Qgis.MessageLevel.Critical)
         else:
-            self.notify("cancelled; no partial output was kept", Qgis.Info)
+            self.notify("cancelled; no partial output was kept", Qgis.MessageLevel.Info)
 
     # ---------------------------------------------------------------------- messages
     def show_missing_dependencies(self) -> bool:
@@ -126,7 +126,7 @@ class KdmsiDialog(DetectTab, TrainTab, QDialog):
         if not missing_dependencies():
             return False
         hint = install_hint()
-        log_message(hint, Qgis.Critical)
+        log_message(hint, Qgis.MessageLevel.Critical)
         self.log.appendPlainText(hint)
         offer_dependencies_page(self.iface, hint)
         return True
@@ -138,5 +138,5 @@ class KdmsiDialog(DetectTab, TrainTab, QDialog):
         self.log.appendPlainText(message)
         if self.iface is not None:
             bar = self.iface.messageBar()
-            stays = sticky or level == Qgis.Critical
+            stays = sticky or level == Qgis.MessageLevel.Critical
             bar.pushMessage(TITLE, message, level, 0 if stays else 8)

@@ -27,7 +27,7 @@ def _work(task: QgsTask, action: str, request: Request, messages) -> Outcome:
         messages.emit(message)
 
     def line(text: str) -> None:
-        log_message(text, Qgis.Info)  # QgsMessageLog is safe to call from any thread
+        log_message(text, Qgis.MessageLevel.Info)  # QgsMessageLog is safe to call from any thread
 
     if action == "remove":
         return remove(request)
@@ -58,12 +58,12 @@ class DependencyRun(QObject):
             request,
             self.message,
             on_finished=self._done,
-            flags=QgsTask.CanCancel,
+            flags=QgsTask.Flag.CanCancel,
         )
         self.task.progressChanged.connect(self.progress.emit)
 
     def start(self) -> None:
-        log_message(f"{TITLES[self.action]} the plugin's packages", Qgis.Info)
+        log_message(f"{TITLES[self.action]} the plugin's packages", Qgis.MessageLevel.Info)
         QgsApplication.taskManager().addTask(self.task)
 
     def cancel(self) -> None:
@@ -71,12 +71,12 @@ class DependencyRun(QObject):
 
     def _done(self, exception, result: Optional[Outcome] = None) -> None:
         if exception is None:
-            log_message(result.message, Qgis.Success)
+            log_message(result.message, Qgis.MessageLevel.Success)
             self.finished.emit(True, result.message)
         elif isinstance(exception, InstallCancelled) or self.task.isCanceled():
             message = "cancelled; nothing was changed"  # also when cancelled before it ran
-            log_message(message, Qgis.Info)
+            log_message(message, Qgis.MessageLevel.Info)
             self.finished.emit(False, message)
         else:
-            log_message(str(exception), Qgis.Critical)
+            log_message(str(exception), Qgis.MessageLevel.Critical)
             self.finished.emit(False, str(exception))

@@ -6,7 +6,11 @@ from typing import Optional
 
 from qgis.core import Qgis, QgsApplication
 from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import QAction
+
+try:  # Qt6 moved QAction to QtGui
+    from qgis.PyQt.QtGui import QAction
+except ImportError:
+    from qgis.PyQt.QtWidgets import QAction
 
 from .bridge import log_message
 from .dependencies_page import (
@@ -55,8 +59,8 @@ class KdmsiPlugin:
         self.iface.addPluginToRasterMenu(MENU, self.next_tile_action)
         if missing_dependencies():
             hint = install_hint()
-            log_message(hint, Qgis.Warning)
-            offer_dependencies_page(self.iface, hint, Qgis.Warning)
+            log_message(hint, Qgis.MessageLevel.Warning)
+            offer_dependencies_page(self.iface, hint, Qgis.MessageLevel.Warning)
 
     def unload(self) -> None:
         close_dependencies_page()
@@ -108,16 +112,21 @@ class KdmsiPlugin:
         bar = self.iface.messageBar()
         if not is_tile_grid(layer):
             bar.pushMessage(
-                "KD-MSI", "select a tile grid layer (Create a tile grid to tag)", Qgis.Warning, 6
+                "KD-MSI",
+                "select a tile grid layer (Create a tile grid to tag)",
+                Qgis.MessageLevel.Warning,
+                6,
             )
             return
         feature = show_next_tile(self.iface.mapCanvas(), layer)
         if feature is None:
-            bar.pushMessage("KD-MSI", f"every tile of {layer.name()} is tagged", Qgis.Info, 6)
+            bar.pushMessage(
+                "KD-MSI", f"every tile of {layer.name()} is tagged", Qgis.MessageLevel.Info, 6
+            )
         else:
             bar.pushMessage(
                 "KD-MSI",
                 f"tag {describe_tile(feature)}: set 'changed' to 1 or 0",
-                Qgis.Info,
+                Qgis.MessageLevel.Info,
                 6,
             )

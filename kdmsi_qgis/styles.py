@@ -70,7 +70,7 @@ def style_change_polygons(layer: QgsVectorLayer) -> None:
 def style_probability(layer: QgsRasterLayer) -> None:
     """Pseudo-colour ramp over [0, 1] (transparent at 0), layer opacity `PROBABILITY_OPACITY`."""
     ramp_shader = QgsColorRampShader(0.0, 1.0)
-    ramp_shader.setColorRampType(QgsColorRampShader.Interpolated)
+    ramp_shader.setColorRampType(QgsColorRampShader.Type.Interpolated)
     ramp_shader.setColorRampItemList(
         [QgsColorRampShader.ColorRampItem(v, c, f"{v:.2f}") for v, c in PROBABILITY_STOPS]
     )
@@ -111,7 +111,7 @@ def style_tile_grid(layer: QgsVectorLayer) -> None:
         {"color": SUGGEST_COLOUR, "outline_color": "120,120,120,255", "outline_style": "dash"}
     )
     suggested.symbolLayer(0).setDataDefinedProperty(
-        QgsSymbolLayer.PropertyFillColor,
+        QgsSymbolLayer.Property.PropertyFillColor,
         QgsProperty.fromExpression(
             f"color_rgba({SUGGEST_COLOUR.rsplit(',', 1)[0]}, {SUGGEST_ALPHA})"
         ),
@@ -127,7 +127,7 @@ def style_tile_grid(layer: QgsVectorLayer) -> None:
     settings.fieldName = (
         f'if("{TAG_FIELD}" IS NULL AND "suggest_rank" <= {LABELLED_RANKS}, "suggest_rank", \'\')'
     )
-    settings.placement = QgsPalLayerSettings.OverPoint
+    settings.placement = QgsPalLayerSettings.Placement.OverPoint
     text = QgsTextFormat()
     text.setSize(11)
     text.setColor(QColor(60, 20, 0))

@@ -108,9 +108,9 @@ class AlgorithmRun(QObject):
 
     def is_running(self) -> bool:
         return self.task is not None and self.task.status() in (
-            QgsProcessingAlgRunnerTask.Queued,
-            QgsProcessingAlgRunnerTask.OnHold,
-            QgsProcessingAlgRunnerTask.Running,
+            QgsProcessingAlgRunnerTask.TaskStatus.Queued,
+            QgsProcessingAlgRunnerTask.TaskStatus.OnHold,
+            QgsProcessingAlgRunnerTask.TaskStatus.Running,
         )
 
     def _error(self, fallback: str) -> str:

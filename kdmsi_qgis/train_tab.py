@@ -20,14 +20,7 @@ from qgis.PyQt.QtCore import QUrl
 from qgis.PyQt.QtGui import QDesktopServices
 from qgis.PyQt.QtWidgets import QCheckBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QWidget
 
-from .algorithms import (
-    BACKBONES,
-    CD_EPOCHS,
-    DEFAULT_BACKBONE,
-    DETECTOR_BACKBONES,
-    DEVICES,
-    KD_EPOCHS,
-)
+from .algorithms import CD_EPOCHS, DEVICES, KD_EPOCHS, backbone_choices
 from .estimates import measured_speed_text, reference_speed_text, training_time_text
 from .results import add_tile_grid
 from .tasks import SpeedProbe
@@ -82,13 +75,13 @@ class TrainTab:
         tags_row.addWidget(self.next_tile_button)
         tags_row.addWidget(self.rerank_button)
         form.addRow("Tagged tiles", tags_row)
-        self.kd_backbone = combo_box(BACKBONES, BACKBONES.index(DEFAULT_BACKBONE))
-        self.detector_backbone = combo_box(
-            DETECTOR_BACKBONES, DETECTOR_BACKBONES.index(DEFAULT_BACKBONE)
-        )
+        self.backbones = backbone_choices()
+        kd, detector, default = self.backbones
+        self.kd_backbone = combo_box(kd, kd.index(default))
+        self.detector_backbone = combo_box(detector, detector.index(default))
         self.speed_button = QPushButton("Measure speed here")
         self.speed_button.clicked.connect(self.measure_speed)
-        self.speed_label = QLabel(reference_speed_text(DETECTOR_BACKBONES))
+        self.speed_label = QLabel(reference_speed_text(detector))
         self.speed_label.setWordWrap(True)
         self.speeds: Dict[str, tuple] = {}
         self.detector_backbone.currentIndexChanged.connect(self.show_speed)
@@ -243,8 +236,8 @@ class TrainTab:
                 self.grid_tile_pixels(),
                 self.kd_epochs.value(),
                 self.cd_epochs.value(),
-                BACKBONES[self.kd_backbone.currentIndex()],
-                DETECTOR_BACKBONES[self.detector_backbone.currentIndex()],
+                self.backbones.kd[self.kd_backbone.currentIndex()],
+                self.backbones.detector[self.detector_backbone.currentIndex()],
             )
         )
 
@@ -260,14 +253,19 @@ class TrainTab:
 
         layer = self.tags.currentLayer()
         if not is_tile_grid(layer):
-            self.notify("choose the tile grid being tagged (create one with step 1)", Qgis.Warning)
+            self.notify(
+                "choose the tile grid being tagged (create one with step 1)",
+                Qgis.MessageLevel.Warning,
+            )
             return
         canvas = self.iface.mapCanvas() if self.iface is not None else None
         feature = show_next_tile(canvas, layer)
         if feature is None:
-            self.notify(f"every tile of {layer.name()} is tagged", Qgis.Info)
+            self.notify(f"every tile of {layer.name()} is tagged", Qgis.MessageLevel.Info)
         else:
-            self.notify(f"tag {describe_tile(feature)}: set 'changed' to 1 or 0", Qgis.Info)
+            self.notify(
+                f"tag {describe_tile(feature)}: set 'changed' to 1 or 0", Qgis.MessageLevel.Info
+            )
 
     def start_training(self) -> None:
         self._start("kdmsi:train_from_tags", self.training_parameters, self._training_done)
@@ -280,7 +278,7 @@ class TrainTab:
         hint = "; 'Next tile to tag' zooms to the first" if ranked else ""
         self.notify(
             f"{layer.featureCount()} tiles added as '{layer.name()}': tag them, then train{hint}",
-            Qgis.Success,
+            Qgis.MessageLevel.Success,
         )
 
     def _training_done(self, results: dict) -> None:
@@ -288,9 +286,11 @@ class TrainTab:
         saved = f"model saved to {results['OUTPUT']} and chosen for detection"
         warnings = results.get("WARNINGS") or ""
         if warnings:  # the model contradicts the tags: said loudly, and it stays on the bar
-            self.notify(f"{saved}, but {warnings}", Qgis.Warning, sticky=True)
+            self.notify(f"{saved}, but {warnings}", Qgis.MessageLevel.Warning, sticky=True)
         else:
-            self.notify(f"{saved}; {results.get('TAG_CHECK') or ''}".rstrip("; "), Qgis.Success)
+            self.notify(
+                f"{saved}; {results.get('TAG_CHECK') or ''}".rstrip("; "), Qgis.MessageLevel.Success
+            )
         self.report_path = results.get("REPORT") or ""
         self.report_button.setEnabled(bool(self.report_path))
         if self.report_path:
@@ -313,7 +313,7 @@ class TrainTab:
         tile = self.grid_tile_pixels()
         overlap = self.overlap.value()  # the detect tab's, as detection will use it
         overlap = overlap if overlap >= 0 else None  # "auto": the library's default
-        self.probe = SpeedProbe(DETECTOR_BACKBONES, device, tile, size, overlap, parent=self)
+        self.probe = SpeedProbe(self.backbones.detector, device, tile, size, overlap, parent=self)
         self.probe.finished.connect(self._speed_measured)
         self.probe.start()
 
@@ -321,7 +321,7 @@ class TrainTab:
         self.speed_button.setEnabled(True)
         if error:
             self.speed_label.setText("Speed not measured")
-            self.notify(f"speed probe failed: {error}", Qgis.Warning)
+            self.notify(f"speed probe failed: {error}", Qgis.MessageLevel.Warning)
             return
         self.speeds = seconds
         self.show_speed()
@@ -330,5 +330,5 @@ class TrainTab:
         """Seconds per tile of each backbone and the expected detection time for this pair."""
         if not self.speeds:
             return
-        chosen = DETECTOR_BACKBONES[self.detector_backbone.currentIndex()]
+        chosen = self.backbones.detector[self.detector_backbone.currentIndex()]
         self.speed_label.setText(measured_speed_text(self.speeds, chosen))

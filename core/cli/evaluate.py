@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import _common_options, _dataset, _floats, _norm, _run_with_bar, _threshold, log
+from .common import _common_options, _dataset, _floats, _norm, _threshold, run_with_bar
 
 
 def cmd_evaluate(args) -> int:
@@ -55,7 +55,7 @@ def cmd_evaluate(args) -> int:
         raise ValueError(f"{args.data} has no label/ masks for every image; cannot evaluate")
     rows = {}
     if functions:
-        stats = _run_with_bar(
+        stats = run_with_bar(
             "evaluate", collect_map_statistics, data, functions, device, args.batch_size
         )
         rows = metrics_from_statistics(stats, _threshold(args.threshold), fixed)
@@ -73,83 +73,23 @@ def cmd_evaluate(args) -> int:
 
 def _evaluate_ablation(args) -> int:
     """`evaluate --ablation`: the paper's ablation table of a KD model (+ detector)."""
-    from ..inference.msi import pick_device
-    from ..models.checkpoint import load_checkpoint
-    from ..reports.ablation import (
-        ablation_models,
-        ablation_rows,
-        ablation_statistics,
-        format_ablation,
-        pseudo_label_threshold,
-        save_ablation,
-    )
-    from ..runtime.load import stored_threshold
+    from ..reports.ablation import evaluate_ablation, format_ablation
 
-    device = pick_device(args.device)
-    kd_path, detector_path = ablation_models(args.model or [])
-    out = Path(args.out) if args.out else None
-    if out is not None:
-        if not out.parent.is_dir():
-            raise FileNotFoundError(f"folder {out.parent} does not exist; create it first")
-        for name in ("ablation.md", "ablation.json"):  # answer before the long pass
-            if (out / name).exists() and not args.overwrite:
-                raise FileExistsError(f"{out / name} exists; choose another --out or --overwrite")
-    teacher, meta = load_checkpoint(kd_path, role="teacher", device=device)
-    student, _ = load_checkpoint(kd_path, role="student", device=device)
-    detector = det_meta = detector_threshold = None
-    if detector_path:
-        detector, det_meta = load_checkpoint(detector_path, device=device)
-        detector_threshold = stored_threshold(det_meta)
-    pseudo, pseudo_source = pseudo_label_threshold(
-        args.pseudo_threshold, det_meta, detector_path, args.pseudo_labels
-    )
-    args.tile_size = meta["tile_size"]
-    data = _dataset(args, args.data, bands=meta["bands"], normalisation=_norm(meta))
-    if not data.has_masks:
-        raise ValueError(f"{args.data} has no label/ masks for every image; cannot evaluate")
-    scales = _floats(args.scales)
-    stats = _run_with_bar(
-        "ablation",
-        ablation_statistics,
-        data,
-        teacher,
-        student,
-        detector,
-        scales,
-        device=device,
-        batch_size=args.batch_size,
-    )
-    rows = ablation_rows(stats, pseudo, _threshold(args.threshold), detector_threshold)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        print(format_ablation(rows))
-    if out is not None:
-        info = {
-            "data": str(Path(args.data).resolve()),
-            "tiles": len(data),
-            "kd_model": str(Path(kd_path).resolve()),
-            "detector": str(Path(detector_path).resolve()) if detector_path else None,
-            "scales": scales,
-            "map_threshold": args.threshold,
-            "pseudo_label_threshold_source": pseudo_source or "chosen on this data (auto)",
-        }
-        md, js = save_ablation(out, rows, info, args.overwrite)
-        log.info("ablation table saved to %s and %s", md, js)
+    rows = run_with_bar(
+        "ablation", evaluate_ablation, args.model or [], args.data, args.out,
+        scales=_floats(args.scales), threshold=_threshold(args.threshold),
+        pseudo_threshold=args.pseudo_threshold, pseudo_labels=args.pseudo_labels,
+        device=args.device, batch_size=args.batch_size, overwrite=args.overwrite,
+    )  # fmt: skip
+    print(json.dumps(rows, indent=2) if args.json else format_ablation(rows))
     return 0
 
 
 def cmd_synth(args) -> int:
-    from ..data.synthetic import make_scene, write_tile_dataset
+    from ..data.synthetic import write_synthetic_dataset
 
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise FileExistsError(f"{out} is not empty; choose another folder or pass --overwrite")
-    seeds = range(args.seed, args.seed + args.scenes)
-    scenes = [make_scene(args.size, args.size, seed=s) for s in seeds]
-    write_tile_dataset(scenes, out, tile_size=args.tile_size)
-    log.info(
-        "wrote %d scenes of %d px as %d px tiles to %s", args.scenes, args.size, args.tile_size, out
+    write_synthetic_dataset(
+        args.out, args.scenes, args.size, args.tile_size, seed=args.seed, overwrite=args.overwrite
     )
     return 0
 

@@ -54,7 +54,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         force=True,
     )
     from ..progress import Cancelled, stop_signal, watch_stop_signals
-    from ..runtime.onnx_runner import keep_triton_out
+    from ..runtime.onnx_model import keep_triton_out
     from .common import check_cli_options
 
     keep_triton_out()  # kdmsi never compiles kernels; see its docstring

@@ -3,38 +3,29 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from .common import (
     WEIGHTS_HELP,
-    _check_new_file,
     _check_weights_file,
     _common_options,
-    _dataset,
     _floats,
-    _norm,
     _recipe_options,
-    _report_dir,
     _report_options,
-    _run_with_bar,
+    _report_path,
     _threshold,
-    log,
+    backbone_help,
+    run_with_bar,
 )
 
 
 def cmd_train_kd(args) -> int:
-    from ..inference.msi import pick_device
-    from ..models.checkpoint import save_kd
-    from ..reports.runs import kd_report
-    from ..training import KDConfig, train_kd
+    from ..training import KDConfig
+    from ..training.folder_steps import train_kd_on_folder
 
-    out = Path(args.out)
-    _check_new_file(out, args.overwrite)
-    report_dir = _report_dir(args, out)
+    out = Path(args.out)  # checked with the report folder by train_kd_on_folder, up front
+    report_dir = _report_path(args, out)
     _check_weights_file(args)
-    train = _dataset(args, args.data)
-    val = _dataset(args, args.val, bands=train.bands) if args.val else None
     config = KDConfig(
         backbone=args.backbone,
         fusion=args.fusion,
@@ -50,83 +41,32 @@ def cmd_train_kd(args) -> int:
         seed=args.seed,
         device=args.device,
     )
-    log.info(
-        "KD training on %d tiles (%d changed, %d unchanged)",
-        len(train),
-        train.labels.count(1),
-        train.labels.count(0),
-    )
-    result = _run_with_bar("train-kd", train_kd, train, config, val)
-    save_kd(
-        out,
-        result,
-        train.bands,
-        train.normalisation,
-        args.tile_size,
-        {"tiles": len(train), "dataset": str(Path(args.data).resolve())},
-    )
-    sel = result.selection
-    log.info(
-        "saved %s (selected epoch %s by %s = %s)", out, sel["epoch"], sel["criterion"], sel["value"]
-    )
-    if report_dir is not None:
-        kd_report(report_dir, train, result, pick_device(args.device), args.overwrite)
-        log.info("training report: %s", report_dir / "index.html")
+    run_with_bar(
+        "train-kd", train_kd_on_folder, args.data, out, config, tile_size=args.tile_size,
+        bands=args.bands, val=args.val, report_dir=report_dir, overwrite=args.overwrite,
+    )  # fmt: skip
     return 0
 
 
 def cmd_pseudo_labels(args) -> int:
-    from ..inference.msi import pick_device
-    from ..inference.pseudo_labels import generate_pseudo_labels
-    from ..models.checkpoint import load_checkpoint
+    from ..training.folder_steps import pseudo_labels_from_model
 
-    device = pick_device(args.device)
-    student, meta = load_checkpoint(args.model, role="student", device=device)
-    if meta["kind"] != "kd":
-        raise ValueError(f"{args.model} is a {meta['kind']} model; pseudo labels need a KD model")
-    args.tile_size = meta["tile_size"]
-    data = _dataset(args, args.data, bands=meta["bands"], normalisation=_norm(meta))
-    summary = _run_with_bar(
-        "pseudo-labels",
-        generate_pseudo_labels,
-        student,
-        data,
-        args.out,
-        threshold=_threshold(args.threshold),
-        scales=_floats(args.scales),
-        flip=not args.no_flip,
-        device=device,
-        batch_size=args.batch_size,
-        overwrite=args.overwrite,
-        record={"kd_model": str(Path(args.model).resolve())},
-        feature_vote=args.feature_vote,
-    )
-    log.info(
-        "pseudo labels in %s: %s; %.1f%% of pixels changed",
-        args.out,
-        summary["threshold_description"],
-        100 * summary["changed_pixel_fraction"],
-    )
+    run_with_bar(
+        "pseudo-labels", pseudo_labels_from_model, args.model, args.data, args.out,
+        threshold=_threshold(args.threshold), scales=_floats(args.scales),
+        flip=not args.no_flip, feature_vote=args.feature_vote, device=args.device,
+        batch_size=args.batch_size, overwrite=args.overwrite,
+    )  # fmt: skip
     return 0
 
 
 def cmd_train_cd(args) -> int:
-    from ..inference.msi import pick_device
-    from ..models.checkpoint import save_detector, thin_steps
-    from ..reports.runs import cd_report
-    from ..training import CDConfig, train_detector
-    from ..training.calibration import calibrated_threshold
+    from ..training import CDConfig
+    from ..training.folder_steps import train_detector_on_folder
 
-    out = Path(args.out)
-    _check_new_file(out, args.overwrite)
-    report_dir = _report_dir(args, out)
+    out = Path(args.out)  # checked with the report folder by train_detector_on_folder
+    report_dir = _report_path(args, out)
     _check_weights_file(args)
-    labels = Path(args.labels)
-    train = _dataset(args, args.data, label_dir=labels)
-    if not train.has_masks:
-        missing = [n for n, m in train.masks.items() if m is None][:5]
-        raise ValueError(f"{labels} lacks label images for {missing}; run `kdmsi pseudo-labels`")
-    val = _dataset(args, args.val, bands=train.bands) if args.val else None
     config = CDConfig(
         backbone=args.backbone,
         weights=args.weights,
@@ -138,34 +78,11 @@ def cmd_train_cd(args) -> int:
         seed=args.seed,
         device=args.device,
     )
-    pseudo_info = labels.parent / "pseudo_labels.json"
-    pseudo = json.loads(pseudo_info.read_text()) if pseudo_info.is_file() else None
-    result = _run_with_bar("train-cd", train_detector, train, config, val)
-    training = {
-        "config": result.config,
-        "history": result.history,
-        "selection": result.selection,
-        "steps": thin_steps(result.steps),
-        "tiles": len(train),
-        "labels": str(labels.resolve()),
-        "pseudo_labels": pseudo,
-    }
-    device = pick_device(args.device)
-    threshold, training["tag_check"] = calibrated_threshold(result.model.to(device), train, device)
-    training["threshold"] = threshold
-    result.model.cpu()
-    save_detector(
-        out, result.model, train.bands, train.normalisation, args.tile_size, training,
-        threshold=threshold["value"],
+    run_with_bar(
+        "train-cd", train_detector_on_folder, args.data, args.labels, out, config,
+        tile_size=args.tile_size, bands=args.bands, val=args.val, report_dir=report_dir,
+        overwrite=args.overwrite,
     )  # fmt: skip
-    sel = result.selection
-    log.info(
-        "saved %s (selected epoch %s by %s; threshold %.3f, %s)",
-        out, sel["epoch"], sel["criterion"], threshold["value"], threshold["method"],
-    )  # fmt: skip
-    if report_dir is not None:
-        cd_report(report_dir, train, result, pseudo, pick_device(args.device), args.overwrite)
-        log.info("training report: %s", report_dir / "index.html")
     return 0
 
 
@@ -178,7 +95,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="dataset folder with A/, B/, label/ or labels.csv")
     p.add_argument("--val", help="validation dataset with pixel masks (model selection by IoU)")
     p.add_argument("--out", required=True, help="model file to write (.kdmsi)")
-    p.add_argument("--backbone", choices=BACKBONES, default=DEFAULT_BACKBONE)
+    p.add_argument(
+        "--backbone", choices=BACKBONES, default=DEFAULT_BACKBONE, help=backbone_help(BACKBONES)
+    )
     p.add_argument("--fusion", choices=FUSIONS, default="abs")
     p.add_argument("--cam-head", choices=CAM_HEADS, default=recipe.CAM_HEAD)
     p.add_argument("--weights", default=recipe.WEIGHTS, help=WEIGHTS_HELP)
@@ -219,8 +138,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--backbone",
         choices=DETECTOR_BACKBONES,
         default=DEFAULT_BACKBONE,
-        help="efficientnet_lite0 (default: pretrained, offline), resnet50/34/18, "
-        "mobilenet_v3_large",
+        help=backbone_help(DETECTOR_BACKBONES),
     )
     p.add_argument("--weights", default=recipe.WEIGHTS, help=WEIGHTS_HELP)
     p.add_argument("--epochs", type=int, default=recipe.CD_EPOCHS)

@@ -18,9 +18,10 @@ from .common import (
     _recipe_options,
     _report_dir,
     _report_options,
-    _run_with_bar,
     _threshold,
+    backbone_help,
     log,
+    run_with_bar,
 )
 
 
@@ -71,7 +72,7 @@ def cmd_train(args) -> int:
     )
     report_dir = _report_dir(args, Path(args.out))
     _check_weights_file(args)
-    summary = _run_with_bar(
+    summary = run_with_bar(
         "train",
         train_from_tags,
         args.before,
@@ -148,7 +149,7 @@ def cmd_train_hicd(args) -> int:
         degrade_seed=args.seed,
         device=args.device,
     )
-    result = _run_with_bar("train-hicd", train_hicd, teacher, train, config, val_dataset=val)
+    result = run_with_bar("train-hicd", train_hicd, teacher, train, config, val_dataset=val)
     training = {
         "hicd": {
             "config": result.config,
@@ -193,12 +194,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tiles", required=True, help="tile layer with field changed (1/0/empty)")
     p.add_argument("--out", required=True, help="model file to write (.kdmsi)")
     p.add_argument("--kd-model", help="also keep the teacher and student (a KD model file, .kdmsi)")
-    p.add_argument("--backbone", choices=BACKBONES, default=DEFAULT_BACKBONE)
+    p.add_argument(
+        "--backbone", choices=BACKBONES, default=DEFAULT_BACKBONE, help=backbone_help(BACKBONES)
+    )
     p.add_argument(
         "--detector-backbone",
         choices=DETECTOR_BACKBONES,
         default=None,
-        help="the detector's backbone (default: --backbone)",
+        help="the detector's backbone (default: --backbone); " + backbone_help(DETECTOR_BACKBONES),
     )
     p.add_argument("--fusion", choices=FUSIONS, default="abs")
     p.add_argument("--cam-head", choices=CAM_HEADS, default=recipe.CAM_HEAD)

@@ -149,6 +149,18 @@ class PairDataset(Dataset):
         require_labels: raise when an image has neither a mask nor a CSV label.
     """
 
+    @classmethod
+    def for_model(cls, root: PathLike, meta: dict, **kwargs) -> PairDataset:
+        """The tiles of ``root`` read as the model file whose metadata is ``meta`` was trained:
+        its tile size, bands and normalisation (``kwargs``: the other arguments)."""
+        return cls(
+            root,
+            tile_size=meta["tile_size"],
+            bands=meta["bands"],
+            normalisation=Normalisation.from_dict(meta["normalisation"]),
+            **kwargs,
+        )
+
     def __init__(
         self,
         root: PathLike,

@@ -138,6 +138,16 @@ def check_numbers(
             "simplify": simplify_m,
         }
     )
+    check_overlap(tile_size, overlap_px)
+
+
+def check_overlap(tile_size: Optional[int], overlap_px: Optional[int]) -> None:
+    """The overlap against the tile (once both are known: a model's tile size is known only
+    after it is read).
+
+    Raises:
+        OptionError: an overlap of a whole tile or more.
+    """
     if tile_size is not None and overlap_px is not None and overlap_px >= tile_size:
         raise OptionError(
             f"--overlap must be from 0 to the tile size - 1 ({tile_size - 1}), not {overlap_px}"

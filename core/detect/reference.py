@@ -48,7 +48,7 @@ class ReferenceEvaluation:
         threshold: probability threshold used (prob >= threshold is change).
         pixels: pixels compared (valid in both the detection and the reference).
         reference_kind: ``raster`` or ``vector``.
-        detect: what `kdmsi.detect.pipeline.detect_changes` reported (`evaluate_model`) or {}.
+        detect: what `kdmsi.detect.with_model.detect_changes` reported (`evaluate_model`) or {}.
     """
 
     metrics: dict[str, float]
@@ -157,7 +157,7 @@ def compare_probability(
     """Metrics of ``probability >= threshold`` against ``reference``, strip by strip.
 
     Args:
-        probability_path: a probability GeoTIFF from `kdmsi.detect.pipeline.detect_changes`
+        probability_path: a probability GeoTIFF from `kdmsi.detect.with_model.detect_changes`
             (float32 in [0, 1], nodata -1).
         reference: mask raster or polygon layer (see the module docstring).
         threshold: probability threshold.
@@ -208,12 +208,12 @@ def evaluate_model(
 ) -> ReferenceEvaluation:
     """Run a model on a raster pair and measure it against a reference.
 
-    The detection runs as `kdmsi.detect.pipeline.detect_changes` does (same tiling, stretch and
+    The detection runs as `kdmsi.detect.with_model.detect_changes` does (same tiling, stretch and
     threshold rules) into a temporary folder that is removed afterwards; nothing is written
     elsewhere. Arguments are those of `detect_changes`; ``reference`` as in
     `compare_probability`.
     """
-    from .pipeline import detect_changes
+    from .with_model import detect_changes
 
     open_reference(reference)  # a bad reference is reported before minutes of compute
     with tempfile.TemporaryDirectory(prefix="kdmsi-evaluate-") as scratch:

@@ -71,7 +71,7 @@ def suggest_tiles(
     ({(row, col): 0/1}) are tagged already and get no rank.
 
     Raises:
-        the errors of `kdmsi.detect.pipeline.detect_changes`, Cancelled.
+        the errors of `kdmsi.detect.with_model.detect_changes`, Cancelled.
     """
     tags = dict(tags or {})
     with tempfile.TemporaryDirectory(prefix="kdmsi-suggest-") as scratch:
@@ -86,7 +86,7 @@ def suggest_tiles(
                 progress=mapping, cancelled=cancelled,
             )  # fmt: skip
         else:
-            from .pipeline import detect_changes
+            from .with_model import detect_changes
 
             result = detect_changes(
                 before, after, model, out, prob, bands=bands, bounds=bounds, device=device,

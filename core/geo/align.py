@@ -16,6 +16,7 @@ import numpy as np
 from osgeo import gdal, osr
 
 from ..types import PathLike
+from .bands import default_band_choice, default_bands
 from .raster import (
     RasterInputError,
     crs_label,
@@ -28,16 +29,6 @@ from .raster import (
 log = logging.getLogger(__name__)
 
 _EPS_PX = 1e-6  # tolerance, in pixels, when snapping the intersection to the before grid
-
-
-def default_bands(dataset: gdal.Dataset) -> list[int]:
-    """The first 3 data bands (alpha bands skipped), or all of them when there are fewer."""
-    data = [
-        b
-        for b in range(1, dataset.RasterCount + 1)
-        if dataset.GetRasterBand(b).GetColorInterpretation() != gdal.GCI_AlphaBand
-    ]
-    return data[:3]
 
 
 def _check_bands(ds: gdal.Dataset, name: str, bands: Sequence[int]) -> list[int]:
@@ -305,7 +296,7 @@ def align_pair(
     after_ds = open_raster(after_path)
     with gdal_exceptions():
         if bands is None:
-            before_bands = default_bands(before_ds)
+            before_bands, reason = default_band_choice(before_ds)
             after_bands = default_bands(after_ds)
             for name, chosen in ((before_name, before_bands), (after_name, after_bands)):
                 if not chosen:
@@ -316,6 +307,7 @@ def align_pair(
                     f"{len(after_bands)}: both dates need the same bands; choose them with "
                     "--bands (e.g. --bands 1)"
                 )
+            log.info("reading bands %s: %s", ", ".join(map(str, before_bands)), reason)
         else:
             before_bands = _check_bands(before_ds, before_name, bands)
             after_bands = _check_bands(after_ds, after_name, bands)

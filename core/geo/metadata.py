@@ -1,6 +1,6 @@
 """Plain Python values as metadata strings and back (GDAL raster/vector metadata, ONNX
 ``metadata_props``): strings are kept as they are, everything else is JSON. Torch- and
-GDAL-free, so the light modules (`kdmsi.runtime.onnx_runner`) can use it."""
+GDAL-free, so the light modules (`kdmsi.runtime.onnx_model`) can use it."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ import torch
 
 from ..data.pairs import IGNORE_INDEX, PairDataset, image_size, write_image
 from ..geo.atomic import atomic_folder
-from ..models.fold import for_inference
+from ..models.batchnorm_fold import for_inference
 from ..progress import CancelCheck, ProgressCallback, sub_progress
 from .feature_vote import vote, zero_shot_tile_maps
 from .maps import collect_map_statistics, map_function

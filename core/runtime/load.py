@@ -20,7 +20,13 @@ from typing import Any, Callable, Optional, Sequence
 
 from ..data.normalisation import Normalisation
 from ..types import PathLike
-from .onnx_runner import (
+from .batch_runners import (
+    BatchRunner,
+    model_predictor,
+    onnx_batch_runner,
+    torch_batch_runner,
+)
+from .onnx_model import (
     RUNTIMES,
     OnnxModelError,
     OnnxPredictor,
@@ -28,12 +34,6 @@ from .onnx_runner import (
     check_tile_size,
     is_onnx_path,
     onnxruntime_available,
-)
-from .runners import (
-    BatchRunner,
-    model_predictor,
-    onnx_batch_runner,
-    torch_batch_runner,
 )
 
 log = logging.getLogger(__name__)
@@ -183,8 +183,8 @@ def load_checkpoint_model(
             return kept
 
     from ..inference.msi import DEFAULT_SCALES, pick_device
+    from ..models.batchnorm_fold import for_inference
     from ..models.checkpoint import load_checkpoint
-    from ..models.fold import for_inference
 
     torch_device = pick_device("cpu" if runtime == "onnx" else device)
     if key is None and torch_device.type == "cpu":  # a GPU driver but no GPU torch can use
@@ -233,7 +233,7 @@ def load_checkpoint_model(
                 log.info("runtime auto: %d tiles (< %d), torch", tiles, AUTO_PROBE_MIN_TILES)
                 return loaded
     from .onnx_export import ExportError, ProbabilityModule, export_loaded, max_difference
-    from .onnx_runner import ONNX_TOLERANCE
+    from .onnx_model import ONNX_TOLERANCE
 
     if cached is not None:
         onnx_path = cached.onnx_path  # exported by `--runtime onnx`, not timed yet

@@ -1,4 +1,4 @@
-"""Export a kdmsi model file to ONNX for `kdmsi.runtime.onnx_runner.OnnxPredictor` (needs torch
+"""Export a kdmsi model file to ONNX for `kdmsi.runtime.onnx_model.OnnxPredictor` (needs torch
 and onnx).
 
 The graph computes exactly what the torch detect path's ``predict`` does: the detector's
@@ -32,7 +32,7 @@ from ..geo.tiling import default_overlap
 from ..inference.msi import DEFAULT_SCALES
 from ..models.checkpoint import DETECTOR_CLASSES, load_checkpoint
 from ..types import PathLike
-from .onnx_runner import (
+from .onnx_model import (
     ONNX_FORMAT,
     ONNX_FORMAT_VERSION,
     ONNX_INPUTS,
@@ -268,7 +268,7 @@ def export_loaded(
 
 
 def _require_onnx() -> Any:
-    from .onnx_runner import RuntimeUnavailable
+    from .onnx_model import RuntimeUnavailable
 
     try:
         import onnx

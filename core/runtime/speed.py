@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..geo.tiling import tile_starts
-from .runners import BatchRunner
+from ..trunk_registry import DEFAULT_TRUNK, TRUNKS
+from .batch_runners import BatchRunner
 
 OUTSIDE_MODEL_S_PER_TILE = 0.006
 """Wall seconds per tile that `kdmsi detect` spends outside the model's forward (reads,
@@ -27,35 +28,25 @@ polygons on 16k^2). Polygons cost more where the change map is ragged (a random-
 noise-like map: 12 to 24 ms)."""
 
 REFERENCE_SECONDS_PER_TILE: dict[tuple[str, str], float] = {
-    ("efficientnet_lite0", "torch"): 0.073,
-    ("efficientnet_lite0", "onnx"): 0.053,
-    ("mobilenet_v3_large", "torch"): 0.040,
-    ("mobilenet_v3_large", "onnx"): 0.048,
-    ("resnet18", "torch"): 0.087,
-    ("resnet18", "onnx"): 0.080,
-    ("resnet34", "torch"): 0.149,
-    ("resnet34", "onnx"): 0.143,
-    ("resnet50", "torch"): 0.190,
-    ("resnet50", "onnx"): 0.144,
+    (name, runtime): seconds
+    for name, entry in TRUNKS.items()
+    for runtime, seconds in zip(("torch", "onnx"), entry.detect_seconds)
 }
 """(backbone, runtime) -> seconds per 256 px tile pair of the detector's forward (batch 4,
 random init, the head `kdmsi train` gives it: ASPP and decoder 128 channels wide; batch norms
 folded and channels-last with torch), measured with `measure_tile_speed` (best of 3 batches)
-on 2 otherwise idle CPU cores of a virtual machine (x86_64, torch 2.13 with 2 threads,
-onnxruntime 1.32), 2026-11-30. A GPU is tens of times faster (README, "GPU")."""
+on 2 otherwise idle CPU cores; from the registry (`kdmsi.trunk_registry.TRUNKS`). A GPU is
+tens of times faster (README, "GPU")."""
 
 
 REFERENCE_TRAIN_SECONDS: dict[str, dict[str, float]] = {
-    "efficientnet_lite0": {"kd_step": 0.271, "msi": 0.742, "cd_step": 0.209},
-    "resnet18": {"kd_step": 0.274, "msi": 1.056, "cd_step": 0.252},
-    "resnet34": {"kd_step": 0.616, "msi": 1.667, "cd_step": 0.368},
-    "resnet50": {"kd_step": 0.800, "msi": 2.831, "cd_step": 0.489},
-    "mobilenet_v3_large": {"cd_step": 0.164},  # a detector-only trunk
+    name: {k: v for k, v in entry.train_seconds._asdict().items() if v is not None}
+    for name, entry in TRUNKS.items()
 }
 """backbone -> seconds per 256 px tile pair of the default training recipe (`kdmsi.recipe`) on
 2 otherwise idle CPU cores: ``kd_step`` (teacher + student), ``msi`` (the pseudo labels' 4
-scales x 2 flips) and ``cd_step`` (detector), measured by ``bench/train_speed.py``
-(2026-11-30, best of 3 batches of 8)."""
+scales x 2 flips) and ``cd_step`` (detector; the only figure of a detector-only trunk),
+measured by ``bench/train_speed.py``; from the registry (`kdmsi.trunk_registry.TRUNKS`)."""
 TRAIN_OVERHEAD_S_PER_TILE_EPOCH = 0.01
 """Reading and preparing a tagged tile (windowed read, stretch, augmentation), per epoch."""
 
@@ -65,7 +56,7 @@ def expected_training_seconds(
     tile_size: int = 256,
     kd_epochs: int = 12,
     cd_epochs: int = 6,
-    backbone: str = "efficientnet_lite0",
+    backbone: str = DEFAULT_TRUNK,
     detector_backbone: str | None = None,
 ) -> float | None:
     """Expected wall seconds of `kdmsi train` on ``tiles`` tagged tiles of ``tile_size`` px
@@ -91,7 +82,7 @@ def training_stage_shares(
     (the detector ends at ``end``), in proportion to their expected time, so that the time
     left shown by a progress bar holds over the whole run. Backbones without reference
     figures count as EfficientNet-Lite0."""
-    default = REFERENCE_TRAIN_SECONDS["efficientnet_lite0"]
+    default = REFERENCE_TRAIN_SECONDS[DEFAULT_TRUNK]
     kd = REFERENCE_TRAIN_SECONDS.get(kd_backbone, default)
     cd = REFERENCE_TRAIN_SECONDS.get(cd_backbone, default)
     parts = [kd["kd_step"] * kd_epochs, kd["msi"], cd["cd_step"] * cd_epochs]
@@ -162,8 +153,8 @@ def measure_tile_speed(
     from .. import recipe
     from ..inference.msi import pick_device
     from ..models import SiameseDeepLabV3Plus
-    from ..models.fold import for_inference
-    from .runners import model_predictor, onnx_batch_runner, torch_batch_runner
+    from ..models.batchnorm_fold import for_inference
+    from .batch_runners import model_predictor, onnx_batch_runner, torch_batch_runner
 
     if runtime not in ("torch", "onnx"):
         raise ValueError(f"runtime must be 'torch' or 'onnx', got {runtime!r}")
@@ -182,7 +173,7 @@ def measure_tile_speed(
     from ..data.normalisation import Normalisation
     from ..models.checkpoint import save_detector
     from .onnx_export import export_onnx
-    from .onnx_runner import OnnxPredictor, require_onnxruntime
+    from .onnx_model import OnnxPredictor, require_onnxruntime
 
     require_onnxruntime()
     with tempfile.TemporaryDirectory(prefix="kdmsi-speed-") as folder:

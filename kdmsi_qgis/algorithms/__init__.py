@@ -1,6 +1,6 @@
 """Processing algorithms: each maps its parameters onto one `kdmsi` function, nothing more.
 
-* `detect_changes`   -> `kdmsi.detect.pipeline.detect_changes` (ZERO_SHOT:
+* `detect_changes`   -> `kdmsi.detect.with_model.detect_changes` (ZERO_SHOT:
   `kdmsi.detect.zero_shot.detect_zero_shot`)
 * `create_tile_grid` -> `kdmsi.geo.tile_layer.make_tile_grid` (SUGGEST:
   `kdmsi.detect.suggest.make_suggested_tile_grid`)
@@ -29,32 +29,30 @@ from .create_tile_grid import CreateTileGridAlgorithm
 from .detect_changes import DetectChangesAlgorithm
 from .evaluate_changes import EvaluateChangesAlgorithm
 from .parameters import (
-    BACKBONES,
     CD_EPOCHS,
-    DEFAULT_BACKBONE,
-    DETECTOR_BACKBONES,
     DEVICES,
     KD_EPOCHS,
     METRICS,
     MODEL_FILTER,
     RUNTIMES,
+    BackboneChoices,
+    backbone_choices,
 )
 from .train_from_tags import TrainFromTagsAlgorithm
 
 __all__ = [
-    "BACKBONES",
     "CD_EPOCHS",
-    "DEFAULT_BACKBONE",
-    "DETECTOR_BACKBONES",
     "DEVICES",
     "KD_EPOCHS",
     "METRICS",
     "MODEL_FILTER",
     "RUNTIMES",
+    "BackboneChoices",
     "CreateTileGridAlgorithm",
     "DetectChangesAlgorithm",
     "EvaluateChangesAlgorithm",
     "KdmsiAlgorithm",
     "TrainFromTagsAlgorithm",
     "all_algorithms",
+    "backbone_choices",
 ]

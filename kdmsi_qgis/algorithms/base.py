@@ -27,6 +27,7 @@ from ..styles import StylePostProcessor
 from .parameters import (
     DEVICES,
     RUNTIMES,
+    bands_parameter,
     int_value,
     model_parameter,
     number_parameter,
@@ -39,7 +40,7 @@ try:  # QGIS >= 3.36 scoped enum; the old name stays for 3.22
 
     CAN_CANCEL = Qgis.ProcessingAlgorithmFlag.CanCancel
 except AttributeError:
-    CAN_CANCEL = QgsProcessingAlgorithm.FlagCanCancel
+    CAN_CANCEL = QgsProcessingAlgorithm.Flag.FlagCanCancel
 
 
 class KdmsiAlgorithm(QgsProcessingAlgorithm):
@@ -49,6 +50,7 @@ class KdmsiAlgorithm(QgsProcessingAlgorithm):
         super().__init__()
         self.files: Dict[str, Optional[str]] = {}
         self.bounds: Optional[list] = None
+        self.bands: Optional[list] = None
 
     def createInstance(self):  # noqa: N802 (QGIS API)
         return type(self)()
@@ -75,9 +77,11 @@ class KdmsiAlgorithm(QgsProcessingAlgorithm):
     def device(self, parameters, context) -> str:
         return DEVICES[self.parameterAsEnum(parameters, "DEVICE", context)]
 
-    def add_pair_parameters(self) -> None:
+    def add_pair_parameters(self, model_bands: bool = False) -> None:
+        """BEFORE, AFTER and BANDS (`bands_parameter`; ``model_bands``: a model's run)."""
         self.addParameter(QgsProcessingParameterRasterLayer("BEFORE", "Before raster"))
         self.addParameter(QgsProcessingParameterRasterLayer("AFTER", "After raster"))
+        self.addParameter(bands_parameter(model_bands))
 
     def prepare_pair(self, parameters, context) -> QgsRasterLayer:
         """Resolve BEFORE/AFTER (and EXTENT, in the before raster's CRS); main thread."""
@@ -86,6 +90,8 @@ class KdmsiAlgorithm(QgsProcessingAlgorithm):
         self.files["before"] = raster_layer_file(before, "BEFORE")
         after = self.parameterAsRasterLayer(parameters, "AFTER", context)
         self.files["after"] = raster_layer_file(after, "AFTER")
+        chosen = self.parameterAsInts(parameters, "BANDS", context)
+        self.bands = [int(b) for b in chosen] or None  # None: the library's default
         self.bounds = None
         if self.parameterDefinition("EXTENT") is not None and parameters.get("EXTENT"):
             rect = self.parameterAsExtent(parameters, "EXTENT", context, before.crs())
@@ -142,7 +148,7 @@ class KdmsiAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(threshold_parameter())
 
     def model_run_arguments(self, parameters, context) -> Dict[str, Any]:
-        """Keyword arguments of `kdmsi.detect.pipeline.detect_changes` from
+        """Keyword arguments of `kdmsi.detect.with_model.detect_changes` from
         `add_model_run_parameters`."""
         threshold = None
         if parameters.get("THRESHOLD") not in (None, ""):
@@ -154,6 +160,7 @@ class KdmsiAlgorithm(QgsProcessingAlgorithm):
             "device": self.device(parameters, context),
             "runtime": RUNTIMES[self.parameterAsEnum(parameters, "RUNTIME", context)],
             "threshold": threshold,
+            "bands": self.bands,
             "bounds": self.bounds,
         }
 

@@ -62,14 +62,14 @@ class CreateTileGridAlgorithm(KdmsiAlgorithm):
             QgsProcessingParameterVectorLayer(
                 "TAGS_FROM",
                 "Keep the tags of an earlier grid of the same tiles",
-                [QgsProcessing.TypeVectorPolygon],
+                [QgsProcessing.SourceType.TypeVectorPolygon],
                 optional=True,
             )
         )
         self.addParameter(
             file_destination(
                 QgsProcessingParameterVectorDestination(
-                    "OUTPUT", "Tile grid", QgsProcessing.TypeVectorPolygon
+                    "OUTPUT", "Tile grid", QgsProcessing.SourceType.TypeVectorPolygon
                 )
             )
         )
@@ -100,7 +100,8 @@ class CreateTileGridAlgorithm(KdmsiAlgorithm):
 
                 path, suggestions = make_suggested_tile_grid(
                     self.files["before"], self.files["after"], self.files["output"], tile_size,
-                    tags_from=self.files["tags"], model=self.files["model"], bounds=self.bounds,
+                    tags_from=self.files["tags"], model=self.files["model"], bands=self.bands,
+                    bounds=self.bounds,
                     overwrite=True, progress=progress, cancelled=cancelled,
                 )  # fmt: skip
                 first = "; ".join(f"{r}, {c}" for r, c in suggestions.first(5))

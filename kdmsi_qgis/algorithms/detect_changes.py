@@ -1,4 +1,4 @@
-"""`kdmsi:detect_changes` -> `kdmsi.detect.pipeline.detect_changes`, with the warning of
+"""`kdmsi:detect_changes` -> `kdmsi.detect.with_model.detect_changes`, with the warning of
 `kdmsi.detect.quality` when the two rasters differ in quality."""
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
-        self.add_pair_parameters()
+        self.add_pair_parameters(model_bands=True)
         self.addParameter(
             QgsProcessingParameterBoolean(
                 "ZERO_SHOT", "Zero-shot: no model, the pretrained features' distance", False
@@ -66,7 +66,7 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
         self.addParameter(
             file_destination(
                 QgsProcessingParameterVectorDestination(
-                    "OUTPUT", "Change polygons", QgsProcessing.TypeVectorPolygon
+                    "OUTPUT", "Change polygons", QgsProcessing.SourceType.TypeVectorPolygon
                 )
             )
         )
@@ -127,7 +127,7 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
                     self.files["probability"], **arguments,
                 )  # fmt: skip
             else:
-                from kdmsi.detect.pipeline import detect_changes
+                from kdmsi.detect.with_model import detect_changes
 
                 warning = quality_warning(self.files["before"], self.files["after"], model)
                 if warning:

@@ -39,13 +39,16 @@ class EvaluateChangesAlgorithm(KdmsiAlgorithm):
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
-        self.add_pair_parameters()
+        self.add_pair_parameters(model_bands=True)
         self.add_model_run_parameters()
         self.addParameter(
             QgsProcessingParameterMapLayer(
                 "REFERENCE",
                 "Reference (mask raster or change polygons)",
-                types=[QgsProcessing.TypeRaster, QgsProcessing.TypeVectorPolygon],
+                types=[
+                    QgsProcessing.SourceType.TypeRaster,
+                    QgsProcessing.SourceType.TypeVectorPolygon,
+                ],
             )
         )
         self.addParameter(extent_parameter())

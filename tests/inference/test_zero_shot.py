@@ -12,7 +12,7 @@ from osgeo import gdal
 from kdmsi.cli import main
 from kdmsi.geo.metadata import decode_metadata
 from kdmsi.inference.zero_shot import ZERO_SHOT_THRESHOLD, feature_distance, zero_shot_predictor
-from kdmsi.models.efficientnet import EfficientNetLiteTrunk
+from kdmsi.models.trunks.efficientnet_lite import EfficientNetLiteTrunk
 
 
 @pytest.fixture(scope="module")

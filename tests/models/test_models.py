@@ -5,7 +5,6 @@ from torchvision.models import resnet18
 from kdmsi.models import (
     DETECTOR_BACKBONES,
     BackboneError,
-    ResNetTrunk,
     SiameseCAMNet,
     SiameseDeepLabV3Plus,
     build_model,
@@ -16,7 +15,7 @@ from kdmsi.models import (
 
 @pytest.mark.parametrize("backbone", ["resnet18", "resnet34", "resnet50"])
 def test_trunks_have_output_stride_16(backbone):
-    trunk = ResNetTrunk(backbone).eval()
+    trunk = build_trunk(backbone).eval()
     with torch.no_grad():
         feats = trunk(torch.randn(1, 3, 64, 96))
     assert feats.high.shape[-2:] == (4, 6)
@@ -84,7 +83,7 @@ def test_bad_weights_are_refused_with_a_clear_message(tmp_path):
     bad.write_bytes(b"not a torch file")
     with pytest.raises(BackboneError, match="cannot read"):
         SiameseCAMNet("resnet18", weights=str(bad))
-    with pytest.raises(BackboneError, match="unknown backbone"):
+    with pytest.raises(BackboneError, match="'vgg16' is unknown"):
         SiameseCAMNet("vgg16")
 
 

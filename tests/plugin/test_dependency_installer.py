@@ -3,8 +3,9 @@
 pip runs in a real interpreter against a local folder of small hand-made wheels
 (`--no-index --find-links`, `--isolated` so the machine's pip configuration is not read):
 install into a fresh profile folder, import check, repair, remove, refusal of a wheel that
-needs numpy >= 2, cancel and failure leaving the folder as it was. One test installs the real
-torch CPU wheel when one lies on this machine (skipped otherwise).
+needs the other numpy major (2.x on QGIS 3.22's numpy 1.x, 1.x on 3.40's numpy 2.x), cancel
+and failure leaving the folder as it was. One test installs the real torch CPU wheel when one
+lies on this machine (skipped otherwise).
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ from kdmsi_qgis.install.installer import (
 from kdmsi_qgis.install.pip_run import InstallCancelled, InstallError, PipSteps
 
 APP = Package("kfake-app", "kfake_app", "kfake-app==2.0", "the test")
-NEEDS_NUMPY2 = Package("kfake-np2", "kfake_np2", "kfake-np2", "the test")
+NEEDS_OTHER_NUMPY = Package("kfake-np", "kfake_np", "kfake-np", "the test")
+QGIS_NUMPY_MAJOR = int(__import__("numpy").__version__.split(".")[0])
+OTHER_NUMPY = "numpy>=2" if QGIS_NUMPY_MAJOR < 2 else "numpy<2"
+"""What QGIS's numpy is not: 1.x on QGIS 3.22 (Debian 12), 2.x on 3.40 and 3.44 (Debian 13)."""
 BROKEN = Package("kfake-broken", "kfake_broken", "kfake-broken", "the test")
 
 
@@ -42,7 +46,7 @@ def wheels(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("wheels")
     make_wheel(folder, "kfake-core", "1.0")
     make_wheel(folder, "kfake-app", "2.0", ["kfake-core>=1.0", "numpy>=1.20"], "import kfake_core")
-    make_wheel(folder, "kfake-np2", "1.0", ["numpy>=2"])
+    make_wheel(folder, "kfake-np", "1.0", [OTHER_NUMPY])
     make_wheel(folder, "kfake-broken", "1.0", code="raise ImportError('built for another Python')")
     return folder
 
@@ -96,17 +100,18 @@ def test_repair_reinstalls_a_damaged_folder_and_remove_deletes_it(tmp_path, whee
     assert remove(req).message.startswith("nothing to remove")
 
 
-def test_a_wheel_that_needs_numpy_2_is_refused(tmp_path, wheels):
+def test_a_wheel_that_needs_another_numpy_is_refused(tmp_path, wheels):
     req = request(tmp_path, wheels)
     install(req)
     before = snapshot(req.deps)
     import numpy
 
     with pytest.raises(InstallError) as info:
-        install(request(tmp_path, wheels, NEEDS_NUMPY2))
+        install(request(tmp_path, wheels, NEEDS_OTHER_NUMPY))
     message = str(info.value)
-    assert message.startswith("refused: kfake-np2 1.0 needs numpy>=2")
+    assert message.startswith(f"refused: kfake-np 1.0 needs {OTHER_NUMPY}")
     assert f"QGIS runs numpy {numpy.__version__}" in message and "\n" not in message
+    assert message.endswith(f"built for numpy {QGIS_NUMPY_MAJOR}.x")
     assert snapshot(req.deps) == before and leftovers(req.deps) == []
 
 

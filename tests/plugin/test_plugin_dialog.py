@@ -324,3 +324,24 @@ def test_a_model_that_contradicts_the_tags_warns_on_the_message_bar(project, sce
     assert item.level() == Qgis.Warning and item.duration() == 0  # stays until closed
     assert "model saved to" in item.text() and results["WARNINGS"] in item.text()
     dialog.close()
+
+
+def test_dialog_shows_the_default_bands_and_passes_a_choice(project):
+    from kdmsi_qgis.dialog import KdmsiDialog
+
+    sample = Path(__file__).resolve().parents[2] / "resources/sample_data/landsat_taizhou"
+    if not sample.is_dir():
+        pytest.skip("no Landsat sample here")
+    for name, folder in (("before", "A"), ("after", "B")):
+        project.addMapLayer(qgis_core.QgsRasterLayer(str(sample / folder / "taizhou.tif"), name))
+    dialog = KdmsiDialog(None)
+    shown = "3, 2, 1 (red, green, blue by the band descriptions)"
+    assert dialog.train_pair.bands.placeholderText() == f"empty: {shown}"
+    assert dialog.detect_pair.bands.placeholderText() == f"empty: the model's; zero-shot: {shown}"
+    assert "BANDS" not in dialog.train_pair.parameters()  # empty: the library's default
+    dialog.train_pair.bands.setText("4, 3, 2")
+    assert dialog.train_pair.parameters()["BANDS"] == [4, 3, 2]
+    dialog.train_pair.bands.setText("4,x")
+    with pytest.raises(ValueError, match="Bands: .*'x' is not one"):
+        dialog.train_pair.parameters()
+    dialog.close()

@@ -29,7 +29,7 @@ def test_zip_holds_the_plugin_and_the_library(plugin_zip):
         assert f"kdmsi_qgis/{name}" in names
     for name in ("__init__.py", "base.py", "detect_changes.py", "train_from_tags.py"):
         assert f"kdmsi_qgis/algorithms/{name}" in names
-    assert "kdmsi_qgis/libs/kdmsi/detect/pipeline.py" in names
+    assert "kdmsi_qgis/libs/kdmsi/detect/with_model.py" in names
     assert not any("__pycache__" in name for name in names)
     metadata = zipfile.ZipFile(plugin_zip).read("kdmsi_qgis/metadata.txt").decode()
     for field in ("name=", "qgisMinimumVersion=3.22", "description=", "about=", "version=",

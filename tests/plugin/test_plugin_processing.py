@@ -416,7 +416,7 @@ def test_triton_is_kept_out_of_a_fresh_qgis_python():
     import sys
 
     code = (
-        "import sys; from kdmsi.runtime.onnx_runner import keep_triton_out; keep_triton_out()\n"
+        "import sys; from kdmsi.runtime.onnx_model import keep_triton_out; keep_triton_out()\n"
         "import torch, torchvision\n"
         "from kdmsi.models import SiameseDeepLabV3Plus\n"
         "net = SiameseDeepLabV3Plus('resnet18').eval()\n"

@@ -20,12 +20,12 @@ from osgeo import gdal, osr
 
 from kdmsi.cli import main
 from kdmsi.data.normalisation import Normalisation
-from kdmsi.detect.pipeline import detect_changes
+from kdmsi.detect.with_model import detect_changes
 from kdmsi.models import SiameseDeepLabV3Plus
 from kdmsi.models.checkpoint import save_detector
 from kdmsi.runtime.load import choose_runtime
 from kdmsi.runtime.onnx_export import ExportError, export_onnx, max_difference
-from kdmsi.runtime.onnx_runner import (
+from kdmsi.runtime.onnx_model import (
     ONNX_TOLERANCE,
     OnnxModelError,
     OnnxPredictor,

@@ -6,7 +6,7 @@ import torch
 
 from kdmsi.cli import main
 from kdmsi.models import SiameseDeepLabV3Plus
-from kdmsi.runtime.runners import autocast_dtype, forward_batch, model_predictor
+from kdmsi.runtime.batch_runners import autocast_dtype, forward_batch, model_predictor
 
 
 @pytest.fixture(scope="module")

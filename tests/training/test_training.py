@@ -55,7 +55,7 @@ def test_kd_training_lowers_both_losses(tiles):
 
 
 def test_default_recipe_starts_from_imagenet_weights():
-    from kdmsi.models.pretrained import efficientnet_weights_file, read_state_file
+    from kdmsi.models.pretrained import read_state_file, wheel_weights_file
 
     kd, cd = KDConfig(), CDConfig()
     assert (kd.backbone, kd.weights, cd.backbone, cd.weights) == (
@@ -65,7 +65,7 @@ def test_default_recipe_starts_from_imagenet_weights():
         "imagenet",
     )
     net = SiameseCAMNet(kd.backbone, weights=kd.weights, head=kd.head)
-    stem = read_state_file(str(efficientnet_weights_file()))["_conv_stem.weight"]
+    stem = read_state_file(str(wheel_weights_file("efficientnet_lite0")))["_conv_stem.weight"]
     assert torch.equal(net.trunk.stem[0].weight, stem)
     assert KDConfig.paper().backbone == "resnet50" and CDConfig.paper().lr == 0.007
 

@@ -22,6 +22,6 @@ everything is, which buildings change); ``render`` (clean image of one date and 
 """
 
 from .scene import Scene, make_scene
-from .write import write_scene, write_tile_dataset
+from .write import write_scene, write_synthetic_dataset, write_tile_dataset
 
-__all__ = ["Scene", "make_scene", "write_scene", "write_tile_dataset"]
+__all__ = ["Scene", "make_scene", "write_scene", "write_synthetic_dataset", "write_tile_dataset"]

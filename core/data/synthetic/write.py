@@ -7,6 +7,7 @@ scenes into tiles in the usual change-detection layout (``A/``, ``B/``, ``label/
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from pathlib import Path
 from typing import Optional, Sequence
@@ -14,7 +15,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ...types import PathLike
-from .scene import Scene
+from .scene import Scene, make_scene
+
+log = logging.getLogger(__name__)
 
 
 def _gdal():
@@ -194,3 +197,26 @@ def _write_labels_csv(path: Path, rows: Sequence[tuple[str, int]]) -> None:
     finally:
         if temp.exists():
             temp.unlink()
+
+
+def write_synthetic_dataset(
+    folder: PathLike,
+    scenes: int,
+    size: int = 512,
+    tile_size: int = 256,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path:
+    """``scenes`` synthetic scenes of ``size`` px (seeds ``seed`` .. ``seed + scenes - 1``,
+    `make_scene`) cut into a tile dataset in ``folder`` (`write_tile_dataset`).
+
+    Raises:
+        FileExistsError: ``folder`` holds files and ``overwrite`` is off.
+    """
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise FileExistsError(f"{folder} is not empty; choose another folder or pass --overwrite")
+    drawn = [make_scene(size, size, seed=s) for s in range(seed, seed + scenes)]
+    write_tile_dataset(drawn, folder, tile_size=tile_size)
+    log.info("wrote %d scenes of %d px as %d px tiles to %s", scenes, size, tile_size, folder)
+    return folder

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ..runtime.onnx_runner import keep_triton_out
+from ..runtime.onnx_model import keep_triton_out
 
 DETECT_GDAL_CACHE_MB = 32
 """GDAL block cache for detect (`tune_process_for_detect`), MB. GDAL's default (5 % of the RAM)
@@ -29,7 +29,7 @@ def tune_process_for_detect(gdal_cache_mb: int = DETECT_GDAL_CACHE_MB) -> None:
       OpenMP threads then sleep between operations instead of spinning, which starved the
       tile reader and other programs (measured on a busy 2-core machine: a resnet18
       forward 1.15 -> 0.61 s per tile). ONNX Runtime gets the same by session option.
-    * `kdmsi.runtime.onnx_runner.keep_triton_out`, when torch is not imported yet: ~70 MB less RSS.
+    * `kdmsi.runtime.onnx_model.keep_triton_out`, when torch is not imported yet: ~70 MB less RSS.
 
     A host application (QGIS) may keep its own settings and skip this.
     """

@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from kdmsi.models import SiameseCAMNet, SiameseDeepLabV3Plus, build_model
-from kdmsi.models.efficientnet import EfficientNetLiteTrunk, port_key, same_padding
+from kdmsi.models.batchnorm_fold import fold_batch_norms, for_inference
 from kdmsi.models.features import BackboneError
-from kdmsi.models.fold import fold_batch_norms, for_inference
 from kdmsi.models.pretrained import (
     describe_weights,
-    efficientnet_weights_file,
     normalise_weights,
     read_state_file,
+    wheel_weights_file,
 )
+from kdmsi.models.trunks.efficientnet_lite import EfficientNetLiteTrunk, port_key, same_padding
 
 
 def test_trunk_shapes_and_strides():
@@ -44,7 +44,7 @@ def test_tensorflow_same_padding():
 
 
 def test_imagenet_weights_load_with_every_key_checked():
-    state = read_state_file(str(efficientnet_weights_file()))
+    state = read_state_file(str(wheel_weights_file("efficientnet_lite0")))
     mapped = {port_key(k) for k in state} - {None}
     trunk = EfficientNetLiteTrunk(weights="imagenet")
     assert mapped == set(trunk.state_dict())  # 294 tensors, the classifier left out

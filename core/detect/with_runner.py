@@ -1,5 +1,5 @@
 """Detect with a `BatchRunner` already in hand: align, stretch, the tile loop, overviews and
-polygons, each output written atomically. `kdmsi.detect.pipeline.detect_changes` picks the
+polygons, each output written atomically. `kdmsi.detect.with_model.detect_changes` picks the
 runner from a model file."""
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from ..geo.tiling import (
     tile_grid,
 )
 from ..progress import CancelCheck, ProgressCallback, check_cancel, report, sub_progress
+from ..runtime.batch_runners import BatchRunner, Predict, torch_batch_runner
 from ..runtime.load import DEFAULT_THRESHOLD
-from ..runtime.runners import BatchRunner, Predict, torch_batch_runner
 from ..types import PathLike
-from .checks import check_numbers, check_outputs
+from .checks import check_numbers, check_outputs, check_overlap
 from .outputs import output_metadata, polygon_strip_rows, write_polygons
 from .tile_loop import predict_probability_raster
 
@@ -124,13 +124,14 @@ def detect_with_predictor(
     progress: Optional[ProgressCallback] = None,
     cancelled: Optional[CancelCheck] = None,
     model_info: Optional[dict[str, Any]] = None,
+    checked: bool = False,
 ) -> DetectResult:
     """The detect path with any torch ``predict`` callable.
 
     ``predict(pre, post)`` gets normalised float32 [B, C, T, T] tensors on ``device`` (a
     torch device, or a name for `kdmsi.inference.msi.pick_device`) and returns change
     probabilities [B, 1, T, T] in [0, 1], under autocast with ``precision`` bf16 / fp16
-    (`kdmsi.runtime.runners.forward_batch`). Other arguments, the outputs and the errors are
+    (`kdmsi.runtime.batch_runners.forward_batch`). Other arguments, the outputs and the errors are
     those of `detect_with_runner`.
     """
     from ..inference.msi import pick_device
@@ -157,6 +158,7 @@ def detect_with_predictor(
         model_info=model_info,
         device=str(torch_device),
         runtime="torch" if model_info else "custom",
+        checked=checked,
     )
 
 
@@ -182,24 +184,32 @@ def detect_with_runner(
     model_info: Optional[dict[str, Any]] = None,
     device: str = "cpu",
     runtime: str = "custom",
+    checked: bool = False,
 ) -> DetectResult:
     """The detect path with any `BatchRunner` (`detect_changes` passes a model's).
 
     ``run_batch(pre, post)`` gets normalised float32 [n, C, T, T] numpy arrays (n <=
     ``batch_size``) and returns change probabilities float32 [n, T, T] in [0, 1];
     ``normalisation`` is what the inputs are normalised with. ``bands`` default:
-    `kdmsi.geo.align.default_bands`. ``model_info`` is recorded in the outputs' metadata;
+    `kdmsi.geo.bands.default_bands`. ``model_info`` is recorded in the outputs' metadata;
     ``device`` and ``runtime`` in the result. Other arguments, the outputs and the errors are
     those of `detect_changes`. Without ``out_probability`` the probability raster is a
-    temporary file in the system's temporary folder (float32, compressed).
+    temporary file in the system's temporary folder (float32, compressed). ``checked``: the
+    caller (`detect_changes`, `detect_zero_shot`) checked every option and both outputs before
+    reading the model, so only the overlap against the model's tile is checked here.
     """
     timing: dict[str, float] = {}
     start = time.perf_counter()
-    vector_target, prob_target = check_outputs(
-        out_vector, out_probability, overwrite, {"--before": before, "--after": after}
-    )
     overlap_px = overlap_or_default(overlap_px, tile_size)
-    check_numbers(tile_size, overlap_px, batch_size, threshold, min_area_m2, simplify_m)
+    if checked:
+        vector_target = Path(out_vector)
+        prob_target = None if out_probability is None else Path(out_probability)
+        check_overlap(tile_size, overlap_px)
+    else:
+        vector_target, prob_target = check_outputs(
+            out_vector, out_probability, overwrite, {"--before": before, "--after": after}
+        )
+        check_numbers(tile_size, overlap_px, batch_size, threshold, min_area_m2, simplify_m)
     with contextlib.ExitStack() as stack:
         stack.enter_context(gdal_exceptions())  # on for the reader thread too (process-wide)
         if prob_target is not None:

