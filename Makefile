@@ -33,8 +33,8 @@ $(VENV)/.torch-stamp: | $(PY)
 	  || $(PIP) install -q $(TORCH_PINS)
 	touch $@
 
-$(VENV)/.deps-stamp: requirements.txt pyproject.toml $(VENV)/.torch-stamp
-	$(PIP) install -q -r requirements.txt
+$(VENV)/.deps-stamp: requirements.txt requirements-dist.txt pyproject.toml $(VENV)/.torch-stamp
+	$(PIP) install -q -r requirements.txt -r requirements-dist.txt
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	$(PY) -c "import numpy, torch, torchvision; from osgeo import gdal; import kdmsi; \
 	  assert int(numpy.__version__.split('.')[0]) < 2, 'numpy must stay < 2 for Debian GDAL/QGIS'"

@@ -86,6 +86,11 @@ NUMBERS: dict[str, Number] = {
     "feature_vote": Number(
         "--feature-vote", float, 0.0, 1.0, hint="0.5 by default; 0: the student's MSI alone"
     ),
+    "workers": Number("--workers", int, 1, 1024, hint="one per core (or GPU) to use"),
+    "threads": Number("--threads", int, 1, 256, hint="1 with one worker per core"),
+    "block_rows": Number(
+        "--block-rows", int, 16, 1_000_000, hint="8192; at least a tile row is used"
+    ),
 }
 """Option (argparse ``dest``, library keyword) -> what it accepts."""
 
@@ -94,6 +99,8 @@ THRESHOLD_WORDS = ("auto", "otsu", "unchanged-quantile")
 
 MAX_SCALE = 4.0
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+DIST_BACKENDS = ("auto", "gloo", "nccl")
+"""`--dist-backend`: the process group of a torchrun run (auto: nccl on CUDA, else gloo)."""
 
 
 def check_number(name: str, value: Any) -> Union[int, float]:
@@ -226,6 +233,16 @@ def check_device(value: Any) -> str:
     return text
 
 
+def check_dist_backend(value: Any) -> str:
+    """One of `DIST_BACKENDS` (whether it suits the device is checked when the group starts)."""
+    text = str(value).strip().lower()
+    if text not in DIST_BACKENDS:
+        raise OptionError(
+            f"--dist-backend {value!r} is not a backend: choose {', '.join(DIST_BACKENDS)}"
+        )
+    return text
+
+
 def same_file(a: PathLike, b: PathLike) -> bool:
     """Whether two paths name one file: the same resolved path (relative, ``..``, symlinks),
     or, when both exist, the same inode (hard links)."""
@@ -267,6 +284,7 @@ def check_outputs_are_not_inputs(
 
 
 __all__ = [
+    "DIST_BACKENDS",
     "NUMBERS",
     "THRESHOLD_WORDS",
     "Number",
@@ -274,6 +292,7 @@ __all__ = [
     "check_bands",
     "check_bounds",
     "check_device",
+    "check_dist_backend",
     "check_number",
     "check_numbers",
     "check_outputs_are_not_inputs",

@@ -185,11 +185,32 @@ def cmd_tile_grid(args) -> int:
     return 0
 
 
+def map_options(p: argparse.ArgumentParser, threshold_help: str) -> None:
+    """The options of a model's map and its polygons, shared by detect and detect-batch."""
+    from ..runtime.onnx_model import RUNTIMES
+
+    p.add_argument(
+        "--tile-size", type=int, default=None, help="default: the model's training tile size"
+    )
+    p.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default 64)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--threshold", type=float, default=None, help=threshold_help)
+    p.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller (m²)")
+    p.add_argument("--simplify", type=float, default=0.0, help="simplify tolerance (m)")
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="auto",
+        help="auto: ONNX Runtime when installed and faster on this CPU (timed on big rasters; "
+        "the export and the choice are kept in ~/.cache/kdmsi/onnx, or $KDMSI_CACHE_DIR, for "
+        "the next run), torch on a GPU; onnx needs onnxruntime",
+    )
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add detect, export-onnx, evaluate-detection and tile-grid to the `kdmsi` subcommands."""
     from .. import recipe
     from ..choices import PRECISIONS
-    from ..runtime.onnx_model import RUNTIMES
 
     p = sub.add_parser("detect", help="change polygons between two georeferenced rasters")
     p.add_argument("--before", required=True, help="reference raster (defines the output grid)")
@@ -207,19 +228,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="change polygons (.gpkg, .shp, .geojson, .fgb)")
     p.add_argument("--probability", help="also write the change probability GeoTIFF (.tif)")
     _bounds_argument(p)
-    p.add_argument(
-        "--tile-size", type=int, default=None, help="default: the model's training tile size"
-    )
-    p.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default 64)")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument(
-        "--threshold",
-        type=float,
-        default=None,
-        help="0..1; default: the model's, else 0.5 (--zero-shot: 0.39)",
-    )
-    p.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller (m²)")
-    p.add_argument("--simplify", type=float, default=0.0, help="simplify tolerance (m)")
+    map_options(p, "0..1; default: the model's, else 0.5 (--zero-shot: 0.39)")
     p.add_argument(
         "--bands",
         type=_ints,
@@ -228,14 +237,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--scales", default=None, help="MSI scales of a KD model, e.g. 0.5,1,1.5,2")
     p.add_argument("--no-flip", action="store_true", help="KD model: no flip averaging")
-    p.add_argument(
-        "--runtime",
-        choices=RUNTIMES,
-        default="auto",
-        help="auto: ONNX Runtime when installed and faster on this CPU (timed on big rasters; "
-        "the export and the choice are kept in ~/.cache/kdmsi/onnx, or $KDMSI_CACHE_DIR, for "
-        "the next run), torch on a GPU; onnx needs onnxruntime",
-    )
     p.add_argument(
         "--precision",
         choices=PRECISIONS,

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from typing import NoReturn, Optional, Sequence
 
-from . import detect, evaluate, train_steps, train_tags
+from . import detect, detect_batch, evaluate, train_steps, train_tags
 
 EXIT_USAGE = 2
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_steps.add_parsers(sub)
     evaluate.add_parsers(sub)
     detect.add_parsers(sub)
+    detect_batch.add_parsers(sub)
     train_tags.add_parsers(sub)
     return parser
 
@@ -69,12 +71,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except (ValueError, OSError, MemoryError) as exc:
             if stop_signal():  # an interrupt GDAL reported as a write error
                 return _cancelled(stop_signal())
-            print(f"kdmsi {args.command}: error: {one_line(exc)}", file=sys.stderr)
+            print(f"kdmsi {args.command}{_rank()}: error: {one_line(exc)}", file=sys.stderr)
             return EXIT_USAGE
         except RuntimeError:  # GDAL's "User terminated" when the interrupt hit its callback
             if stop_signal():
                 return _cancelled(stop_signal())
             raise
+
+
+def _rank() -> str:
+    """`` (rank N)`` in a data-parallel run's processes other than the main one (torchrun
+    sets RANK), whose errors then read apart from the main process's."""
+    rank = os.environ.get("RANK", "0")
+    return f" (rank {rank})" if rank not in ("", "0") else ""
 
 
 def _cancelled(signum: int) -> int:

@@ -1,8 +1,14 @@
-"""The step-by-step training verbs on tile datasets: train-kd, pseudo-labels, train-cd."""
+"""The step-by-step training verbs on tile datasets: train-kd, pseudo-labels, train-cd.
+
+The training verbs (these and those of `train_tags`) also run data-parallel under torchrun
+(``torchrun --nproc-per-node N --no-python kdmsi train-cd ...``): `data_parallel_run` starts
+the process group around the verb's body, and only the main process shows the bar.
+"""
 
 from __future__ import annotations
 
 import argparse
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from .common import (
@@ -17,6 +23,34 @@ from .common import (
     backbone_help,
     run_with_bar,
 )
+
+
+def data_parallel_run(args) -> AbstractContextManager:
+    """The verb's `kdmsi.training.distributed.Replicas`: one process, or under torchrun the
+    process group (``--dist-backend``, ``--device``), waited on and ended on the way out."""
+    from ..training.distributed import data_parallel
+
+    return data_parallel(args.dist_backend, args.device)
+
+
+def run_on_replica(replicas, description: str, fn, *args, **kwargs):
+    """``fn(*args, replicas=replicas, **kwargs)`` with the progress bar on the main process,
+    and without one on the others (one bar per run, not one per process)."""
+    if replicas.is_main:
+        return run_with_bar(description, fn, *args, replicas=replicas, **kwargs)
+    return fn(*args, progress=None, replicas=replicas, **kwargs)
+
+
+def dist_backend_option(p: argparse.ArgumentParser) -> None:
+    """``--dist-backend`` of the training verbs (used only under torchrun)."""
+    from ..options import DIST_BACKENDS
+
+    p.add_argument(
+        "--dist-backend",
+        choices=DIST_BACKENDS,
+        default="auto",
+        help="process-group backend under torchrun: auto (nccl on CUDA, else gloo), gloo, nccl",
+    )
 
 
 def cmd_train_kd(args) -> int:
@@ -41,10 +75,12 @@ def cmd_train_kd(args) -> int:
         seed=args.seed,
         device=args.device,
     )
-    run_with_bar(
-        "train-kd", train_kd_on_folder, args.data, out, config, tile_size=args.tile_size,
-        bands=args.bands, val=args.val, report_dir=report_dir, overwrite=args.overwrite,
-    )  # fmt: skip
+    with data_parallel_run(args) as replicas:
+        run_on_replica(
+            replicas, "train-kd", train_kd_on_folder, args.data, out, config,
+            tile_size=args.tile_size, bands=args.bands, val=args.val, report_dir=report_dir,
+            overwrite=args.overwrite,
+        )  # fmt: skip
     return 0
 
 
@@ -78,11 +114,12 @@ def cmd_train_cd(args) -> int:
         seed=args.seed,
         device=args.device,
     )
-    run_with_bar(
-        "train-cd", train_detector_on_folder, args.data, args.labels, out, config,
-        tile_size=args.tile_size, bands=args.bands, val=args.val, report_dir=report_dir,
-        overwrite=args.overwrite,
-    )  # fmt: skip
+    with data_parallel_run(args) as replicas:
+        run_on_replica(
+            replicas, "train-cd", train_detector_on_folder, args.data, args.labels, out, config,
+            tile_size=args.tile_size, bands=args.bands, val=args.val, report_dir=report_dir,
+            overwrite=args.overwrite,
+        )  # fmt: skip
     return 0
 
 
@@ -109,6 +146,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--holdout", type=float, default=0.1, help="held-out share without --val")
     p.add_argument("--seed", type=int, default=0)
     _common_options(p)
+    dist_backend_option(p)
     _report_options(p)
     p.set_defaults(func=cmd_train_kd)
 
@@ -147,5 +185,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _recipe_options(p)
     p.add_argument("--seed", type=int, default=0)
     _common_options(p)
+    dist_backend_option(p)
     _report_options(p)
     p.set_defaults(func=cmd_train_cd)

@@ -21,8 +21,8 @@ from .common import (
     _threshold,
     backbone_help,
     log,
-    run_with_bar,
 )
+from .train_steps import data_parallel_run, dist_backend_option, run_on_replica
 
 
 def detector_weights(weights: Optional[str], backbone: str, detector_backbone: str):
@@ -72,18 +72,20 @@ def cmd_train(args) -> int:
     )
     report_dir = _report_dir(args, Path(args.out))
     _check_weights_file(args)
-    summary = run_with_bar(
-        "train",
-        train_from_tags,
-        args.before,
-        args.after,
-        args.tiles,
-        args.out,
-        config,
-        overwrite=args.overwrite,
-        report_dir=report_dir,
-        kd_out=args.kd_model,
-    )
+    with data_parallel_run(args) as replicas:
+        summary = run_on_replica(
+            replicas,
+            "train",
+            train_from_tags,
+            args.before,
+            args.after,
+            args.tiles,
+            args.out,
+            config,
+            overwrite=args.overwrite,
+            report_dir=report_dir,
+            kd_out=args.kd_model,
+        )
     log.info(
         "saved %s: %d changed / %d unchanged tiles, pseudo-label threshold %.3f (%s); trunk "
         "weights: teacher and student %s, detector %s",
@@ -99,12 +101,18 @@ def cmd_train(args) -> int:
 
 
 def cmd_train_hicd(args) -> int:
+    out = Path(args.out)
+    _check_new_file(out, args.overwrite)
+    with data_parallel_run(args) as replicas:
+        return _train_hicd(args, out, replicas)
+
+
+def _train_hicd(args, out: Path, replicas) -> int:
+    """train-hicd's body: on every process of a data-parallel run, the main one writing."""
     from ..losses.hicd import HiCDLossConfig
     from ..models.checkpoint import load_checkpoint, save_detector
     from ..training import HiCDConfig, train_hicd
 
-    out = Path(args.out)
-    _check_new_file(out, args.overwrite)
     teacher, meta = load_checkpoint(args.teacher)
     if meta["kind"] != "detector":
         raise ValueError(
@@ -149,7 +157,11 @@ def cmd_train_hicd(args) -> int:
         degrade_seed=args.seed,
         device=args.device,
     )
-    result = run_with_bar("train-hicd", train_hicd, teacher, train, config, val_dataset=val)
+    result = run_on_replica(
+        replicas, "train-hicd", train_hicd, teacher, train, config, val_dataset=val
+    )
+    if not replicas.is_main:
+        return 0
     training = {
         "hicd": {
             "config": result.config,
@@ -235,6 +247,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     _common_options(p)
+    dist_backend_option(p)
     p.set_defaults(tile_size=None)  # the tagged tiles' own size (`read_tagged_windows`)
     _report_options(p)
     p.set_defaults(func=cmd_train)
@@ -286,4 +299,5 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tile-size", type=int, default=None, help="default: the teacher's")
     _common_options(p, tile=False)
+    dist_backend_option(p)
     p.set_defaults(func=cmd_train_hicd)

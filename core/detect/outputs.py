@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from .. import __version__
 from ..geo.align import AlignedPair
+from ..geo.atomic import atomic_output
 from ..geo.metadata import metadata_strings
 from ..geo.polygons import write_change_polygons
 from ..geo.raster import gdal_exceptions
 from ..geo.vector import fixed_write_date, vector_driver, write_failed
 from ..progress import CancelCheck, ProgressCallback
+from ..types import PathLike
 
 
 def no_change_message(threshold: float) -> str:
@@ -88,6 +91,23 @@ def write_polygons(
                 source = None
                 raise write_failed(target, exc) from exc
     return count
+
+
+def output_temps(
+    stack: contextlib.ExitStack,
+    vector_target: Path,
+    prob_target: Optional[PathLike],
+    overwrite: bool,
+) -> tuple[Path, Path]:
+    """(probability, vector) temporary paths for the lifetime of ``stack``: the vector's and,
+    with ``prob_target``, the probability raster's from `atomic_output` (moved into place when
+    the stack closes without error), else a scratch file in the system's temporary folder."""
+    if prob_target is not None:
+        prob_temp = stack.enter_context(atomic_output(prob_target, overwrite))
+    else:
+        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="kdmsi-detect-"))
+        prob_temp = Path(scratch) / "probability.tif"
+    return prob_temp, stack.enter_context(atomic_output(vector_target, overwrite))
 
 
 def polygon_strip_rows(width: int) -> int:

@@ -4,8 +4,8 @@ raster."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -55,6 +55,7 @@ def predict_probability_raster(
     batch_size: int,
     metadata: Optional[dict[str, Any]] = None,
     scratch: bool = False,
+    rows: Optional[tuple[int, int]] = None,
     progress: Optional[ProgressCallback] = None,
     cancelled: Optional[CancelCheck] = None,
 ) -> TileLoopStats:
@@ -67,22 +68,35 @@ def predict_probability_raster(
     tile covers are nodata. ``cancelled()`` is checked between batches. ``scratch``: the
     GeoTIFF is a temporary file (cheaper compression, see `create_probability_raster`).
 
+    ``rows`` ``(y0, y1)``: only the raster rows ``[y0, y1)`` (a block of a split raster,
+    `kdmsi.detect.blocks`): the GeoTIFF covers those rows, and every tile of the whole grid
+    that touches them runs, in the grid's order, so each pixel is blended from the same tiles
+    in the same order as in the whole raster's run.
+
     Raises:
         Cancelled: ``cancelled()`` returned True.
     """
-    windows = tile_grid(pair.width, pair.height, tile_size, overlap_px)
+    y_start, y_end = rows or (0, pair.height)
+    windows = [
+        w
+        for w in tile_grid(pair.width, pair.height, tile_size, overlap_px)
+        if w.y < y_end and w.y + w.h > y_start
+    ]
+    origin = windows[0].y  # the accumulator's row 0: the first tile row that is run
+    span = max(w.y + w.h for w in windows) - origin
     weight = blend_window(tile_size, overlap_px)
-    stitch = StitchAccumulator(pair.width, pair.height, tile_size, overlap_px)
+    stitch = StitchAccumulator(pair.width, span, tile_size, overlap_px)
     stats = TileLoopStats(tiles=len(windows))
     writer = create_probability_raster(
         prob_path,
         pair.width,
-        pair.height,
-        pair.geotransform,
+        y_end - y_start,
+        shifted_geotransform(pair.geotransform, y_start),
         pair.crs_wkt,
         metadata,
         scratch=scratch,
     )
+    out = _RowsOut(writer, origin, y_start, y_end)
     reader = TileReader(prepare.prepare_into, windows, batch_size, pair.band_count, tile_size)
     try:
         with reader:
@@ -94,15 +108,16 @@ def predict_probability_raster(
                     stats.predict_s += time.perf_counter() - start
                     stats.tiles_computed += len(batch.windows)
                     for window, prob, valid in zip(batch.windows, probs, batch.valid):
-                        _write_strips(writer, stitch.pop_finished(window.y, copy=False))
+                        local = replace(window, y=window.y - origin)
+                        out.write(stitch.pop_finished(local.y, copy=False))
                         tile_weight = crop_tile(weight, window)
                         if not valid.all():
                             tile_weight = tile_weight * valid
-                        stitch.add(window, crop_tile(prob, window), tile_weight)
+                        stitch.add(local, crop_tile(prob, window), tile_weight)
                 report(
                     progress, batch.scanned / len(windows), f"tile {batch.scanned}/{len(windows)}"
                 )
-        _write_strips(writer, stitch.pop_finished(pair.height, copy=False))
+        out.write(stitch.pop_finished(span, copy=False))
     except BaseException:
         writer.dataset = None  # close without flushing: the caller removes the file
         raise
@@ -112,9 +127,30 @@ def predict_probability_raster(
     return stats
 
 
-def _write_strips(writer: Any, strips: Iterator[tuple[int, np.ndarray]]) -> None:
-    for y0, strip in strips:
-        try:
-            writer.write_rows(y0, strip)
-        except RuntimeError as exc:  # GDAL write error: disk full, file gone...
-            raise OSError(f"writing the probability raster {writer.path} failed: {exc}") from exc
+def shifted_geotransform(geotransform: Sequence[float], rows: int) -> tuple[float, ...]:
+    """The geotransform of the same grid starting ``rows`` rows lower."""
+    x0, dx, rx, y0, ry, dy = geotransform
+    return (x0 + rows * rx, dx, rx, y0 + rows * dy, ry, dy)
+
+
+@dataclass
+class _RowsOut:
+    """Writes the accumulator's strips (rows counted from ``origin``) that fall in the raster
+    rows ``[y_start, y_end)`` to ``writer`` (row 0 = ``y_start``)."""
+
+    writer: Any
+    origin: int
+    y_start: int
+    y_end: int
+
+    def write(self, strips: Iterator[tuple[int, np.ndarray]]) -> None:
+        for local_y0, strip in strips:
+            y0 = local_y0 + self.origin
+            first, last = max(y0, self.y_start), min(y0 + len(strip), self.y_end)
+            if first >= last:
+                continue
+            try:
+                self.writer.write_rows(first - self.y_start, strip[first - y0 : last - y0])
+            except RuntimeError as exc:  # GDAL write error: disk full, file gone...
+                path = self.writer.path
+                raise OSError(f"writing the probability raster {path} failed: {exc}") from exc

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,6 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 from ..data.normalisation import Normalisation
 from ..data.tile_prep import TilePreparer
 from ..geo.align import align_pair
-from ..geo.atomic import atomic_output
 from ..geo.probability_raster import finalize_probability_raster
 from ..geo.raster import RasterInputError, gdal_exceptions
 from ..geo.stretch import pair_stretches
@@ -29,7 +27,7 @@ from ..runtime.batch_runners import BatchRunner, Predict, torch_batch_runner
 from ..runtime.load import DEFAULT_THRESHOLD
 from ..types import PathLike
 from .checks import check_numbers, check_outputs, check_overlap
-from .outputs import output_metadata, polygon_strip_rows, write_polygons
+from .outputs import output_metadata, output_temps, polygon_strip_rows, write_polygons
 from .tile_loop import predict_probability_raster
 
 if TYPE_CHECKING:
@@ -212,12 +210,7 @@ def detect_with_runner(
         check_numbers(tile_size, overlap_px, batch_size, threshold, min_area_m2, simplify_m)
     with contextlib.ExitStack() as stack:
         stack.enter_context(gdal_exceptions())  # on for the reader thread too (process-wide)
-        if prob_target is not None:
-            prob_temp = stack.enter_context(atomic_output(prob_target, overwrite))
-        else:
-            scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="kdmsi-detect-"))
-            prob_temp = Path(scratch) / "probability.tif"
-        vector_temp = stack.enter_context(atomic_output(vector_target, overwrite))
+        prob_temp, vector_temp = output_temps(stack, vector_target, prob_target, overwrite)
 
         report(progress, 0.0, "aligning rasters")
         check_cancel(cancelled)

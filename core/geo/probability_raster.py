@@ -134,26 +134,55 @@ def create_probability_raster(
     Usually ``path`` is the temporary path from
     `kdmsi.geo.atomic.atomic_output`.
     """
-    options = [
+    with gdal_exceptions():
+        ds = gdal.GetDriverByName("GTiff").Create(
+            str(path), width, height, 1, gdal.GDT_Float32, options=_options(block_size, scratch)
+        )
+        ds.SetGeoTransform(list(geotransform))
+        ds.SetProjection(crs_wkt)
+        _describe(ds, metadata)
+    return ProbabilityRasterWriter(ds, str(path))
+
+
+def _options(block_size: int, scratch: bool) -> list[str]:
+    return [
         "TILED=YES",
         f"BLOCKXSIZE={block_size}",
         f"BLOCKYSIZE={min(block_size, SCRATCH_BLOCK_ROWS) if scratch else block_size}",
         *(scratch_compression() if scratch else _OUTPUT_COMPRESSION),
         "BIGTIFF=IF_SAFER",
     ]
+
+
+def _describe(ds: gdal.Dataset, metadata: Optional[dict[str, Any]]) -> None:
+    band = ds.GetRasterBand(1)
+    band.SetNoDataValue(PROB_NODATA)
+    band.SetDescription("change probability")
+    items = metadata_strings(metadata)
+    if items:
+        ds.SetMetadata(items)
+
+
+def mosaic_probability_rasters(
+    parts: Sequence[PathLike],
+    path: PathLike,
+    metadata: Optional[dict[str, Any]] = None,
+    block_size: int = 256,
+) -> None:
+    """Join probability rasters that tile one grid without overlap (the row blocks of a split
+    raster) into one new probability GeoTIFF at ``path``, created as `create_probability_raster`
+    creates it: through a VRT, block row by block row, never holding the raster in memory."""
     with gdal_exceptions():
-        ds = gdal.GetDriverByName("GTiff").Create(
-            str(path), width, height, 1, gdal.GDT_Float32, options=options
+        vrt = gdal.BuildVRT("", [str(p) for p in parts])
+        ds = gdal.Translate(
+            str(path),
+            vrt,
+            format="GTiff",
+            creationOptions=_options(block_size, scratch=False),
+            noData=PROB_NODATA,
         )
-        ds.SetGeoTransform(list(geotransform))
-        ds.SetProjection(crs_wkt)
-        band = ds.GetRasterBand(1)
-        band.SetNoDataValue(PROB_NODATA)
-        band.SetDescription("change probability")
-        items = metadata_strings(metadata)
-        if items:
-            ds.SetMetadata(items)
-    return ProbabilityRasterWriter(ds, str(path))
+        _describe(ds, metadata)
+        ds = vrt = None
 
 
 def read_metadata(path: PathLike) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import copy
 import json
 import logging
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Protocol, Sequence, Union
 
 import numpy as np
 import torch
@@ -104,6 +104,7 @@ def msi_pseudo_labels(
     histograms: Optional[ProbabilityHistograms] = None,
     second_opinion: Optional[dict[int, np.ndarray]] = None,
     vote_weight: float = 0.0,
+    replicas: Optional[Shards] = None,
 ) -> tuple[list[np.ndarray], ThresholdChoice]:
     """Pseudo-label masks of every tile of `dataset`, in dataset order, and the threshold.
 
@@ -120,21 +121,30 @@ def msi_pseudo_labels(
     Memory: the MSI maps are held as uint16 (2 bytes per pixel) until the threshold is known.
     When `histograms` is given, the MSI histograms the threshold was chosen from (tiles
     labelled changed / unchanged) are added to it, e.g. for the training report.
+
+    ``replicas`` (a data-parallel run, `kdmsi.training.distributed.Replicas`): each process
+    computes the MSI maps and the features' distance of its shard of the tiles (every
+    ``world_size``-th), the histograms are summed and the maps gathered, so every process
+    returns the masks and the threshold one process would.
     """
     if any(label is None for label in dataset.labels):
         raise ValueError("pseudo labels need an image label (changed/unchanged) for every tile")
     maps: list[np.ndarray] = []
     ignored: list[np.ndarray] = []
     student = for_inference(copy.deepcopy(student))  # the caller's network stays trainable
+    sharded = replicas is not None and replicas.world_size > 1
+    mine = range(replicas.rank, len(dataset), replicas.world_size) if sharded else None
     opinions, msi_start = None, 0.0
     if vote_weight > 0:
         opinions = second_opinion
         if opinions is None:
             msi_start = 0.25
-            changed = [i for i, label in enumerate(dataset.labels) if label == 1]
+            changed = [i for i in mine or range(len(dataset)) if dataset.labels[i] == 1]
             opinions = zero_shot_tile_maps(
                 dataset, changed, device, sub_progress(progress, 0.0, msi_start), cancelled
             )
+            if sharded:
+                opinions = _gathered(replicas, opinions)
 
     def keep(batch: dict, out: dict) -> None:
         masks = batch["mask"].numpy()
@@ -144,7 +154,7 @@ def msi_pseudo_labels(
             ignored.append(~ok)
 
     stats = collect_map_statistics(
-        dataset,
+        replicas.shard(dataset) if sharded else dataset,
         {"msi": map_function("msi", student, scales, flip)},
         torch.device(device),
         batch_size,
@@ -152,6 +162,12 @@ def msi_pseudo_labels(
         cancelled,
         on_batch=keep,
     )["msi"]
+    if sharded:
+        for name in ("changed", "unchanged"):
+            counts = getattr(stats.by_image_label, name)
+            setattr(stats.by_image_label, name, replicas.sum_array(counts).astype(counts.dtype))
+        everything = _gathered(replicas, dict(zip(mine, zip(maps, ignored))))
+        maps, ignored = (list(v) for v in zip(*(everything[i] for i in range(len(dataset)))))
     choice = choose_threshold(stats.by_image_label, threshold)
     if histograms is not None:
         histograms.changed += stats.by_image_label.changed
@@ -180,6 +196,25 @@ def msi_pseudo_labels(
                 100 * alone,
             )
     return masks, choice
+
+
+class Shards(Protocol):
+    """What `msi_pseudo_labels` needs of a data-parallel run (`kdmsi.training.distributed.
+    Replicas`; the inference layer does not import the training one)."""
+
+    rank: int
+    world_size: int
+
+    def shard(self, dataset: Any) -> Any: ...
+
+    def sum_array(self, values: np.ndarray) -> np.ndarray: ...
+
+    def gather(self, value: Any) -> list: ...
+
+
+def _gathered(replicas: Shards, items: dict) -> dict:
+    """Every process's ``items`` in one dict (each holds those of its own shard)."""
+    return {k: v for part in replicas.gather(items) for k, v in part.items()}
 
 
 def _masks(maps, labels, ignored, change) -> list[np.ndarray]:

@@ -13,6 +13,7 @@ when it is missing. Importing this module never imports torch or onnxruntime.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,7 +173,9 @@ class OnnxPredictor:
 
     Args:
         path: the ``.onnx`` file.
-        threads: intra-op threads (default: ONNX Runtime's, one per physical core).
+        threads: intra-op threads (default: ``OMP_NUM_THREADS`` when set, as torch reads it:
+            Dask's workers and torchrun's processes get 1; else ONNX Runtime's, one per
+            physical core).
 
     Raises:
         RuntimeUnavailable: onnxruntime is not installed.
@@ -185,6 +188,7 @@ class OnnxPredictor:
         if not self.path.is_file():
             raise OnnxModelError(f"ONNX model {self.path} does not exist")
         options = ort.SessionOptions()
+        threads = threads or _omp_threads()
         if threads:
             options.intra_op_num_threads = int(threads)
         options.log_severity_level = 3  # errors only
@@ -270,6 +274,12 @@ def check_tile_size(info: OnnxModelInfo, tile_size: Optional[int], source: str) 
             f"--tile-size, or export again with `kdmsi export-onnx --tile-size {tile_size}`"
         )
     return info.tile_size
+
+
+def _omp_threads() -> Optional[int]:
+    """``OMP_NUM_THREADS`` as a positive number, else None."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 __all__ = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
@@ -22,8 +23,8 @@ from .common import (
     make_optimizer,
     seed_everything,
     to_device,
-    train_loader,
 )
+from .distributed import ONE_PROCESS, Replicas, replica_loader
 from .loop import LAST_EPOCH, run_epochs
 
 
@@ -94,11 +95,13 @@ def train_detector(
     progress: Optional[ProgressCallback] = None,
     cancelled: Optional[CancelCheck] = None,
     init: Optional[dict[str, torch.Tensor]] = None,
+    replicas: Replicas = ONE_PROCESS,
 ) -> CDResult:
     """Train on a `PairDataset` whose masks are (pseudo) labels; 255 is ignored by the loss.
 
     ``init``: a state dict to start from (an earlier detector, `kdmsi.training.warm_start`)
-    instead of the trunk's ``config.weights``.
+    instead of the trunk's ``config.weights``. ``replicas``: this process's place in a
+    data-parallel run (`kdmsi.training.distributed`); every rank returns the same model.
 
     Model selection: change IoU on `val_dataset` when it has pixel masks, else the last epoch.
     """
@@ -121,11 +124,15 @@ def train_detector(
         config.momentum,
         config.weight_decay,
     )
-    loader = train_loader(
-        subset(dataset, range(len(dataset)), augment=True), config.batch_size, generator
+    loader = replica_loader(
+        subset(dataset, range(len(dataset)), augment=True),
+        config.batch_size,
+        generator,
+        replicas,
+        config.seed,
     )
     use_val = val_dataset is not None and getattr(val_dataset, "has_masks", False)
-    method = DetectorMethod(model, device, val_dataset if use_val else None, cancelled)
+    method = DetectorMethod(model, device, val_dataset if use_val else None, cancelled, replicas)
     loop = run_epochs(
         method,
         loader,
@@ -136,13 +143,15 @@ def train_detector(
         freeze_bn=config.freeze_bn,
         progress=progress,
         cancelled=cancelled,
+        replicas=replicas,
     )
     return CDResult(model.cpu().eval(), loop.history, loop.selection, asdict(config), loop.steps)
 
 
 class DetectorMethod:
     """`TrainingMethod` of the detector: cross-entropy against the (pseudo) label masks (255
-    ignored); selected by change IoU on ``val_dataset`` when given, else the last epoch."""
+    ignored); selected by change IoU on ``val_dataset`` when given, else the last epoch (in a
+    data-parallel run, from TP/FP/FN summed over the processes' shards of it)."""
 
     name = "detector"
     step_keys = ("ce",)
@@ -153,8 +162,9 @@ class DetectorMethod:
         device: torch.device,
         val_dataset: Optional[Dataset] = None,
         cancelled: Optional[CancelCheck] = None,
+        replicas: Replicas = ONE_PROCESS,
     ):
-        self.model, self.device = model, device
+        self.model, self.device, self.replicas = model, device, replicas
         self.networks = [model]
         self.val_dataset, self.cancelled = val_dataset, cancelled
 
@@ -173,7 +183,9 @@ class DetectorMethod:
     def score(self, record: dict) -> Optional[float]:
         if self.val_dataset is None:
             return None
-        iou = detector_change_iou(self.model, self.val_dataset, self.device, self.cancelled)
+        iou = detector_change_iou(
+            self.model, self.val_dataset, self.device, self.cancelled, self.replicas
+        )
         record["val_change_iou"] = iou
         return iou
 
@@ -184,13 +196,18 @@ def detector_change_iou(
     dataset: Dataset,
     device: torch.device,
     cancelled: Optional[CancelCheck] = None,
+    replicas: Replicas = ONE_PROCESS,
 ) -> float:
-    """Change IoU of the detector's argmax against the dataset's masks (255 ignored)."""
+    """Change IoU of the detector's argmax against the dataset's masks (255 ignored); with
+    ``replicas``, from the confusion counts of each process's shard, summed."""
     model.eval()
     counts = ConfusionCounts()
-    for batch in eval_loader(dataset, 8):
+    for batch in eval_loader(replicas.shard(dataset), 8):
         check_cancel(cancelled)
         pred = model(batch["pre"].to(device), batch["post"].to(device)).argmax(dim=1).cpu()
         mask = batch["mask"]
         counts.update(pred == 1, mask == 1, mask != IGNORE_INDEX)
+    if replicas.world_size > 1:
+        totals = replicas.sum_array(np.array([counts.tp, counts.fp, counts.fn, counts.tn]))
+        counts = ConfusionCounts(*(int(v) for v in totals))
     return counts.metrics()["cIoU"]

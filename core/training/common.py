@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..choices import OPTIMIZERS
 
@@ -38,16 +38,25 @@ def sgd(param_groups: list[dict], momentum: float, weight_decay: float) -> torch
     )
 
 
-def train_loader(dataset: Dataset, batch_size: int, generator: torch.Generator) -> DataLoader:
+def train_loader(
+    dataset: Dataset,
+    batch_size: int,
+    generator: torch.Generator,
+    sampler: Optional[Sampler] = None,
+) -> DataLoader:
     """Shuffled batches; the last partial batch is dropped when at least one full batch exists,
-    because BatchNorm cannot train on a batch of one."""
-    drop_last = len(dataset) > batch_size and len(dataset) % batch_size == 1
+    because BatchNorm cannot train on a batch of one. ``sampler`` (a data-parallel shard,
+    `kdmsi.training.distributed.replica_loader`) replaces the shuffle; the rule then applies
+    to the shard's size, the same on every rank."""
+    size = len(sampler) if sampler is not None else len(dataset)  # type: ignore[arg-type]
+    drop_last = size > batch_size and size % batch_size == 1
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=True,
+        shuffle=sampler is None,
+        sampler=sampler,
         drop_last=drop_last,
-        generator=generator,
+        generator=generator if sampler is None else None,
         num_workers=0,
     )
 

@@ -1,7 +1,9 @@
 """The step-by-step chain on tile-folder datasets (``A/``, ``B/``, ``label/`` or
 ``labels.csv``): train the KD teacher and student, write MSI pseudo labels, train the detector
 on them. `kdmsi train-kd`, `kdmsi pseudo-labels`, `kdmsi train-cd` and `kdmsi.demo` call these;
-each checks its output before any compute and writes it whole or not at all.
+each checks its output before any compute and writes it whole or not at all. In a
+data-parallel run (``replicas``, `kdmsi.training.distributed`) every process trains and only
+the main one writes the model file and the report.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from ..inference.msi import DEFAULT_SCALES, pick_device
 from ..progress import ProgressCallback
 from ..types import PathLike
 from .cd import CDConfig, CDResult, train_detector
+from .distributed import ONE_PROCESS, Replicas
 from .kd import KDConfig, KDResult, train_kd
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,7 @@ def train_kd_on_folder(
     report_dir: Optional[Path] = None,
     overwrite: bool = False,
     progress: Optional[ProgressCallback] = None,
+    replicas: Replicas = ONE_PROCESS,
 ) -> KDResult:
     """Train the teacher and student on the image labels of ``data``, save them to ``out``
     (a KD model file) and, with ``report_dir``, write the training report there.
@@ -60,7 +64,9 @@ def train_kd_on_folder(
         "KD training on %d tiles (%d changed, %d unchanged)",
         len(train), train.labels.count(1), train.labels.count(0),
     )  # fmt: skip
-    result = train_kd(train, config, val_set, progress=progress)
+    result = train_kd(train, config, val_set, progress=progress, replicas=replicas)
+    if not replicas.is_main:
+        return result
     record = {"tiles": len(train), "dataset": str(Path(data).resolve())}
     save_kd(out, result, train.bands, train.normalisation, tile_size, record)
     selection = result.selection
@@ -123,6 +129,7 @@ def train_detector_on_folder(
     report_dir: Optional[Path] = None,
     overwrite: bool = False,
     progress: Optional[ProgressCallback] = None,
+    replicas: Replicas = ONE_PROCESS,
 ) -> CDResult:
     """Train the detector on ``data`` with the label images of ``labels`` (pseudo labels,
     `pseudo_labels_from_model`), calibrate its threshold and save it to ``out``; with
@@ -140,7 +147,9 @@ def train_detector_on_folder(
     val_set = PairDataset(val, tile_size=tile_size, bands=train.bands) if val else None
     pseudo_info = labels.parent / "pseudo_labels.json"
     pseudo = json.loads(pseudo_info.read_text()) if pseudo_info.is_file() else None
-    result = train_detector(train, config, val_set, progress=progress)
+    result = train_detector(train, config, val_set, progress=progress, replicas=replicas)
+    if not replicas.is_main:  # the main process calibrates and writes
+        return result
     training = {
         "config": result.config,
         "history": result.history,

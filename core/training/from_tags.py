@@ -4,6 +4,12 @@ raster pair + tile layer (`changed` in {0, 1, NULL}, any CRS) -> windows of the 
 the aligned before grid -> KD joint training (teacher CAM, student) -> MSI pseudo labels (the
 threshold chosen without pixel truth) -> Siamese DeepLabV3+ -> one checkpoint with metadata.
 Untagged (NULL) tiles are ignored.
+
+Data-parallel (``replicas``, `kdmsi.training.distributed`): each process trains the networks
+on its shard of the tiles and computes the MSI maps and the features' distance of its shard;
+the maps are gathered and the histograms summed, so every process holds the same pseudo labels
+of all tiles and trains the detector on them; only the main process calibrates and writes the
+model files and the report.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from ..runtime.speed import training_stage_shares
 from ..types import PathLike
 from . import CDConfig, HiCDConfig, KDConfig, train_detector, train_hicd, train_kd
 from .calibration import calibrated_threshold
+from .distributed import ONE_PROCESS, Replicas
 from .kd import MIN_TILES_PER_CLASS
 from .warm_start import WarmStart, planned_configs, read_warm_start
 
@@ -91,6 +98,7 @@ def train_from_tags(
     cancelled: Optional[CancelCheck] = None,
     report_dir: Optional[PathLike] = None,
     kd_out: Optional[PathLike] = None,
+    replicas: Replicas = ONE_PROCESS,
 ) -> dict:
     """Train KD teacher/student, make MSI pseudo labels, train the detector, save it to `out`.
 
@@ -99,7 +107,8 @@ def train_from_tags(
     with loss curves, the pseudo-label threshold and sample tiles, see `kdmsi.reports.page`) is
     written to that folder after the model; `overwrite` also applies to it. With `kd_out`,
     the teacher and student are saved there too (a KD model file, for `kdmsi evaluate` or
-    `kdmsi detect`), as soon as they are trained.
+    `kdmsi detect`), as soon as they are trained. ``replicas``: see the module docstring; the
+    other processes return the summary without the threshold, having written nothing.
 
     Raises:
         DegeneratePseudoLabels: the pseudo labels came out (nearly) empty or all change; no
@@ -171,10 +180,10 @@ def train_from_tags(
         )
         kd = train_kd(
             dataset, config.kd, None, sub_progress(progress, 0.0, kd_end), cancelled,
-            init=warm.kd if warm else None,
+            init=warm.kd if warm else None, replicas=replicas,
         )  # fmt: skip
         timing["kd"], clock = round(time.perf_counter() - clock, 1), time.perf_counter()
-        if kd_out is not None:
+        if kd_out is not None and replicas.is_main:
             save_kd(kd_out, kd, pair.bands, normalisation, tile_size, {"tiles": str(tiles)})
         histograms = ProbabilityHistograms()
         masks, choice = msi_pseudo_labels(
@@ -187,6 +196,7 @@ def train_from_tags(
             cancelled=cancelled,
             histograms=histograms,
             vote_weight=config.feature_vote,
+            replicas=replicas,
         )
         timing["pseudo_labels"], clock = round(time.perf_counter() - clock, 1), time.perf_counter()
         log.info("pseudo labels: %s", choice.describe())
@@ -202,8 +212,10 @@ def train_from_tags(
         try:
             fraction = check_pseudo_labels(masks, dataset.labels, choice, kd.teacher_note())
         except DegeneratePseudoLabels as exc:
-            if report_dir is not None:
+            if report_dir is not None and replicas.is_main:
                 write_report(None, warnings=[f"Training stopped before the detector: {exc}"])
+            replicas.barrier()  # every rank got here; none ends the run before the report
+            if report_dir is not None:
                 raise DegeneratePseudoLabels(
                     f"{exc} (the training report {Path(report_dir) / 'index.html'} shows the maps)"
                 ) from None
@@ -212,7 +224,7 @@ def train_from_tags(
         dataset.set_masks(masks)
         cd = train_detector(
             dataset, config.cd, None, sub_progress(progress, msi_end, cd_end), cancelled,
-            init=warm.detector if warm else None,
+            init=warm.detector if warm else None, replicas=replicas,
         )  # fmt: skip
         timing["detector"] = round(time.perf_counter() - clock, 1)
         summary = {
@@ -246,14 +258,17 @@ def train_from_tags(
         deployed = cd.model
         if config.quality_robust:
             hicd = train_hicd(
-                cd.model, dataset, config.hicd, sub_progress(progress, cd_end, 0.97), cancelled
-            )
+                cd.model, dataset, config.hicd, sub_progress(progress, cd_end, 0.97), cancelled,
+                replicas=replicas,
+            )  # fmt: skip
             summary["hicd"] = {
                 "config": hicd.config,
                 "history": hicd.history,
                 "selection": hicd.selection,
             }
             deployed = hicd.model
+        if not replicas.is_main:  # the main process calibrates, writes and reports
+            return summary
         threshold, check = calibrated_threshold(
             deployed.to(device), dataset, device, cancelled=cancelled
         )

@@ -31,8 +31,9 @@ from ..losses.hicd import HiCDLoss, HiCDLossConfig, feature_mse_loss
 from ..models import SiameseDeepLabV3Plus
 from ..progress import CancelCheck, ProgressCallback
 from .cd import DetectorMethod
-from .common import make_optimizer, seed_everything, train_loader
+from .common import make_optimizer, seed_everything
 from .degrade import DegradedPairDataset, check_preset
+from .distributed import ONE_PROCESS, Replicas, replica_loader
 from .loop import LAST_EPOCH, run_epochs
 
 METHODS = ("direct", "feature-mse", "hicd")
@@ -133,6 +134,7 @@ def train_hicd(
     progress: Optional[ProgressCallback] = None,
     cancelled: Optional[CancelCheck] = None,
     val_dataset: Optional[Dataset] = None,
+    replicas: Replicas = ONE_PROCESS,
 ) -> HiCDResult:
     """Train a student of `config.method` on `dataset` with its after images degraded.
 
@@ -145,6 +147,9 @@ def train_hicd(
         val_dataset: clean pairs with pixel masks; when given, the epoch with the best change
             IoU on its degraded version (fixed degradations, seed ``degrade_seed + 1``) is
             kept, else the last epoch.
+        replicas: this process's place in a data-parallel run (`kdmsi.training.distributed`):
+            only the student is wrapped for DDP (the frozen teacher runs as it is on each
+            rank); every rank returns the same student.
 
     Returns:
         `HiCDResult` whose ``model`` is the student in eval mode on the CPU.
@@ -159,6 +164,7 @@ def train_hicd(
         config,
         device,
         cancelled,
+        replicas,
     )
     optimizer = make_optimizer(
         student.param_groups(config.lr, config.head_lr_mult),
@@ -169,7 +175,7 @@ def train_hicd(
     degraded = DegradedPairDataset(dataset, config.preset, config.degrade_seed, True)
     view = subset(degraded, range(len(degraded)), augment=True)
     method.train_set = view.dataset  # `subset` may have copied it: the loader reads this one
-    loader = train_loader(view, config.batch_size, generator)
+    loader = replica_loader(view, config.batch_size, generator, replicas, config.seed)
     if val_dataset is not None and getattr(val_dataset, "has_masks", False):
         method.val_dataset = DegradedPairDataset(
             val_dataset, config.preset, config.degrade_seed + 1
@@ -185,6 +191,7 @@ def train_hicd(
         channels_last=False,  # as measured in the HiCD bench; the loop can switch it on
         progress=progress,
         cancelled=cancelled,
+        replicas=replicas,
     )
     return HiCDResult(
         student.cpu().eval(), loop.history, loop.selection, config.to_dict(), loop.steps
@@ -206,8 +213,9 @@ class HiCDMethod(DetectorMethod):
         config: HiCDConfig,
         device: torch.device,
         cancelled: Optional[CancelCheck] = None,
+        replicas: Replicas = ONE_PROCESS,
     ):
-        super().__init__(student, device, None, cancelled)
+        super().__init__(student, device, None, cancelled, replicas)
         self.name, self.student, self.teacher, self.config = config.method, student, teacher, config
         self.hicd = HiCDLoss(config.loss) if config.method == "hicd" else None
         self.sample_gen = torch.Generator().manual_seed(config.seed + 1)

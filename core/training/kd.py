@@ -29,8 +29,8 @@ from .common import (
     seed_everything,
     stratified_holdout,
     to_device,
-    train_loader,
 )
+from .distributed import ONE_PROCESS, Replicas, replica_loader
 from .loop import LAST_EPOCH, run_epochs
 
 MIN_TILES_PER_CLASS = 2
@@ -124,12 +124,15 @@ def train_kd(
     progress: Optional[ProgressCallback] = None,
     cancelled: Optional[CancelCheck] = None,
     init: Optional[dict[str, dict[str, torch.Tensor]]] = None,
+    replicas: Replicas = ONE_PROCESS,
 ) -> KDResult:
     """Train teacher and student jointly on a `PairDataset` with image-level labels.
 
     ``init`` ({"teacher": state dict, "student": state dict}, e.g. of an earlier run on fewer
     tags, `kdmsi.training.warm_start`) starts both networks from those weights instead of the
-    trunk's ``config.weights``.
+    trunk's ``config.weights``. ``replicas``: this process's place in a data-parallel run
+    (`kdmsi.training.distributed`): each trains on its shard of the tiles and every one
+    returns the same selected networks.
 
     Model selection: by the student's best single-scale change IoU on
     `val_dataset` when it has pixel masks; otherwise by the teacher's classification loss on a
@@ -173,7 +176,7 @@ def train_kd(
         config.lr, config.head_lr_mult
     )
     optimizer = make_optimizer(groups, config.optimizer, config.momentum, config.weight_decay)
-    method = KDMethod(teacher, student, shared, config.kd_weight, device, cancelled)
+    method = KDMethod(teacher, student, shared, config.kd_weight, device, cancelled, replicas)
     if use_val_iou:
         method.val_dataset, criterion = val_dataset, "val_change_iou"
     elif held_set is not None:
@@ -182,7 +185,7 @@ def train_kd(
         criterion = LAST_EPOCH
     loop = run_epochs(
         method,
-        train_loader(train_set, config.batch_size, generator),
+        replica_loader(train_set, config.batch_size, generator, replicas, config.seed),
         optimizer,
         epochs=config.epochs,
         criterion=criterion,
@@ -190,6 +193,7 @@ def train_kd(
         freeze_bn=config.freeze_bn,
         progress=progress,
         cancelled=cancelled,
+        replicas=replicas,
     )
     selection = {**loop.selection, "heldout_tiles": len(held_idx)}
     return KDResult(
@@ -203,7 +207,8 @@ class KDMethod:
     classification loss + ``kd_weight`` x the student's CAM distillation). The frozen trunk
     prefix both share runs once per batch. Selected by the student's change IoU on
     ``val_dataset``, else by the teacher's classification loss on ``held_set``, else the last
-    epoch."""
+    epoch. In a data-parallel run both are sums over the processes' shards of those tiles
+    (confusion histograms; loss sum and tile count), so every rank selects the same epoch."""
 
     name = "KD"
     step_keys = None
@@ -216,8 +221,10 @@ class KDMethod:
         kd_weight: float,
         device: torch.device,
         cancelled: Optional[CancelCheck] = None,
+        replicas: Replicas = ONE_PROCESS,
     ):
         self.teacher, self.student, self.shared = teacher, student, shared
+        self.replicas = replicas
         self.networks = [teacher, student]
         self.kd_weight, self.device, self.cancelled = kd_weight, device, cancelled
         self.val_dataset: Optional[Dataset] = None
@@ -238,11 +245,11 @@ class KDMethod:
     def score(self, record: dict) -> Optional[float]:
         if self.val_dataset is not None:
             record["val_change_iou"] = student_change_iou(
-                self.student, self.val_dataset, self.device, self.cancelled
+                self.student, self.val_dataset, self.device, self.cancelled, self.replicas
             )
             return record["val_change_iou"]
         if self.held_set is not None:
-            loss = teacher_cls_loss(self.teacher, self.held_set, self.device)
+            loss = teacher_cls_loss(self.teacher, self.held_set, self.device, self.replicas)
             record["heldout_teacher_cls_loss"] = loss
             return -loss
         return None
@@ -263,16 +270,23 @@ def share_frozen_prefix(
 
 
 @torch.no_grad()
-def teacher_cls_loss(teacher: SiameseCAMNet, dataset: Dataset, device: torch.device) -> float:
-    """Mean classification loss of the teacher over an image-labelled dataset."""
+def teacher_cls_loss(
+    teacher: SiameseCAMNet,
+    dataset: Dataset,
+    device: torch.device,
+    replicas: Replicas = ONE_PROCESS,
+) -> float:
+    """Mean classification loss of the teacher over an image-labelled dataset (with
+    ``replicas``: the loss sum and tile count of each process's shard, summed)."""
     teacher.eval()
     total, count = 0.0, 0
-    for batch in eval_loader(dataset, 16):
+    for batch in eval_loader(replicas.shard(dataset), 16):
         g = teacher(batch["pre"].to(device), batch["post"].to(device))
         n = batch["label"].shape[0]
         total += float(classification_loss(g, batch["label"].to(device))) * n
         count += n
-    return total / max(count, 1)
+    sums, count = replicas.reduce_sums({"loss": total}, count)
+    return sums["loss"] / max(count, 1)
 
 
 @torch.no_grad()
@@ -281,12 +295,22 @@ def student_change_iou(
     dataset: Dataset,
     device: torch.device,
     cancelled: Optional[CancelCheck] = None,
+    replicas: Replicas = ONE_PROCESS,
 ) -> float:
     """Best change IoU of the single-scale student over thresholds 0.05..0.95 (step 0.05)
     against the validation masks. The best threshold is used because the student's scale is
-    only known relative to the teacher's CAM; the pseudo-label threshold is chosen later."""
+    only known relative to the teacher's CAM; the pseudo-label threshold is chosen later.
+    With ``replicas``, each process scores its shard and the truth-split histograms are
+    summed (the confusion counts at every threshold are then those of the whole set)."""
     student.eval()
     stats = collect_map_statistics(
-        dataset, {"student": map_function("student", student)}, device, 16, cancelled=cancelled
+        replicas.shard(dataset),
+        {"student": map_function("student", student)},
+        device,
+        16,
+        cancelled=cancelled,
     )["student"]
+    if replicas.world_size > 1:
+        stats.positive = replicas.sum_array(stats.positive).astype(np.int64)
+        stats.negative = replicas.sum_array(stats.negative).astype(np.int64)
     return max(stats.counts_at(t / 20).metrics()["cIoU"] for t in range(1, 20))

@@ -6,11 +6,13 @@ memory order while training, and keeping the best epoch's weights by a selection
 torchgeo's trainers own the optimiser, the monitored metric and checkpoint selection). A method
 supplies only its networks, one step's losses and its selection score (`TrainingMethod`).
 
-Data-parallel training hooks in here, once: `Replicas` says which process of how many this is;
-the epoch's loss sums go through `Replicas.reduce_sums`, and only the main process reports
-progress and logs (a method's selection metric must itself be reduced as sums, e.g. TP/FP/FN,
-never averaged per process). One process is the default and imports nothing of
-`torch.distributed`.
+Data-parallel training hooks in here, once: `Replicas` (`kdmsi.training.distributed`) says
+which process of how many this is; each step runs through DDP (`data_parallel_step`: the
+gradients are averaged over the processes before the optimiser step), the loader's sampler
+gets its epoch, the epoch's loss sums go through `Replicas.reduce_sums`, and only the main
+process reports progress and logs (a method's selection metric must itself be reduced as
+sums, e.g. TP/FP/FN, never averaged per process). One process is the default and imports
+nothing of `torch.distributed`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from ..progress import CancelCheck, ProgressCallback, check_cancel, no_progress
 from .common import cpu_state, poly_lr, set_train_mode
+from .distributed import ONE_PROCESS, Replicas, data_parallel_step
 
 log = logging.getLogger(__name__)
 
@@ -58,30 +61,6 @@ class TrainingMethod(Protocol):
         maximise (None: select the last epoch, `LAST_EPOCH`)."""
 
 
-@dataclass(frozen=True)
-class Replicas:
-    """Which of the data-parallel processes of one run this is (one process by default)."""
-
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        """The process that reports progress, logs and writes files."""
-        return self.rank == 0
-
-    def reduce_sums(self, sums: dict[str, float], count: int) -> tuple[dict[str, float], int]:
-        """The loss sums and batch count over every process (as they are with one)."""
-        if self.world_size == 1:
-            return sums, count
-        import torch.distributed as dist
-
-        values = torch.tensor([*sums.values(), float(count)], dtype=torch.float64)
-        dist.all_reduce(values)
-        *totals, total_count = values.tolist()
-        return dict(zip(sums, totals)), int(total_count)
-
-
 @dataclass
 class LoopResult:
     """Per-epoch ``history`` (``epoch``, ``train_<part>`` means, the selection metric),
@@ -106,7 +85,7 @@ def run_epochs(
     channels_last: bool = True,
     progress: Optional[ProgressCallback] = None,
     cancelled: Optional[CancelCheck] = None,
-    replicas: Replicas = Replicas(),
+    replicas: Replicas = ONE_PROCESS,
 ) -> LoopResult:
     """Train ``method`` for ``epochs`` over ``loader`` and keep its best epoch by
     `TrainingMethod.score` (named ``criterion`` in the selection record).
@@ -123,14 +102,19 @@ def run_epochs(
     if channels_last:
         for net in method.networks:
             net.to(memory_format=torch.channels_last)
+    # after the memory order is set: DDP lays its gradient buckets out by the strides
+    run_step = method.step if replicas.world_size == 1 else data_parallel_step(method)
+    set_epoch = getattr(loader.sampler, "set_epoch", None)  # a data-parallel shard's shuffle
     total_steps = max(1, epochs * len(loader))
     tiles = len(loader.dataset)  # type: ignore[arg-type]
-    batch_size = loader.batch_size or 1
+    batch_size = (loader.batch_size or 1) * replicas.world_size  # tiles per step, all ranks
     result = LoopResult()
     best_score, best = -np.inf, None
     step = 0
     for epoch in range(1, epochs + 1):
         method.begin_epoch(epoch)
+        if set_epoch is not None:
+            set_epoch(epoch)
         for net in method.networks:
             set_train_mode(net, freeze_bn)
         sums: dict[str, float] = {}
@@ -138,7 +122,7 @@ def run_epochs(
         for i, batch in enumerate(loader, start=1):
             check_cancel(cancelled)
             poly_lr(optimizer, step, total_steps, poly_power)
-            computed = method.step(batch)
+            computed = run_step(batch)
             if computed is None:
                 continue
             loss, parts = computed
@@ -158,6 +142,7 @@ def run_epochs(
                 f"{method.name} epoch {epoch}/{epochs}, tile {min(i * batch_size, tiles)}/"
                 f"{tiles}: loss {float(loss.detach()):.4f}",
             )
+        replicas.sync_buffers(method.networks)
         sums, n_batches = replicas.reduce_sums(sums, n_batches)
         record = {"epoch": epoch, **{f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()}}
         score = method.score(record)
