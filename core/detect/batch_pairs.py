@@ -2,7 +2,7 @@
 
 The pair list is a csv with the columns ``name, before, after`` and optionally ``model`` (else
 the run's ``--model``) and ``bands`` (1-based, e.g. ``3,2,1``; else the model's); relative
-paths are read from the csv's folder. Each pair writes ``<name>.gpkg`` and
+paths in it are read from the csv's folder. Each pair writes ``<name>.gpkg`` and
 ``<name>_probability.tif`` into the output folder; ``summary.csv`` lists every pair's outcome.
 """
 
@@ -100,10 +100,12 @@ def _job(
     for column in ("before", "after"):
         if not row.get(column):
             raise ValueError(f"{where}: the {column} raster is empty")
-    model = row.get("model") or (str(default_model) if default_model else "")
-    if not model:
+    if row.get("model"):
+        model_path = _resolve(folder, row["model"])
+    elif default_model:
+        model_path = Path(default_model)  # the command line's: from where it runs
+    else:
         raise ValueError(f"{where}: no model: give a model column or --model")
-    model_path = _resolve(folder, model)
     if not model_path.is_file():
         raise ValueError(f"{where}: model {model_path} does not exist")
     bands = None

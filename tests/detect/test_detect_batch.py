@@ -161,3 +161,19 @@ def test_sigterm_stops_the_cluster_and_leaves_nothing_partial(batch, tmp_path):
     assert not any(name.startswith(".") for name in left)  # no scratch, no temporary file
     for stem in {n.rsplit(".", 1)[0].replace("_probability", "") for n in left} - {"summary"}:
         assert {f"{stem}.gpkg", f"{stem}_probability.tif"} <= left  # finished pairs are whole
+
+
+def test_csv_paths_are_read_from_its_folder_and_model_from_the_command_line(tmp_path, monkeypatch):
+    from kdmsi.detect.batch_pairs import read_pairs
+
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "m.kdmsi").write_bytes(b"")
+    (tmp_path / "lists" / "own.kdmsi").write_bytes(b"")
+    (tmp_path / "lists" / "pairs.csv").write_text(
+        'name,before,after,model,bands\na,x/b.tif,/abs/a.tif,,\nb,b.tif,a.tif,own.kdmsi,"3,2,1"\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    first, second = read_pairs("lists/pairs.csv", "m.kdmsi")
+    assert first.before == Path("lists/x/b.tif") and first.after == Path("/abs/a.tif")
+    assert first.model == Path("m.kdmsi") and first.bands is None  # from where kdmsi runs
+    assert second.model == Path("lists/own.kdmsi") and second.bands == (3, 2, 1)
