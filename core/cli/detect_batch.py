@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from .common import log, run_with_bar
@@ -50,11 +51,14 @@ def cmd_detect_batch(args) -> int:
         overwrite=args.overwrite,
     )
     counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
-    log.info(
-        "%d pair(s) done, %d skipped (outputs exist), %d failed -> %s",
+    failed = [o.pair for o in outcomes if o.status == "failed"]
+    log.log(
+        logging.WARNING if failed else logging.INFO,
+        "%d pair(s) done, %d skipped (outputs exist), %d failed%s -> %s",
         counts["done"],
         counts["skipped"],
         counts["failed"],
+        f" ({', '.join(failed)}: see the message column)" if failed else "",
         out_dir / "summary.csv",
     )
     return EXIT_SOME_FAILED if counts["failed"] else 0

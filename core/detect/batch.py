@@ -75,10 +75,26 @@ def dask_client(scheduler: Optional[str], workers: int) -> Iterator[Any]:
             cluster.close()
 
 
+class PairFailed(Exception):
+    """A work unit's error as one line of text: it travels back from any worker whatever the
+    original exception's class (some do not survive Dask's pickling)."""
+
+
 def timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
-    """``fn(*args)`` and the seconds it took (on the worker)."""
+    """``fn(*args)`` and the seconds it took (on the worker).
+
+    Raises:
+        PairFailed: what ``fn`` raised, in one line (kdmsi's own errors as they read; others
+            with their class name).
+    """
     start = time.perf_counter()
-    return fn(*args), time.perf_counter() - start
+    try:
+        value = fn(*args)
+    except (ValueError, OSError, MemoryError) as exc:  # the user errors of the detect path
+        raise PairFailed(" ".join(str(exc).split())) from None
+    except Exception as exc:  # noqa: BLE001 - a bug: keep what it was
+        raise PairFailed(" ".join(f"{type(exc).__name__}: {exc}".split())) from None
+    return value, time.perf_counter() - start
 
 
 @dataclass
@@ -173,6 +189,7 @@ def _run(
             client.cancel([f for f in pair.futures if not f.done()])
             pair.outcome = PairOutcome(pair.job.name, "failed", message=_message(future))
             log.warning("%s failed: %s", pair.job.name, pair.outcome.message)
+            _report(progress, todo)
             continue
         value, seconds = future.result()
         pair.seconds += seconds
@@ -199,6 +216,8 @@ def _message(future: Any) -> str:
         exc = future.exception()
     except BaseException as error:  # cancelled, or the worker died with it
         exc = error
+    if isinstance(exc, PairFailed):
+        return str(exc)
     return " ".join(f"{type(exc).__name__}: {exc}".split()) if exc else future.status
 
 
