@@ -89,12 +89,14 @@ def timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
     """
     start = time.perf_counter()
     try:
-        value = fn(*args)
+        return fn(*args), time.perf_counter() - start
     except (ValueError, OSError, MemoryError) as exc:  # the user errors of the detect path
-        raise PairFailed(" ".join(str(exc).split())) from None
+        message = str(exc)
     except Exception as exc:  # noqa: BLE001 - a bug: keep what it was
-        raise PairFailed(" ".join(f"{type(exc).__name__}: {exc}".split())) from None
-    return value, time.perf_counter() - start
+        message = f"{type(exc).__name__}: {exc}"
+    # raised outside the handler: an exception's context travels with it (tblib), and some
+    # of ours (a FileNotFoundError that is also a ValueError) do not survive the trip
+    raise PairFailed(" ".join(message.split()))
 
 
 @dataclass

@@ -46,6 +46,7 @@ def batch(tmp_path_factory, tiny_detector) -> dict:
         for name, (before, after) in pairs.items():
             writer.writerow([name, before.name, after.name])  # relative to the csv
         writer.writerow(["corrupt", pairs["small0"][0].name, corrupt.name])
+        writer.writerow(["missing", pairs["small0"][0].name, "nothing.tif"])
     out = root / "out"
     out.mkdir()
     args = ["detect-batch", "--pairs", str(root / "pairs.csv"), "--out-dir", str(out)]
@@ -89,8 +90,10 @@ def test_corrupt_pair_fails_alone_in_the_summary(batch):
     assert batch["status"] == 1  # a pair failed
     rows = _summary(batch["out"])
     assert [rows[n]["status"] for n in ("small0", "small1", "small2", "big")] == ["done"] * 4
-    assert rows["corrupt"]["status"] == "failed"
+    assert rows["corrupt"]["status"] == rows["missing"]["status"] == "failed"
     assert "corrupt_b.tif" in rows["corrupt"]["message"]
+    assert rows["missing"]["message"].endswith("nothing.tif does not exist: check the path")
+    assert not any("Exception" in rows[n]["message"] for n in ("corrupt", "missing"))
     assert int(rows["big"]["polygons"]) > 10
     left = sorted(p.name for p in batch["out"].iterdir())
     names = ("big", "small0", "small1", "small2")
