@@ -25,7 +25,7 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 @dataclass(frozen=True)
 class PairJob:
-    """One row of the pair list, paths resolved."""
+    """One row of the pair list, paths made absolute."""
 
     name: str
     before: Path
@@ -103,7 +103,7 @@ def _job(
     if row.get("model"):
         model_path = _resolve(folder, row["model"])
     elif default_model:
-        model_path = Path(default_model)  # the command line's: from where it runs
+        model_path = Path(default_model).absolute()  # the command line's: from where it runs
     else:
         raise ValueError(f"{where}: no model: give a model column or --model")
     if not model_path.is_file():
@@ -122,8 +122,9 @@ def _job(
 
 
 def _resolve(folder: Path, text: str) -> Path:
+    """An absolute path: a worker of a remote cluster runs in a folder of its own."""
     path = Path(text).expanduser()
-    return path if path.is_absolute() else folder / path
+    return (path if path.is_absolute() else folder / path).absolute()
 
 
 def write_summary(out_dir: Path, outcomes: Sequence[PairOutcome]) -> Path:

@@ -177,6 +177,6 @@ def test_csv_paths_are_read_from_its_folder_and_model_from_the_command_line(tmp_
     )
     monkeypatch.chdir(tmp_path)
     first, second = read_pairs("lists/pairs.csv", "m.kdmsi")
-    assert first.before == Path("lists/x/b.tif") and first.after == Path("/abs/a.tif")
-    assert first.model == Path("m.kdmsi") and first.bands is None  # from where kdmsi runs
-    assert second.model == Path("lists/own.kdmsi") and second.bands == (3, 2, 1)
+    assert first.before == tmp_path / "lists/x/b.tif" and first.after == Path("/abs/a.tif")
+    assert first.model == tmp_path / "m.kdmsi" and first.bands is None  # from where it runs
+    assert second.model == tmp_path / "lists/own.kdmsi" and second.bands == (3, 2, 1)
