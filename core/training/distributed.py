@@ -165,7 +165,14 @@ def _start(backend: str, device: str) -> Replicas:
         )
     if cuda and requested in ("auto", "cuda"):
         torch.cuda.set_device(local_rank)  # pick_device's "cuda" is then this rank's GPU
-    dist.init_process_group(backend, rank=rank, world_size=world)
+    try:
+        dist.init_process_group(backend, rank=rank, world_size=world)
+    except RuntimeError as exc:
+        if "libuv" not in str(exc):
+            raise
+        # a PyTorch built without libuv (Debian's python3-torch): its plain TCP store
+        os.environ["USE_LIBUV"] = "0"
+        dist.init_process_group(backend, rank=rank, world_size=world)
     if rank != 0:  # one process tells the story; the others speak only of trouble
         logging.getLogger().setLevel(logging.WARNING)
     log.info("data-parallel training: %d processes, backend %s", world, backend)
