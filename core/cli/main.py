@@ -62,6 +62,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     keep_triton_out()  # kdmsi never compiles kernels; see its docstring
     with watch_stop_signals():
         try:
+            check_one_process(args.command)
             check_cli_options(args)
             return args.func(args)
         except (Cancelled, KeyboardInterrupt):
@@ -77,6 +78,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if stop_signal():
                 return _cancelled(stop_signal())
             raise
+
+
+DATA_PARALLEL_VERBS = ("train-kd", "train-cd", "train-hicd", "train")
+"""The verbs that run under torchrun (`kdmsi.training.distributed`)."""
+
+
+def check_one_process(command: str) -> None:
+    """Refuse a verb that is not data-parallel when torchrun started several processes: each
+    would write the same outputs."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and command not in DATA_PARALLEL_VERBS:
+        raise ValueError(
+            f"{command} runs in one process, not under torchrun (only "
+            f"{', '.join(DATA_PARALLEL_VERBS)} do); for many pairs use detect-batch"
+        )
 
 
 def _rank() -> str:

@@ -242,3 +242,16 @@ def test_sharded_pseudo_labels_equal_one_process(tmp_path):
         assert saved["threshold"] == choice.value
         assert len(saved["masks"]) == len(masks) == 7
         assert all((a == b).all() for a, b in zip(saved["masks"], masks))
+
+
+def test_a_verb_that_is_not_data_parallel_is_refused_under_torchrun(tmp_path, monkeypatch, capsys):
+    from kdmsi.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    out = tmp_path / "labels"
+    argv = ["pseudo-labels", "--model", "kd.kdmsi", "--data", "d", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "pseudo-labels runs in one process, not under torchrun" in err and "\n" not in err
+    assert not out.exists()
