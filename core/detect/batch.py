@@ -108,13 +108,16 @@ class _Pair:
     seconds: float = 0.0
     outcome: Optional[PairOutcome] = None
 
+    def tiles_done(self) -> int:
+        """Tiles of the blocks finished so far."""
+        return 0 if self.plan is None else sum(self.plan.tiles[i] for i in self.blocks)
+
     def fraction(self) -> float:
         if self.outcome is not None:
             return 1.0
         if self.plan is None:
             return 0.0
-        done = sum(self.plan.tiles[i] for i in self.blocks)
-        return 0.05 + 0.9 * done / max(1, sum(self.plan.tiles))
+        return 0.05 + 0.9 * self.tiles_done() / max(1, sum(self.plan.tiles))
 
 
 def detect_batch(
@@ -227,7 +230,7 @@ def _report(progress: Optional[ProgressCallback], pairs: Sequence[_Pair]) -> Non
     finished = sum(p.outcome is not None for p in pairs)
     planned = [p.plan for p in pairs if p.plan is not None]
     tiles = sum(sum(plan.tiles) for plan in planned)
-    done = sum(p.plan.tiles[i] for p in pairs if p.plan is not None for i in p.blocks)
+    done = sum(p.tiles_done() for p in pairs)
     fraction = sum(p.fraction() for p in pairs) / max(1, len(pairs))
     report(progress, fraction, f"pairs {finished}/{len(pairs)}, tiles {done}/{tiles}")
 

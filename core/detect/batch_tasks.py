@@ -57,25 +57,22 @@ def worker_model(model_path: Path, settings: BatchSettings) -> LoadedModel:
 def plan_task(job: PairJob, settings: BatchSettings) -> PairPlan:
     """Open, align and stretch one pair and cut it into blocks (`plan_pair`), with the
     model's defaults for what the settings leave open."""
-    from ..runtime.load import model_threshold
-    from ..runtime.onnx_model import is_onnx_path
-    from .checks import resolve_bands
-    from .with_runner import DEFAULT_OVERLAP, overlap_or_default
+    from .with_model import model_defaults
 
     model = worker_model(job.model, settings)
-    overlap = settings.overlap_px
-    if overlap is None and is_onnx_path(job.model):
-        overlap = int(model.info.get("onnx_overlap_px", DEFAULT_OVERLAP))
-    threshold = settings.threshold
+    overlap, bands, threshold = model_defaults(
+        model, job.model, job.before, job.after, overlap_px=settings.overlap_px,
+        bands=job.bands, threshold=settings.threshold,
+    )  # fmt: skip
     return plan_pair(
         job.before,
         job.after,
         model.normalisation,
-        bands=resolve_bands(job.before, job.after, model.bands, job.bands),
+        bands=bands,
         bounds=None,
         tile_size=model.tile_size,
-        overlap_px=overlap_or_default(overlap, model.tile_size),
-        threshold=model_threshold(model.threshold) if threshold is None else threshold,
+        overlap_px=overlap,
+        threshold=threshold,
         block_rows=settings.block_rows,
         model_info={"model": str(job.model), **model.info},
     )

@@ -23,12 +23,13 @@ from ..data.tile_prep import TilePreparer
 from ..geo.align import align_pair
 from ..geo.atomic import atomic_output
 from ..geo.probability_raster import finalize_probability_raster, mosaic_probability_rasters
-from ..geo.raster import RasterInputError, gdal_exceptions
+from ..geo.raster import gdal_exceptions
 from ..geo.stretch import BandStretch, pair_stretches
 from ..geo.tiling import tile_grid, tile_starts
 from ..progress import CancelCheck, ProgressCallback
 from ..runtime.batch_runners import BatchRunner
 from ..types import PathLike
+from .checks import check_band_count
 from .outputs import output_metadata, output_temps, polygon_strip_rows, write_polygons
 from .tile_loop import predict_probability_raster
 
@@ -105,11 +106,7 @@ def plan_pair(
         RasterInputError: unreadable rasters, no overlap, a band count the model cannot take.
     """
     with gdal_exceptions(), align_pair(before, after, bands, bounds) as pair:
-        if len(normalisation.mean) != pair.band_count:
-            raise RasterInputError(
-                f"the model normalises {len(normalisation.mean)} band(s) per date but "
-                f"{pair.band_count} are read: choose {len(normalisation.mean)} bands"
-            )
+        check_band_count(len(normalisation.mean), pair.band_count)
         stretches = pair_stretches(pair)
         stretch = {"before": stretches[0].to_dict(), "after": stretches[1].to_dict()}
         metadata = output_metadata(pair, stretch, threshold, tile_size, overlap_px, model_info)

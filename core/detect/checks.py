@@ -141,6 +141,19 @@ def check_numbers(
     check_overlap(tile_size, overlap_px)
 
 
+def check_band_count(model_bands: int, read_bands: int) -> None:
+    """The bands read per date against the bands the model normalises.
+
+    Raises:
+        RasterInputError: they differ (the message says how many to choose).
+    """
+    if model_bands != read_bands:
+        raise RasterInputError(
+            f"the model normalises {model_bands} band(s) per date but {read_bands} are read: "
+            f"choose {model_bands} bands with --bands (detect-batch: the pair list's bands)"
+        )
+
+
 def check_overlap(tile_size: Optional[int], overlap_px: Optional[int]) -> None:
     """The overlap against the tile (once both are known: a model's tile size is known only
     after it is read).

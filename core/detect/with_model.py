@@ -40,7 +40,7 @@ import logging
 from typing import Optional, Sequence
 
 from ..progress import CancelCheck, ProgressCallback
-from ..runtime.load import load_runner, model_threshold
+from ..runtime.load import LoadedModel, load_runner, model_threshold
 from ..runtime.onnx_model import is_onnx_path
 from ..types import PathLike
 from .checks import check_detect_options, check_outputs, resolve_bands
@@ -151,14 +151,10 @@ def detect_changes(
             ),
             stack=stack,
         )
-        if is_onnx_path(model_path):  # an export records the overlap it was made for
-            if overlap_px is None:
-                overlap_px = int(model.info.get("onnx_overlap_px", DEFAULT_OVERLAP))
-        else:
-            overlap_px = overlap_or_default(overlap_px, model.tile_size)
-        chosen = resolve_bands(before, after, model.bands, bands)
-        if threshold is None:
-            threshold = model_threshold(model.threshold)
+        overlap_px, chosen, threshold = model_defaults(
+            model, model_path, before, after, overlap_px=overlap_px, bands=bands,
+            threshold=threshold,
+        )  # fmt: skip
         log.info("model %s (%s) with %s on %s", model_path, model.kind, model.runtime, model.device)
         return detect_with_runner(
             before,
@@ -183,3 +179,23 @@ def detect_changes(
             runtime=model.runtime,
             checked=True,
         )
+
+
+def model_defaults(
+    model: LoadedModel,
+    model_path: PathLike,
+    before: PathLike,
+    after: PathLike,
+    *,
+    overlap_px: Optional[int],
+    bands: Optional[Sequence[int]],
+    threshold: Optional[float],
+) -> tuple[int, list[int], float]:
+    """(overlap, bands, threshold) to run ``model`` with, the model's own where the caller
+    gives None: an ONNX export's recorded overlap (else `overlap_or_default`), the bands it
+    was trained on (`resolve_bands`: checked against both rasters) and its threshold."""
+    if overlap_px is None and is_onnx_path(model_path):  # the overlap it was exported for
+        overlap_px = int(model.info.get("onnx_overlap_px", DEFAULT_OVERLAP))
+    overlap = overlap_or_default(overlap_px, model.tile_size)
+    chosen = resolve_bands(before, after, model.bands, bands)
+    return overlap, chosen, model_threshold(model.threshold) if threshold is None else threshold

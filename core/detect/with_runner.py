@@ -26,7 +26,7 @@ from ..progress import CancelCheck, ProgressCallback, check_cancel, report, sub_
 from ..runtime.batch_runners import BatchRunner, Predict, torch_batch_runner
 from ..runtime.load import DEFAULT_THRESHOLD
 from ..types import PathLike
-from .checks import check_numbers, check_outputs, check_overlap
+from .checks import check_band_count, check_numbers, check_outputs, check_overlap
 from .outputs import output_metadata, output_temps, polygon_strip_rows, write_polygons
 from .tile_loop import predict_probability_raster
 
@@ -217,11 +217,7 @@ def detect_with_runner(
         pair = stack.enter_context(
             _timed(timing, "align", align_pair, before, after, bands, bounds)
         )
-        if len(normalisation.mean) != pair.band_count:
-            raise RasterInputError(
-                f"the model normalises {len(normalisation.mean)} band(s) per date but "
-                f"{pair.band_count} are read: choose {len(normalisation.mean)} bands with --bands"
-            )
+        check_band_count(len(normalisation.mean), pair.band_count)
         report(progress, _ALIGN_END / 2, "computing the band stretch")
         stretches = _timed(timing, "stretch", pair_stretches, pair)
         stretch = {"before": stretches[0].to_dict(), "after": stretches[1].to_dict()}
